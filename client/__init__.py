@@ -1,0 +1,1 @@
+"""finfed's Flower ClientApp."""

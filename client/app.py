@@ -1,0 +1,53 @@
+"""Flower ClientApp: one institution trains the global adapter on its own data.
+
+Replies carry only the trained tensors and numbers (example count, loss, epsilon).
+The site's accountant history lives in ``context.state`` so epsilon is cumulative.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from finfed import constants as keys
+from finfed.config import from_run_config
+from finfed.site import evaluate_round, site_context, train_round
+
+app = ClientApp()
+
+
+def _arrays(message: Message) -> dict:
+    return {name: array.numpy() for name, array in message.content[keys.ARRAYS].items()}
+
+
+def _progress(site_id: int, server_round: int):
+    def report(step: int, total: int, loss: float) -> None:
+        if step == total or step % max(1, total // 4) == 0:
+            print(f"[finfed] round {server_round} site {site_id}: step {step}/{total} loss {loss:.4f}",
+                  flush=True)
+    return report
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    site = site_context(from_run_config(context.run_config), context.node_config)
+    config = message.content[keys.CONFIG]
+    server_round = int(config[keys.SERVER_ROUND])
+    stored = context.state.config_records.get(keys.ACCOUNTANT_STATE)
+    update = train_round(site, _arrays(message), server_round=server_round,
+                         accountant_state=dict(stored) if stored else None,
+                         expected_fingerprint=str(config.get(keys.FROZEN_FINGERPRINT, "")),
+                         progress=_progress(site.data.site_id, server_round))
+    if update.accountant_state is not None:
+        context.state[keys.ACCOUNTANT_STATE] = ConfigRecord(update.accountant_state)
+    content = RecordDict({
+        keys.ARRAYS: ArrayRecord({n: Array.from_numpy_ndarray(v) for n, v in update.arrays.items()}),
+        keys.METRICS: MetricRecord(update.metrics)})
+    return Message(content=content, reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    site = site_context(from_run_config(context.run_config), context.node_config)
+    metrics = evaluate_round(site, _arrays(message))
+    return Message(content=RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=message)

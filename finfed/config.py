@@ -1,0 +1,293 @@
+"""Typed experiment configuration: one YAML file, validated on load, overridable.
+
+The same settings travel to Flower's apps as a flat ``run_config`` (dotted keys,
+scalar values), so ``finfed simulate`` and ``flwr run`` read one source of truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+from finfed.errors import ConfigError
+
+
+def _opt(default: Any, help: str, minimum: float | None = None, maximum: float | None = None,
+         exclusive_min: bool = False) -> Any:
+    """A settings field carrying its help text and allowed range."""
+    meta = {"help": help, "min": minimum, "max": maximum, "exclusive_min": exclusive_min}
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    source: Literal["synthetic", "file", "hub"] = _opt(
+        "synthetic", "where the examples come from: finfed's generator, a local file, or a hub dataset")
+    path: str = _opt("", "CSV, JSONL or Parquet file (source=file), or hub dataset name (source=hub)")
+    test_path: str = _opt("", "optional separate central test file; empty = split off `test_fraction`")
+    text_column: str = _opt("text", "column holding the text")
+    label_column: str = _opt("label", "column holding the label")
+    labels: tuple = _opt((), "label names in order; empty = inferred (sorted) and then fixed")
+    test_fraction: float = _opt(0.25, "share held out for central evaluation", 0.0, 0.9, True)
+    split_seed: int = _opt(42, "seed of the central test split", 0)
+    partitioner: Literal["iid", "dirichlet", "column"] = _opt(
+        "column", "how one dataset is split across sites in simulation")
+    dirichlet_alpha: float = _opt(0.5, "label-skew concentration (partitioner=dirichlet)", 0.0, None, True)
+    partition_column: str = _opt("institution", "column naming each row's site (partitioner=column)")
+    validation_fraction: float = _opt(0.1, "share of each site's data kept for local validation", 0.0, 0.5)
+    max_length: int = _opt(64, "maximum tokens per text", 8, 4096)
+    synthetic_size: int = _opt(3000, "rows the synthetic generator produces (source=synthetic)", 30)
+    synthetic_seed: int = _opt(7, "seed of the synthetic generator", 0)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    backbone: str = _opt("bundled", "`bundled` (offline MiniLM), a local folder, or a hub model id")
+    pooling: Literal["mean", "cls"] = _opt("mean", "how token states become one vector for the head")
+    head_dropout: float = _opt(0.1, "dropout before the classification head", 0.0, 0.9)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    method: Literal["ffa", "lora", "none"] = _opt(
+        "ffa", "ffa: A frozen and shared, only B trained; lora: A and B trained; none: head only")
+    r: int = _opt(8, "LoRA rank", 1, 256)
+    alpha: float = _opt(16.0, "LoRA scaling numerator (scale = alpha / r)", 0.0, None, True)
+    dropout: float = _opt(0.0, "dropout on the LoRA path", 0.0, 0.9)
+    target_modules: tuple = _opt(("query", "value"), "backbone modules that get adapters")
+    init_seed: int = _opt(1234, "seed that makes every site's frozen LoRA A identical", 0)
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    enabled: bool = _opt(True, "DP-SGD at every site; false gives the non-private baseline")
+    target_epsilon: float = _opt(8.0, "epsilon each site may spend over the whole run", 0.0, 100.0, True)
+    target_delta: float = _opt(1e-5, "delta of each site's guarantee", 0.0, 0.1, True)
+    max_grad_norm: float = _opt(1.0, "per-example gradient clipping norm", 0.0, None, True)
+    accountant: Literal["rdp", "prv"] = _opt("prv", "accountant used to calibrate and report epsilon")
+    noise_multiplier: float = _opt(0.0, "fixed noise multiplier; 0 = calibrate from the target", 0.0)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    batch_size: int = _opt(64, "expected batch size (Poisson sampling rate = batch_size / records)", 1)
+    local_epochs: int = _opt(1, "passes over the site's data per round", 1, 1000)
+    learning_rate: float = _opt(5e-3, "optimiser learning rate", 0.0, 10.0, True)
+    optimizer: Literal["adamw", "sgd"] = _opt("adamw", "optimiser of each site")
+    weight_decay: float = _opt(0.0, "AdamW weight decay", 0.0, 1.0)
+    eval_batch_size: int = _opt(128, "batch size for evaluation", 1)
+    num_threads: int = _opt(0, "torch threads per process; 0 = torch's default", 0, 256)
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    num_sites: int = _opt(3, "institutions in the simulated federation", 1, 1000)
+    rounds: int = _opt(4, "federated rounds", 1, 10000)
+    fraction_train: float = _opt(1.0, "share of sites asked to train each round", 0.0, 1.0, True)
+    min_sites: int = _opt(0, "fewest site updates a round needs; 0 = every sampled site", 0)
+    round_timeout: float = _opt(3600.0, "seconds to wait for sites' replies", 1.0)
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    cpus_per_site: int = _opt(2, "CPU cores reserved per simulated site (2 cores: one site at a time)", 1)
+    memory_per_site_gb: float = _opt(0.0, "Ray memory reservation per site; 0 = none", 0.0)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = _opt("default", "run name; outputs go to <output_dir>/<name>")
+    task: Literal["classification"] = _opt("classification", "what the federation learns")
+    seed: int = _opt(0, "seed of training randomness", 0)
+    output_dir: str = _opt("runs", "folder that receives run directories")
+    run_dir: str = _opt("", "explicit run directory; empty = <output_dir>/<name>")
+    data: DataSettings = field(default_factory=DataSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    federation: FederationSettings = field(default_factory=FederationSettings)
+    simulation: SimulationSettings = field(default_factory=SimulationSettings)
+
+    def __post_init__(self) -> None:
+        if self.data.source != "synthetic" and not self.data.path:
+            raise ConfigError(f"`data.path` is required when `data.source` is {self.data.source!r}")
+        if self.data.partitioner == "column" and not self.data.partition_column:
+            raise ConfigError("`data.partition_column` is required when `data.partitioner` is 'column'")
+        if self.lora.method != "none" and not self.lora.target_modules:
+            raise ConfigError("`lora.target_modules` must name at least one module when `lora.method` "
+                              f"is {self.lora.method!r}; use `lora.method=none` to train the head only")
+        if self.federation.min_sites > self.federation.num_sites:
+            raise ConfigError(f"`federation.min_sites` ({self.federation.min_sites}) exceeds "
+                              f"`federation.num_sites` ({self.federation.num_sites})")
+
+    @property
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path(self.output_dir) / self.name
+
+
+# --------------------------------------------------------------------------- building
+
+def _check_scalar(key: str, value: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
+    """Return ``value`` coerced to ``annotation`` or raise naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"`{key}` must be one of {list(allowed)}, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"`{key}` must be true or false, got {value!r}")
+        return value
+    if annotation is tuple:
+        if isinstance(value, str):  # run_config and --set carry lists as comma-joined text
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
+            raise ConfigError(f"`{key}` must be a list of names, got {value!r}")
+        return tuple(str(v) for v in value)
+    if annotation in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"`{key}` must be a number ({annotation.__name__}), got {value!r}")
+        if annotation is int and float(value) != int(value):
+            raise ConfigError(f"`{key}` must be a whole number, got {value!r}")
+        value = annotation(value)
+        _check_range(key, value, meta)
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"`{key}` must be text, got {value!r}")
+        return value
+    raise TypeError(f"unsupported settings type for {key}: {annotation}")
+
+
+def _check_range(key: str, value: float, meta: Mapping[str, Any]) -> None:
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
+        relation = ">" if meta.get("exclusive_min") else ">="
+        raise ConfigError(f"`{key}` must be {relation} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise ConfigError(f"`{key}` must be <= {high}, got {value!r}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join('`' + prefix + k + '`' for k in unknown)}; "
+                          f"known keys here: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in values.items():
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_scalar(prefix + name, value, annotation, known[name].metadata)
+    return cls(**kwargs)
+
+
+def config_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from nested plain values."""
+    return _build(ExperimentConfig, values or {})
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """Nested plain values (lists, not tuples), ready for YAML or JSON."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, tuple) else value
+
+    return plain(dataclasses.asdict(config))
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars)."""
+    result = _deep_copy(values)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like `section.key=value`")
+        dotted, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override `{dotted}`: cannot parse value {raw!r}: {exc}") from exc
+        _set_dotted(result, dotted.strip(), value)
+    return result
+
+
+def _set_dotted(values: dict[str, Any], dotted: str, value: Any) -> None:
+    node = values
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override `{dotted}`: `{part}` is not a section")
+    node[leaf] = value
+
+
+def _deep_copy(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in values.items()}
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(values).__name__}")
+    return values
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file (or the defaults), apply overrides, validate."""
+    values = read_yaml(path) if path else {}
+    values = apply_overrides(values, overrides or [])
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{exc}") from None
+
+
+def save_config(config: ExperimentConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- run_config
+
+def to_run_config(config: ExperimentConfig) -> dict[str, bool | int | float | str]:
+    """Flatten to Flower's scalar ``run_config`` (lists become comma-joined text)."""
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(values: Mapping[str, Any], prefix: str) -> None:
+        for key, value in values.items():
+            if isinstance(value, Mapping):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = ",".join(value) if isinstance(value, list) else value
+
+    walk(config_to_dict(config), "")
+    return flat
+
+
+def from_run_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
+    """Rebuild the config from Flower's flat ``run_config``."""
+    nested: dict[str, Any] = {}
+    for dotted, value in run_config.items():
+        _set_dotted(nested, dotted, value)
+    return config_from_dict(nested)

@@ -1,0 +1,31 @@
+"""Keys shared by the ServerApp and the ClientApp: one spelling, one place."""
+
+# RecordDict entries
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# Metric keys a site returns (numbers only: nothing about its records leaves the site)
+NUM_EXAMPLES = "num-examples"  # FedAvg weighting key
+SITE_ID = "site-id"
+TRAIN_LOSS = "train-loss"
+EPSILON = "epsilon"
+STEPS = "steps"
+NOISE_MULTIPLIER = "noise-multiplier"
+SAMPLE_RATE = "sample-rate"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+EVAL_MACRO_F1 = "eval-macro-f1"
+
+# Train-config keys the server sends
+SERVER_ROUND = "server-round"
+TOTAL_ROUNDS = "total-rounds"
+FROZEN_FINGERPRINT = "frozen-fingerprint"
+
+# Context.state entries kept by a site across rounds
+ACCOUNTANT_STATE = "finfed-accountant"
+
+# node_config keys
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+NODE_DATA_PATH = "data-path"

@@ -1,0 +1,129 @@
+"""One dataset, many sites: central test split and per-site partitions.
+
+Partitioning uses flwr-datasets partitioners, so simulated label skew matches
+what the rest of the Flower ecosystem means by IID, Dirichlet(alpha) and natural ids.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import pandas as pd
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
+
+from finfed.config import DataSettings
+from finfed.data.loading import (check_labels, normalise_examples, read_hub_dataset, read_table,
+                                 resolve_labels)
+from finfed.data.synthetic_news import generate_news
+from finfed.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """The whole simulated consortium's data, before it is split across sites."""
+
+    labels: list[str]
+    train_pool: pd.DataFrame
+    test: pd.DataFrame
+    source: str
+
+
+@dataclass(frozen=True)
+class SiteData:
+    """What one site trains and validates on."""
+
+    site_id: int
+    train: pd.DataFrame
+    validation: pd.DataFrame
+
+
+def _raw_examples(settings: DataSettings, num_sites: int) -> tuple[pd.DataFrame, str]:
+    if settings.source == "synthetic":
+        frame = generate_news(settings.synthetic_size, num_sites, seed=settings.synthetic_seed)
+        return frame, f"synthetic financial news (seed {settings.synthetic_seed})"
+    if settings.source == "hub":
+        return read_hub_dataset(settings.path), f"hub dataset {settings.path}"
+    return read_table(settings.path), f"data file {settings.path}"
+
+
+def _split_test(frame: pd.DataFrame, settings: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """FlowerTune-style held-out split (default 25 %, seed 42)."""
+    dataset = Dataset.from_pandas(frame, preserve_index=False)
+    parts = dataset.train_test_split(test_size=settings.test_fraction, seed=settings.split_seed)
+    return parts["train"].to_pandas(), parts["test"].to_pandas()
+
+
+@functools.lru_cache(maxsize=4)
+def load_federated_data(settings: DataSettings, num_sites: int) -> FederatedData:
+    """Read, validate and split the consortium dataset (cached per process)."""
+    raw, source = _raw_examples(settings, num_sites)
+    frame = normalise_examples(raw.reset_index(drop=True), settings, source)
+    labels = resolve_labels(frame, settings, source)
+    if settings.test_path:
+        test_source = f"test file {settings.test_path}"
+        test = normalise_examples(read_table(settings.test_path), settings, test_source)
+        check_labels(test, labels, test_source)
+        train_pool = frame
+    else:
+        train_pool, test = _split_test(frame, settings)
+    return FederatedData(labels=labels, train_pool=train_pool, test=test, source=source)
+
+
+def _partitioner(settings: DataSettings, num_sites: int, seed: int):
+    if settings.partitioner == "iid":
+        return IidPartitioner(num_partitions=num_sites)
+    if settings.partitioner == "dirichlet":
+        return DirichletPartitioner(num_partitions=num_sites, partition_by="label",
+                                    alpha=settings.dirichlet_alpha, min_partition_size=0,
+                                    self_balancing=False, seed=seed)
+    return NaturalIdPartitioner(partition_by=settings.partition_column)
+
+
+@functools.lru_cache(maxsize=4)
+def _partitions(settings: DataSettings, num_sites: int) -> tuple[pd.DataFrame, ...]:
+    data = load_federated_data(settings, num_sites)
+    if settings.partitioner == "column":
+        if settings.partition_column not in data.train_pool.columns:
+            raise DataError(f"{data.source}: `data.partition_column` {settings.partition_column!r} "
+                            f"is not a column; found {list(data.train_pool.columns)}")
+        found = data.train_pool[settings.partition_column].nunique()
+        if found != num_sites:
+            raise ConfigError(f"`data.partition_column` {settings.partition_column!r} has {found} distinct "
+                              f"values but `federation.num_sites` is {num_sites}; they must match")
+    partitioner = _partitioner(settings, num_sites, settings.split_seed)
+    partitioner.dataset = Dataset.from_pandas(data.train_pool, preserve_index=False)
+    return tuple(partitioner.load_partition(i).to_pandas() for i in range(num_sites))
+
+
+def simulated_site(settings: DataSettings, site_id: int, num_sites: int) -> SiteData:
+    """Site ``site_id``'s share of the simulated consortium's data."""
+    if not 0 <= site_id < num_sites:
+        raise ConfigError(f"partition id {site_id} is outside 0..{num_sites - 1}")
+    partition = _partitions(settings, num_sites)[site_id]
+    if partition.empty:
+        raise DataError(f"site {site_id} received an empty partition from the {settings.partitioner!r} "
+                        f"partitioner over {num_sites} sites; raise `data.dirichlet_alpha`, lower "
+                        "`federation.num_sites` or use more data")
+    return split_validation(partition, settings, site_id)
+
+
+def local_site(settings: DataSettings, path: str, labels: list[str], site_id: int) -> SiteData:
+    """A deployed site's own file, checked against the federation's labels."""
+    source = f"data file {path}"
+    frame = normalise_examples(read_table(path).reset_index(drop=True), settings, source)
+    check_labels(frame, labels, source)
+    return split_validation(frame, settings, site_id)
+
+
+def split_validation(frame: pd.DataFrame, settings: DataSettings, site_id: int) -> SiteData:
+    """Keep ``validation_fraction`` of a site's rows for its local evaluation."""
+    shuffled = frame.sample(frac=1.0, random_state=settings.split_seed + site_id).reset_index(drop=True)
+    num_validation = int(round(len(shuffled) * settings.validation_fraction))
+    if settings.validation_fraction > 0:
+        num_validation = max(1, num_validation)
+    if len(shuffled) - num_validation < 1:
+        raise DataError(f"site {site_id} has {len(frame)} examples: too few to keep a validation split")
+    return SiteData(site_id=site_id, train=shuffled.iloc[num_validation:].reset_index(drop=True),
+                    validation=shuffled.iloc[:num_validation].reset_index(drop=True))

@@ -1,0 +1,141 @@
+"""The coordinator's side of a run, free of Flower types.
+
+``server/app.py`` feeds it what the strategy sees; it evaluates the global model
+centrally, keeps per-site records, and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from finfed import constants as keys
+from finfed.config import ExperimentConfig
+from finfed.data.partition import load_federated_data
+from finfed.errors import RunError
+from finfed.models.adapters import (count_parameters, frozen_adapter_fingerprint, load_trainable_state,
+                                    trainable_state)
+from finfed.models.backbone import load_tokenizer, quiet_transformers
+from finfed.models.persistence import save_model
+from finfed.report import write_report
+from finfed.run_outputs import MODEL, RunOutputs
+from finfed.site import federation_labels
+from finfed.tasks import get_task
+
+
+class FederatedRun:
+    """State of one federated run on the coordinator."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        quiet_transformers()
+        self.config = config
+        self.labels = federation_labels(config)
+        self.task = get_task(config, self.labels)
+        self.model = self.task.build_model()
+        self.fingerprint = frozen_adapter_fingerprint(self.model)
+        self.outputs = RunOutputs(config)
+        self.test_examples = self._central_test_examples()
+        self.site_train: dict[int, list[dict[str, Any]]] = {}
+        self.site_eval: dict[int, list[dict[str, Any]]] = {}
+        self.failures: dict[int, list[str]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.round_started = time.time()
+
+    def _central_test_examples(self) -> list[dict]:
+        data = load_federated_data(self.config.data, self.config.federation.num_sites)
+        return self.task.encode(data.test, load_tokenizer(self.config.model.backbone))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.outputs.start()
+        trainable, total = count_parameters(self.model)
+        print(f"[finfed] run {self.config.name}: {self.config.federation.num_sites} sites, "
+              f"{self.config.federation.rounds} rounds, {trainable:,} of {total:,} parameters trained "
+              f"({self.config.lora.method}), DP {'on' if self.config.privacy.enabled else 'off'}", flush=True)
+
+    def initial_arrays(self) -> dict[str, np.ndarray]:
+        return {name: tensor.numpy() for name, tensor in trainable_state(self.model).items()}
+
+    def train_config(self) -> dict[str, Any]:
+        return {keys.TOTAL_ROUNDS: self.config.federation.rounds, keys.FROZEN_FINGERPRINT: self.fingerprint}
+
+    # ------------------------------------------------------------------ per round
+    def record_training(self, server_round: int, metrics: list[Mapping[str, Any]], errors: list[str]) -> None:
+        self.site_train[server_round] = [dict(m) for m in metrics]
+        if errors:
+            self.failures[server_round] = list(errors)
+        needed = self.config.federation.min_sites or len(metrics) + len(errors)
+        if len(metrics) < needed:
+            raise RunError(f"round {server_round}: {len(metrics)} site(s) returned an update, "
+                           f"{needed} needed; failures: {'; '.join(errors) or 'none'}")
+
+    def record_evaluation(self, server_round: int, metrics: list[Mapping[str, Any]]) -> None:
+        self.site_eval[server_round] = [dict(m) for m in metrics]
+
+    def central_evaluate(self, server_round: int, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Evaluate the global model on the held-out test split and log the round."""
+        load_trainable_state(self.model, arrays)
+        metrics = self.task.evaluate(self.model, self.test_examples)
+        record = {"round": server_round, "central": metrics,
+                  "sites": self._round_sites(server_round),
+                  "failures": self.failures.get(server_round, []),
+                  "elapsed_s": round(time.time() - self.outputs.started, 1)}
+        self.history.append(record)
+        self.outputs.append_round(record)
+        self.outputs.write_privacy(self.privacy_summary())
+        print(f"[finfed] round {server_round}: " +
+              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + self._epsilon_note(record), flush=True)
+        return metrics
+
+    def _round_sites(self, server_round: int) -> list[dict[str, Any]]:
+        evaluations = {int(m[keys.SITE_ID]): m for m in self.site_eval.get(server_round, [])}
+        sites = []
+        for train in sorted(self.site_train.get(server_round, []), key=lambda m: m[keys.SITE_ID]):
+            site_id = int(train[keys.SITE_ID])
+            entry = {"site": site_id, **{k: v for k, v in train.items() if k != keys.SITE_ID}}
+            entry.update({k: v for k, v in evaluations.get(site_id, {}).items()
+                          if k.startswith("eval-")})
+            sites.append(entry)
+        return sites
+
+    @staticmethod
+    def _epsilon_note(record: dict[str, Any]) -> str:
+        epsilons = [s[keys.EPSILON] for s in record["sites"] if keys.EPSILON in s]
+        return f", max site epsilon={max(epsilons):.3f}" if epsilons else ""
+
+    # ------------------------------------------------------------------ summaries
+    def privacy_summary(self) -> dict[str, Any]:
+        privacy = self.config.privacy
+        sites: dict[str, Any] = {}
+        for server_round in sorted(self.site_train):
+            for metrics in self.site_train[server_round]:
+                site = sites.setdefault(str(int(metrics[keys.SITE_ID])), {
+                    "target_epsilon": privacy.target_epsilon if privacy.enabled else None,
+                    "delta": privacy.target_delta if privacy.enabled else None,
+                    "noise_multiplier": metrics.get(keys.NOISE_MULTIPLIER),
+                    "max_grad_norm": privacy.max_grad_norm if privacy.enabled else None,
+                    "sample_rate": metrics.get(keys.SAMPLE_RATE),
+                    "records": int(metrics[keys.NUM_EXAMPLES]),
+                    "accountant": privacy.accountant if privacy.enabled else None,
+                    "steps": 0, "epsilon_by_round": {}, "epsilon": 0.0 if privacy.enabled else None})
+                site["steps"] += int(metrics[keys.STEPS])
+                if keys.EPSILON in metrics:
+                    site["epsilon_by_round"][str(server_round)] = metrics[keys.EPSILON]
+                    site["epsilon"] = metrics[keys.EPSILON]
+        return {"dp_enabled": privacy.enabled, "unit": "record",
+                "guarantee": ("record-level (epsilon, delta)-DP with respect to each site's own dataset"
+                              if privacy.enabled else "none: privacy.enabled is false"),
+                "sites": sites}
+
+    def finish(self, arrays: Mapping[str, np.ndarray]) -> None:
+        load_trainable_state(self.model, arrays)
+        save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
+        baseline = self.task.baseline(self.test_examples)
+        write_report(self.outputs, self.config, self.history, self.privacy_summary(), baseline)
+        self.outputs.set_status("complete", rounds=self.config.federation.rounds, baseline=baseline)
+        print(f"[finfed] run complete: {self.outputs.run_dir}", flush=True)
+
+    def fail(self, error: BaseException) -> None:
+        self.outputs.set_status("failed", error=f"{type(error).__name__}: {error}")

@@ -1,0 +1,30 @@
+"""Classification metrics, computed without extra dependencies."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Sequence
+
+
+def accuracy(y_true: Sequence[int], y_pred: Sequence[int]) -> float:
+    if not y_true:
+        return 0.0
+    return sum(int(t == p) for t, p in zip(y_true, y_pred)) / len(y_true)
+
+
+def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> float:
+    """Unweighted mean of per-class F1 over all ``num_classes`` (a constant predictor scores low)."""
+    scores = []
+    for cls in range(num_classes):
+        tp = sum(1 for t, p in zip(y_true, y_pred) if t == cls and p == cls)
+        fp = sum(1 for t, p in zip(y_true, y_pred) if t != cls and p == cls)
+        fn = sum(1 for t, p in zip(y_true, y_pred) if t == cls and p != cls)
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / num_classes
+
+
+def majority_accuracy(y_true: Sequence[int]) -> float:
+    """Accuracy of always predicting the most frequent true label."""
+    if not y_true:
+        return 0.0
+    return Counter(y_true).most_common(1)[0][1] / len(y_true)

@@ -1,0 +1,75 @@
+"""LoRA and FFA-LoRA adapters, and the tensors that cross the wire.
+
+FFA-LoRA freezes every site's LoRA ``A`` at the same seeded random value and
+trains only ``B`` (plus the head). Because the update ``B @ A`` is then linear in
+what is trained, FedAvg of ``B`` is exactly FedAvg of the adapters, the upload
+halves, and DP noise is spread over half the parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from finfed.config import LoraSettings
+from finfed.errors import TrainingError
+from finfed.models.classifier import HEAD_NAME
+
+
+def add_adapters(model: nn.Module, settings: LoraSettings, head: str = HEAD_NAME) -> PeftModel:
+    """Wrap ``model`` with LoRA on ``settings.target_modules``; ``head`` stays fully trainable."""
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                        target_modules=list(settings.target_modules), modules_to_save=[head],
+                        bias="none")
+    # The seed makes LoRA A identical at every site: FFA-LoRA's exactness depends on it.
+    with torch.random.fork_rng():
+        torch.manual_seed(settings.init_seed)
+        peft_model = get_peft_model(model, config)
+    if settings.method == "ffa":
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name:
+                param.requires_grad_(False)
+    return peft_model
+
+
+def trainable_state(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The tensors a site trains and sends: nothing frozen, nothing else."""
+    return OrderedDict((name, param.detach().cpu().clone())
+                       for name, param in model.named_parameters() if param.requires_grad)
+
+
+def load_trainable_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load exactly the trainable tensors; any missing, extra or misshapen one is an error."""
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    missing, unexpected = sorted(set(params) - set(arrays)), sorted(set(arrays) - set(params))
+    if missing or unexpected:
+        raise TrainingError(f"adapter tensors do not match this model: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]} (are all sites on the same lora/model settings?)")
+    with torch.no_grad():
+        for name, param in params.items():
+            value = torch.as_tensor(np.asarray(arrays[name]))
+            if tuple(value.shape) != tuple(param.shape):
+                raise TrainingError(f"adapter tensor {name} has shape {tuple(value.shape)}, "
+                                    f"expected {tuple(param.shape)}")
+            param.copy_(value.to(param.dtype))
+
+
+def frozen_adapter_fingerprint(model: nn.Module) -> str:
+    """Hash of the frozen LoRA A matrices: equal at every site, or FFA-LoRA is not exact."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        if "lora_A" in name and not param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

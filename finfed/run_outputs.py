@@ -1,0 +1,110 @@
+"""The run directory: what a finished federated run leaves behind.
+
+``status.json`` says ``running`` until the very end, then ``complete`` (or
+``failed`` with the reason), so a half-written directory never looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from finfed.config import ExperimentConfig, save_config
+from finfed.errors import RunError
+
+STATUS = "status.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+PRIVACY = "privacy.json"
+MODEL = "model"
+REPORT = "report.md"
+MODEL_INFO = "finfed_model.json"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON through a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=float), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
+    """Refuse to write into an existing run unless asked: earlier results are never lost silently."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunError(f"run directory {run_dir} already exists; choose another `name` "
+                           "(--set name=...) or pass --overwrite")
+        for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT):
+            (run_dir / name).unlink(missing_ok=True)
+        _remove_tree(run_dir / MODEL)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            _remove_tree(child) if child.is_dir() else child.unlink()
+        path.rmdir()
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / STATUS
+    if not path.is_file():
+        return {"state": "missing"}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def require_complete(run_dir: Path) -> None:
+    status = read_status(Path(run_dir))
+    if status.get("state") != "complete":
+        raise RunError(f"run directory {run_dir} is not a completed run (status: {status.get('state')}"
+                       f"{'; ' + status['error'] if status.get('error') else ''})")
+
+
+class RunOutputs:
+    """Writes one run's files as the run progresses."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        self.run_dir = config.resolved_run_dir
+        self.started = time.time()
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.set_status("running")
+        save_config(self.config, self.run_dir / CONFIG)
+        (self.run_dir / METRICS).write_text("", encoding="utf-8")
+
+    def set_status(self, state: str, **extra: Any) -> None:
+        payload = {"state": state, "started": self.started, "updated": time.time(),
+                   "elapsed_s": round(time.time() - self.started, 1), **extra}
+        write_json_atomic(self.run_dir / STATUS, payload)
+
+    def append_round(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / METRICS, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=float) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def write_privacy(self, privacy: dict[str, Any]) -> None:
+        write_json_atomic(self.run_dir / PRIVACY, privacy)
+
+    def write_text(self, name: str, text: str) -> None:
+        tmp = self.run_dir / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, self.run_dir / name)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_privacy(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / PRIVACY
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

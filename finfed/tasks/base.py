@@ -1,0 +1,71 @@
+"""The interface every task implements, and the registry that finds one by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from finfed.config import ExperimentConfig
+from finfed.errors import ConfigError
+from finfed.models.adapters import add_adapters
+
+
+class Task(ABC):
+    """What differs between classification, QA, ...; everything else is shared."""
+
+    #: Opacus assumes this reduction; see finfed.training.LOSS_REDUCTION
+    loss_reduction: str = "mean"
+    #: names of the metrics :meth:`evaluate` returns, the first one is the headline
+    metric_names: tuple[str, ...] = ()
+
+    def __init__(self, config: ExperimentConfig, labels: Sequence[str]) -> None:
+        self.config = config
+        self.labels = list(labels)
+
+    @abstractmethod
+    def build_base_model(self) -> nn.Module:
+        """The backbone with its task head, before adapters."""
+
+    def build_model(self) -> nn.Module:
+        """The backbone with adapters and task head, trainable tensors marked."""
+        return add_adapters(self.build_base_model(), self.config.lora)
+
+    @abstractmethod
+    def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
+        """Tokenised examples, one dict per training sample."""
+
+    @abstractmethod
+    def collate(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Pad a list of encoded examples into a batch."""
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean loss of a batch."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:
+        """Metrics (including ``loss``) of ``model`` on encoded examples."""
+
+    @abstractmethod
+    def baseline(self, examples: list[dict]) -> dict[str, float]:
+        """Metrics of a trivial predictor, to show the model learned something."""
+
+
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(name: str, cls: type[Task]) -> None:
+    if name in _TASKS and _TASKS[name] is not cls:
+        raise ValueError(f"task {name!r} is already registered to {_TASKS[name].__name__}")
+    _TASKS[name] = cls
+
+
+def get_task(config: ExperimentConfig, labels: Sequence[str]) -> Task:
+    try:
+        return _TASKS[config.task](config, labels)
+    except KeyError:
+        raise ConfigError(f"`task` {config.task!r} is not registered; known: {sorted(_TASKS)}") from None

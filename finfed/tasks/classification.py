@@ -1,0 +1,80 @@
+"""Sentence classification (financial sentiment by default)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from finfed.metrics import accuracy, macro_f1, majority_accuracy
+from finfed.models.backbone import load_encoder
+from finfed.models.classifier import PooledClassifier
+from finfed.tasks.base import Task
+
+
+def pad_batch(items: Sequence[dict], keys: Sequence[str], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Right-pad token lists to the longest in the batch."""
+    width = max(len(item["input_ids"]) for item in items)
+    batch = {}
+    for key in keys:
+        fill = pad_id if key == "input_ids" else 0
+        batch[key] = torch.tensor([item[key] + [fill] * (width - len(item[key])) for item in items])
+    return batch
+
+
+class ClassificationTask(Task):
+    metric_names = ("accuracy", "macro_f1", "loss")
+
+    def __init__(self, config, labels) -> None:
+        super().__init__(config, labels)
+        self.criterion = nn.CrossEntropyLoss(reduction=self.loss_reduction)
+
+    def build_base_model(self) -> nn.Module:
+        settings = self.config.model
+        encoder = load_encoder(settings.backbone)
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.lora.init_seed)  # same initial head everywhere
+            return PooledClassifier(encoder, len(self.labels), settings.pooling, settings.head_dropout)
+
+    def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
+        encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=self.config.data.max_length)
+        index = {label: i for i, label in enumerate(self.labels)}
+        return [{"input_ids": ids, "attention_mask": mask, "label": index[label]}
+                for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"])]
+
+    def collate(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        batch = pad_batch(items, ("input_ids", "attention_mask"))
+        batch["labels"] = torch.tensor([item["label"] for item in items])
+        return batch
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return self.criterion(logits, batch["labels"])
+
+    @torch.no_grad()
+    def probabilities(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
+        model.eval()
+        size = self.config.train.eval_batch_size
+        chunks = []
+        for start in range(0, len(examples), size):
+            batch = self.collate(examples[start:start + size])
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            chunks.append(torch.softmax(logits, dim=-1))
+        return torch.cat(chunks) if chunks else torch.empty(0, len(self.labels))
+
+    def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:
+        probs = self.probabilities(model, examples)
+        y_true = [item["label"] for item in examples]
+        y_pred = probs.argmax(dim=-1).tolist()
+        targets = torch.tensor(y_true)
+        loss = nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), targets).item() if y_true else 0.0
+        return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, len(self.labels)),
+                "loss": loss}
+
+    def baseline(self, examples: list[dict]) -> dict[str, float]:
+        y_true = [item["label"] for item in examples]
+        majority = max(set(y_true), key=y_true.count) if y_true else 0
+        return {"accuracy": majority_accuracy(y_true),
+                "macro_f1": macro_f1(y_true, [majority] * len(y_true), len(self.labels))}

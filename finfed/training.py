@@ -1,0 +1,143 @@
+"""Local training at one site: plain SGD/AdamW, or DP-SGD through Opacus.
+
+DP-SGD here composes Opacus' parts (per-sample gradients, clipping and noise,
+accountant hook) with finfed's own Poisson sampler, so that an empty Poisson
+batch becomes an explicit noise-only step instead of a fabricated sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from torch import nn
+
+from finfed.config import TrainSettings
+from finfed.errors import PrivacyError, TrainingError
+from finfed.models.adapters import trainable_state
+from finfed.privacy.accounting import SiteAccountant
+from finfed.privacy.calibration import PrivacyPlan
+
+# Opacus rescales per-sample gradients assuming this reduction; the task's loss must match.
+LOSS_REDUCTION = "mean"
+
+LossFn = Callable[[nn.Module, dict], torch.Tensor]
+Collate = Callable[[Sequence[dict]], dict]
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    mean_loss: float
+    steps: int
+    empty_batches: int
+    examples_seen: int
+
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters")
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9)
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def poisson_batches(num_records: int, sample_rate: float, steps: int,
+                    generator: torch.Generator):
+    """Each record joins each batch independently with probability ``sample_rate``."""
+    for _ in range(steps):
+        mask = torch.rand(num_records, generator=generator) < sample_rate
+        yield mask.nonzero().flatten().tolist()
+
+
+def shuffled_batches(num_records: int, batch_size: int, steps: int, generator: torch.Generator):
+    """Ordinary shuffled mini-batches (the non-private baseline)."""
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(num_records, generator=generator).tolist()
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch
+
+
+def _check_private_setup(model: nn.Module, loss_reduction: str) -> None:
+    """Catch the set-ups under which Opacus trains silently without valid per-sample gradients."""
+    if not all(module.training for module in model.modules()):
+        raise PrivacyError("the model must be in train mode before DP wrapping: Opacus only captures "
+                           "activations of modules in train mode, so gradients would go unclipped")
+    if loss_reduction != LOSS_REDUCTION:
+        raise PrivacyError(f"the task's loss uses reduction {loss_reduction!r} but DP-SGD is set up for "
+                           f"{LOSS_REDUCTION!r}; per-sample gradients would be mis-scaled")
+
+
+def _noise_only_step(optimizer: DPOptimizer) -> None:
+    """An empty Poisson batch still takes a step: zero clipped gradients plus Gaussian noise."""
+    for param in optimizer.params:
+        param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
+    optimizer.step()
+
+
+def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, loss_fn: LossFn, *,
+                  loss_reduction: str, settings: TrainSettings, steps: int, seed: int,
+                  plan: PrivacyPlan | None = None, accountant: SiteAccountant | None = None,
+                  progress: Callable[[int, int, float], None] | None = None) -> TrainOutcome:
+    """Train ``model`` in place for ``steps`` steps; with ``plan``, under DP-SGD."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout and DP noise
+    before = trainable_state(model)
+    model.train()
+    optimizer = make_optimizer(model, settings)
+    if plan is not None:
+        if accountant is None:
+            raise PrivacyError("DP training needs an accountant: every step must be accounted for")
+        _check_private_setup(model, loss_reduction)
+        module = GradSampleModule(model, batch_first=True, loss_reduction=LOSS_REDUCTION, strict=True)
+        optimizer = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier,
+                                max_grad_norm=plan.max_grad_norm,
+                                expected_batch_size=plan.expected_batch_size,
+                                loss_reduction=LOSS_REDUCTION)
+        optimizer.attach_step_hook(accountant.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
+        batches = poisson_batches(len(dataset), plan.sample_rate, steps, generator)
+    else:
+        module = model
+        batches = shuffled_batches(len(dataset), settings.batch_size, steps, generator)
+    try:
+        outcome = _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress)
+    finally:
+        if isinstance(module, GradSampleModule):
+            module.remove_hooks()
+            module.cleanup()
+    _check_changed(before, model)
+    return outcome
+
+
+def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress) -> TrainOutcome:
+    total_loss, seen, empty = 0.0, 0, 0
+    for step, indices in enumerate(batches, start=1):
+        optimizer.zero_grad(set_to_none=True)
+        if not indices:
+            empty += 1
+            _noise_only_step(optimizer)
+            continue
+        loss = loss_fn(module, collate([dataset[i] for i in indices]))
+        if not math.isfinite(loss.item()):
+            raise TrainingError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(indices)
+        seen += len(indices)
+        if progress is not None:
+            progress(step, steps, loss.item())
+    return TrainOutcome(mean_loss=total_loss / max(seen, 1), steps=steps, empty_batches=empty,
+                        examples_seen=seen)
+
+
+def _check_changed(before: dict[str, torch.Tensor], model: nn.Module) -> None:
+    after = trainable_state(model)
+    if all(torch.equal(before[name], after[name]) for name in before):
+        raise TrainingError("no trainable tensor changed during the round: the update would be empty "
+                            "(check the learning rate and that adapters are attached)")

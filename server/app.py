@@ -1,0 +1,70 @@
+"""Flower ServerApp: FedAvg over the trained adapter tensors, central evaluation each round.
+
+The same app serves ``finfed simulate``, ``flwr run`` on a simulation
+federation, and a deployed SuperLink.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from finfed import constants as keys
+from finfed.config import from_run_config
+from finfed.federation import FederatedRun
+
+app = ServerApp()
+
+
+def to_record(arrays: dict) -> ArrayRecord:
+    return ArrayRecord({name: Array.from_numpy_ndarray(value) for name, value in arrays.items()})
+
+
+def from_record(record: ArrayRecord) -> dict:
+    return {name: array.numpy() for name, array in record.items()}
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg weighted by example counts that also hands each site's reply to the run."""
+
+    def __init__(self, run: FederatedRun, **kwargs) -> None:
+        super().__init__(weighted_by_key=keys.NUM_EXAMPLES, arrayrecord_key=keys.ARRAYS,
+                         configrecord_key=keys.CONFIG, **kwargs)
+        self.run = run
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        valid = [m for m in replies if not m.has_error()]
+        errors = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+        self.run.record_training(server_round, [dict(m.content[keys.METRICS]) for m in valid], errors)
+        return super().aggregate_train(server_round, replies)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        replies = list(replies)
+        self.run.record_evaluation(
+            server_round, [dict(m.content[keys.METRICS]) for m in replies if not m.has_error()])
+        return super().aggregate_evaluate(server_round, replies)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    config = from_run_config(context.run_config)
+    run = FederatedRun(config)
+    run.start()
+    try:
+        federation = config.federation
+        strategy = RecordingFedAvg(
+            run, fraction_train=federation.fraction_train, fraction_evaluate=1.0,
+            min_train_nodes=max(federation.min_sites, 1), min_evaluate_nodes=1,
+            min_available_nodes=federation.num_sites)
+        result = strategy.start(
+            grid=grid, initial_arrays=to_record(run.initial_arrays()), num_rounds=federation.rounds,
+            timeout=federation.round_timeout, train_config=ConfigRecord(run.train_config()),
+            evaluate_fn=lambda rnd, arrays: MetricRecord(run.central_evaluate(rnd, from_record(arrays))))
+        run.finish(from_record(result.arrays))
+    except BaseException as error:
+        run.fail(error)
+        raise

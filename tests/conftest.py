@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny random BERT built from a config, so unit tests stay fast."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from finfed.config import load_config
+from finfed.data.synthetic_news import generate_news
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _write_tiny_bert(folder: Path) -> Path:
+    words = set()
+    for text in generate_news(600, 4, seed=1)["text"]:
+        words.update(re.findall(r"[a-z]+|\d|[^\sa-z\d]", text.lower()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(words)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    return str(_write_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
+
+
+@pytest.fixture
+def tiny_config(tiny_backbone, tmp_path):
+    """A fast experiment: tiny BERT, small synthetic data, 2 sites, 2 rounds."""
+    def make(*overrides: str):
+        return load_config(None, [
+            f"model.backbone={tiny_backbone}", f"run_dir={tmp_path / 'run'}", "data.synthetic_size=400",
+            "federation.num_sites=2", "federation.rounds=2", "train.batch_size=16", "lora.r=4",
+            "train.learning_rate=0.01", *overrides])
+    return make
+
+
+@pytest.fixture
+def phrasebank_csv() -> Path:
+    path = SHARED_DATA / "financial_phrasebank" / "sentences_50agree.csv"
+    if not path.is_file():
+        pytest.skip(f"{path} is not available")
+    return path
