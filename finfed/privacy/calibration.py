@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from opacus.accountants.utils import get_noise_multiplier
@@ -40,11 +41,23 @@ def plan_privacy(*, num_records: int, train: TrainSettings, privacy: PrivacySett
     sample_rate = train.batch_size / num_records
     per_round = steps_per_round(num_records, train)
     total = rounds * per_round
-    noise = privacy.noise_multiplier or get_noise_multiplier(
+    noise = privacy.noise_multiplier or calibrate_noise(
         target_epsilon=privacy.target_epsilon, target_delta=privacy.target_delta,
-        sample_rate=sample_rate, steps=total, accountant=privacy.accountant, epsilon_tolerance=0.01)
+        sample_rate=sample_rate, steps=total, accountant=privacy.accountant)
     return PrivacyPlan(num_records=num_records, expected_batch_size=train.batch_size,
                        sample_rate=sample_rate, steps_per_round=per_round, total_steps=total,
                        noise_multiplier=float(noise), max_grad_norm=privacy.max_grad_norm,
                        target_epsilon=privacy.target_epsilon, target_delta=privacy.target_delta,
                        accountant=privacy.accountant)
+
+
+@functools.lru_cache(maxsize=64)
+def calibrate_noise(*, target_epsilon: float, target_delta: float, sample_rate: float, steps: int,
+                    accountant: str) -> float:
+    """Smallest noise multiplier (to 0.01 in epsilon) whose epsilon after ``steps`` stays within target.
+
+    Cached: PRV calibration takes seconds and every round of a site asks again.
+    """
+    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
+                                      sample_rate=sample_rate, steps=steps, accountant=accountant,
+                                      epsilon_tolerance=0.01))

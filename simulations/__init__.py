@@ -1,0 +1,1 @@
+"""Ready experiment configs and the one-machine runner behind `finfed simulate`."""

@@ -1,0 +1,222 @@
+"""Run finfed's Flower app on this machine with Flower's own simulation engine.
+
+A private SuperLink in simulation mode is started on a free loopback port with a
+private ``FLWR_HOME``; ``flwr run --stream`` submits the app (the repository's
+``pyproject.toml``: the very same ServerApp and ClientApp a deployment uses);
+the run's real outcome is read back with ``flwr ls`` because ``flwr run`` exits 0
+even when the run failed. Every process started here is stopped here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import psutil
+
+CONNECTION = "finfed-local"
+
+# Off by default in anything finfed starts: no telemetry, no update checks, no runtime installs.
+QUIET_FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+@dataclass(frozen=True)
+class FlowerRunResult:
+    run_id: str
+    status: str
+    details: str
+    log_path: Path
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def app_dir() -> Path:
+    """The folder whose pyproject.toml declares finfed's Flower app."""
+    root = Path(__file__).resolve().parents[1]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or "[tool.flwr.app]" not in pyproject.read_text(encoding="utf-8"):
+        raise FileNotFoundError(f"{root} holds no Flower app (pyproject.toml with [tool.flwr.app]); "
+                                "install finfed from its source folder with `pip install -e .`")
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_run_config(values: Mapping[str, object], path: Path) -> None:
+    """One TOML file of overrides: `-c k=v` flags sharing a dotted prefix overwrite each other."""
+    lines = [f"{json.dumps(key)} = {toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class LocalSuperLink:
+    """A simulation-mode SuperLink bound to 127.0.0.1, stopped with everything it spawned."""
+
+    def __init__(self, home: Path, env: Mapping[str, str]) -> None:
+        self.home, self.env, self.port = home, dict(env), free_port()
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LocalSuperLink":
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n', encoding="utf-8")
+        self.process = subprocess.Popen(
+            [_tool("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+             "--port", str(self.port), "--disable-runtime-dependency-installation",
+             "--log-file", str(self.home / "superlink.log")],
+            env=self.env, cwd=str(self.home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        self._wait_healthy(timeout=60)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=0.5)
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"SuperLink exited at start; see {self.home / 'superlink.log'}")
+                time.sleep(0.2)
+        raise RuntimeError(f"SuperLink did not answer on 127.0.0.1:{self.port} within {timeout:.0f}s")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            stop_process_tree(self.process)
+
+
+def stop_process_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM then SIGKILL the process and every process group below it.
+
+    Flower's SuperExec, the simulation process and Ray live in their own process
+    group and survive a SuperLink stopped mid-run, so their groups are signalled too.
+    """
+    groups = {process.pid}
+    try:
+        groups |= {os.getpgid(child.pid) for child in psutil.Process(process.pid).children(recursive=True)}
+    except (psutil.Error, ProcessLookupError):
+        pass
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + wait
+        while time.time() < deadline and any(_group_alive(g) for g in groups):
+            time.sleep(0.1)
+        if not any(_group_alive(g) for g in groups):
+            break
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _tool(name: str) -> str:
+    """Flower's executables from this interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ, **QUIET_FLOWER_ENV, FLWR_HOME=str(home), RAY_TMPDIR=str(home / "ray"))
+    # SuperExec finds flwr-simulation on PATH: put this environment's bin first.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per_site: int,
+                   log_path: Path, on_line: Callable[[str], None] = lambda line: None) -> FlowerRunResult:
+    """Submit finfed's app to a private local SuperLink and wait for it to finish."""
+    home = Path(tempfile.mkdtemp(prefix="finfed-flwr-"))
+    (home / "ray").mkdir()
+    env = flower_env(home)
+    total_cpus = max(cpus_per_site, os.cpu_count() or 1)
+    try:
+        with LocalSuperLink(home, env):
+            write_run_config(run_config, home / "run-config.toml")
+            command = [_tool("flwr"), "run", str(app_dir()), CONNECTION, "--stream",
+                       "--federation-config",
+                       f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site} "
+                       f"client-resources-num-gpus=0.0 init-args-num-cpus={total_cpus}",
+                       "--run-config", str(home / "run-config.toml")]
+            run_id = _stream(command, env, log_path, on_line)
+            status, details = _final_status(run_id, env)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
+
+
+def _stream(command: list[str], env: Mapping[str, str], log_path: Path,
+            on_line: Callable[[str], None]) -> str:
+    run_id = ""
+    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+            command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=str(app_dir())) as process:
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if "Successfully started run" in line:
+                    run_id = line.split()[-1]
+                on_line(line.rstrip("\n"))
+        except BaseException:
+            stop_process_tree(process)
+            raise
+    if not run_id:
+        raise RuntimeError(f"Flower did not start the run; see {log_path}")
+    return run_id
+
+
+def _final_status(run_id: str, env: Mapping[str, str]) -> tuple[str, str]:
+    listing = subprocess.run([_tool("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+                             env=dict(env), capture_output=True, text=True, cwd=str(app_dir()), timeout=120)
+    try:
+        run = json.loads(listing.stdout)["runs"][0]
+    except (ValueError, KeyError, IndexError):
+        return "unknown", listing.stdout + listing.stderr
+    return run.get("status", "unknown"), run.get("status-details", "")
