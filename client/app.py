@@ -9,11 +9,12 @@ from __future__ import annotations
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.audit import audit_mod
 from finfed import constants as keys
 from finfed.config import from_run_config
 from finfed.site import evaluate_round, site_context, train_round
 
-app = ClientApp()
+app = ClientApp(mods=[audit_mod])
 
 
 def _arrays(message: Message) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from peft import PeftModel
+from transformers import AutoTokenizer
 
 from finfed.config import ExperimentConfig, load_config
 from finfed.models.backbone import load_tokenizer, quiet_transformers, resolve_backbone
@@ -38,4 +39,4 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, PeftModel, Any]:
     task = get_task(config, info["labels"])
     model = PeftModel.from_pretrained(task.build_base_model(), str(folder))
     model.eval()
-    return task, model, load_tokenizer(str(folder))
+    return task, model, AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -1,0 +1,120 @@
+"""End to end through Flower's simulation engine (`finfed simulate` -> SuperLink -> `flwr run`)."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from finfed.cli import main
+from finfed.config import load_config
+from finfed.models.adapters import trainable_state
+from finfed.predict import predict_texts
+from finfed.run_outputs import read_metrics, read_privacy, read_status
+from finfed.tasks import get_task
+
+RUN_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "status.json", "flower.log",
+             "model/adapter_config.json", "model/adapter_model.safetensors", "model/finfed_model.json",
+             "model/tokenizer.json"]
+
+
+def _simulate(config_factory, tmp_path, *overrides):
+    config = config_factory(*overrides)
+    args = ["simulate"] + [arg for key, value in _flat(config, overrides) for arg in ("--set", f"{key}={value}")]
+    return config, main(args)
+
+
+def _flat(config, extra):
+    base = [("model.backbone", config.model.backbone), ("run_dir", config.run_dir),
+            ("data.synthetic_size", 400), ("federation.num_sites", 2), ("federation.rounds", 2),
+            ("train.batch_size", 16), ("lora.r", 4), ("train.learning_rate", 0.01)]
+    return base + [tuple(item.split("=", 1)) for item in extra]
+
+
+def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors(
+        tiny_config, tmp_path, monkeypatch):
+    audit = tmp_path / "audit.jsonl"
+    monkeypatch.setenv("FINFED_AUDIT_LOG", str(audit))
+    config, code = _simulate(tiny_config, tmp_path)
+    run_dir = tmp_path / "run"
+    assert code == 0
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    assert read_status(run_dir)["state"] == "complete"
+
+    rounds = read_metrics(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert all({"accuracy", "macro_f1", "loss"} <= set(r["central"]) for r in rounds)
+    assert all(len(r["sites"]) == 2 and "eval-accuracy" in r["sites"][0] for r in rounds[1:])
+
+    privacy = read_privacy(run_dir)
+    assert set(privacy["sites"]) == {"0", "1"}
+    for site in privacy["sites"].values():
+        assert list(site["epsilon_by_round"]) == ["1", "2"]
+        assert site["epsilon_by_round"]["1"] < site["epsilon_by_round"]["2"] <= config.privacy.target_epsilon
+        assert site["noise_multiplier"] > 0 and site["accountant"] == "prv"
+
+    # What left each site: only the trained tensors (FFA: LoRA B + head) and numbers.
+    task = get_task(config, ["negative", "neutral", "positive"])
+    trained = set(trainable_state(task.build_model()))
+    assert all("lora_B" in n or "classifier" in n for n in trained)
+    sent = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert len(sent) == 2 * 2 * 2  # 2 sites x 2 rounds x (train + evaluate)
+    for message in sent:
+        assert not message["has_error"]
+        for record in message["records"].values():
+            assert record["kind"] in ("arrays", "metrics"), record
+            if record["kind"] == "arrays":
+                assert {t["name"] for t in record["tensors"]} == trained
+                assert all(t["dtype"] == "float32" for t in record["tensors"])
+            else:
+                assert all(isinstance(v, (int, float)) for v in record["values"].values())
+
+    # The saved global model loads with plain PEFT and answers like `finfed predict`.
+    info = json.loads((run_dir / "model/finfed_model.json").read_text())
+    model = PeftModel.from_pretrained(task.build_base_model(), str(run_dir / "model")).eval()
+    assert info["labels"] == ["negative", "neutral", "positive"]
+    prediction = predict_texts(run_dir, ["Cedar Foods raised its outlook for the full year."])[0]
+    assert prediction["label"] in info["labels"]
+    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert main(["predict", str(run_dir), "Cedar Foods suspended its dividend"]) == 0
+
+
+def test_a_run_that_fails_inside_flower_exits_non_zero(tiny_config, tmp_path, capsys):
+    # Valid for preflight, but the model cannot get adapters: the ServerApp raises inside Flower.
+    _, code = _simulate(tiny_config, tmp_path, "lora.target_modules=no_such_module", "federation.rounds=1")
+    assert code == 1
+    assert "FAILED" in capsys.readouterr().err
+    assert read_status(tmp_path / "run")["state"] != "complete"
+
+
+def test_existing_run_directory_is_not_overwritten(tiny_config, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    _, code = _simulate(tiny_config, tmp_path)
+    assert code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (run_dir / "notes.txt").read_text() == "mine"
+
+
+def test_bad_input_fails_before_any_output(tiny_config, tmp_path, capsys):
+    _, code = _simulate(tiny_config, tmp_path, "data.source=file", f"data.path={tmp_path / 'missing.csv'}")
+    assert code == 2
+    assert "missing.csv does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(["simulate", "--set", "privacy.target_epsilon=-2"]) == 2
+    assert "`privacy.target_epsilon` must be > 0.0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bundled_minilm_federation_beats_the_majority_class(tmp_path):
+    run_dir = tmp_path / "minilm"
+    code = main(["simulate", "--set", f"run_dir={run_dir}", "--set", "federation.num_sites=2",
+                 "--set", "federation.rounds=2", "--set", "data.synthetic_size=1200"])
+    assert code == 0
+    final = read_metrics(run_dir)[-1]["central"]
+    baseline = read_status(run_dir)["baseline"]
+    assert final["accuracy"] > baseline["accuracy"] + 0.05
+    assert final["macro_f1"] > baseline["macro_f1"] + 0.1
+    assert max(s["epsilon"] for s in read_privacy(run_dir)["sites"].values()) <= 8.0
