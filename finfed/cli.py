@@ -42,20 +42,20 @@ def _show(verbose: bool):
 
 
 def simulate(args: argparse.Namespace) -> int:
-    from finfed.config import load_config, to_run_config
+    from finfed.config import load_config, to_run_config, with_absolute_paths
     from finfed.preflight import check_simulation
     from finfed.report import round_table
     from finfed.run_outputs import prepare_run_dir, read_metrics, read_status
     from simulations.runner import run_simulation
 
-    config = load_config(args.config, args.overrides)
-    run_dir = config.resolved_run_dir.resolve()
+    config = with_absolute_paths(load_config(args.config, args.overrides))
+    run_dir = config.resolved_run_dir
     for site in check_simulation(config):
         print(f"[finfed] site {site['site']}: {site['train']} training / {site['validation']} validation "
               f"examples, {site['steps_per_round']} steps per round"
               + (f", noise multiplier {site['noise_multiplier']:.3f}" if "noise_multiplier" in site else ""))
     prepare_run_dir(run_dir, overwrite=args.overwrite)
-    run_config = {**to_run_config(config), "run_dir": str(run_dir)}
+    run_config = to_run_config(config)
     started = time.time()
     result = run_simulation(run_config, num_sites=config.federation.num_sites,
                             cpus_per_site=config.simulation.cpus_per_site,

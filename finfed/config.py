@@ -54,8 +54,8 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class LoraSettings:
-    method: Literal["ffa", "lora", "none"] = _opt(
-        "ffa", "ffa: A frozen and shared, only B trained; lora: A and B trained; none: head only")
+    method: Literal["ffa", "lora"] = _opt(
+        "ffa", "ffa: A frozen and shared, only B (and the head) trained; lora: A and B trained")
     r: int = _opt(8, "LoRA rank", 1, 256)
     alpha: float = _opt(16.0, "LoRA scaling numerator (scale = alpha / r)", 0.0, None, True)
     dropout: float = _opt(0.0, "dropout on the LoRA path", 0.0, 0.9)
@@ -78,7 +78,8 @@ class TrainSettings:
     batch_size: int = _opt(64, "expected batch size (Poisson sampling rate = batch_size / records)", 1)
     local_epochs: int = _opt(1, "passes over the site's data per round", 1, 1000)
     learning_rate: float = _opt(5e-3, "optimiser learning rate", 0.0, 10.0, True)
-    optimizer: Literal["adamw", "sgd"] = _opt("adamw", "optimiser of each site")
+    head_learning_rate: float = _opt(0.0, "learning rate of the task head; 0 = `learning_rate`", 0.0, 10.0)
+    optimizer: Literal["adamw", "sgd"] = _opt("adamw", "optimiser of each site (sgd: momentum 0.9)")
     weight_decay: float = _opt(0.0, "AdamW weight decay", 0.0, 1.0)
     eval_batch_size: int = _opt(128, "batch size for evaluation", 1)
     num_threads: int = _opt(0, "torch threads per process; 0 = torch's default", 0, 256)
@@ -119,9 +120,8 @@ class ExperimentConfig:
             raise ConfigError(f"`data.path` is required when `data.source` is {self.data.source!r}")
         if self.data.partitioner == "column" and not self.data.partition_column:
             raise ConfigError("`data.partition_column` is required when `data.partitioner` is 'column'")
-        if self.lora.method != "none" and not self.lora.target_modules:
-            raise ConfigError("`lora.target_modules` must name at least one module when `lora.method` "
-                              f"is {self.lora.method!r}; use `lora.method=none` to train the head only")
+        if not self.lora.target_modules:
+            raise ConfigError("`lora.target_modules` must name at least one backbone module")
         if self.federation.min_sites > self.federation.num_sites:
             raise ConfigError(f"`federation.min_sites` ({self.federation.min_sites}) exceeds "
                               f"`federation.num_sites` ({self.federation.num_sites})")
@@ -291,3 +291,14 @@ def from_run_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
     for dotted, value in run_config.items():
         _set_dotted(nested, dotted, value)
     return config_from_dict(nested)
+
+
+def with_absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
+    """Resolve relative file paths now: Flower's processes run in another working directory."""
+    def absolute(value: str) -> str:
+        return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
+
+    data = dataclasses.replace(config.data, test_path=absolute(config.data.test_path),
+                               path=absolute(config.data.path) if config.data.source == "file" else config.data.path)
+    model = dataclasses.replace(config.model, backbone=absolute(config.model.backbone))
+    return dataclasses.replace(config, data=data, model=model, run_dir=str(config.resolved_run_dir.resolve()))

@@ -48,9 +48,7 @@ def federation_labels(config: ExperimentConfig) -> list[str]:
     """The label list every participant uses: configured, or inferred from the simulated dataset."""
     if config.data.labels:
         return list(config.data.labels)
-    if config.data.source == "file" and config.data.path:
-        return load_federated_data(config.data, config.federation.num_sites).labels
-    if config.data.source == "synthetic":
+    if config.data.source == "synthetic" or config.data.path:
         return load_federated_data(config.data, config.federation.num_sites).labels
     raise ConfigError("`data.labels` must list the labels when sites hold their own data")
 

@@ -19,6 +19,7 @@ from torch import nn
 from finfed.config import TrainSettings
 from finfed.errors import PrivacyError, TrainingError
 from finfed.models.adapters import trainable_state
+from finfed.models.classifier import HEAD_NAME
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan
 
@@ -38,12 +39,22 @@ class TrainOutcome:
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    """One parameter group for adapters, one for the head (which may learn faster).
+
+    Under DP the head's few hundred values carry most of the signal, while noise
+    reaches every adapter value: a separate head rate lets the head move without
+    letting noise random-walk the adapters.
+    """
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not trainable:
         raise TrainingError("the model has no trainable parameters")
+    head_lr = settings.head_learning_rate or settings.learning_rate
+    groups = [{"params": [p for n, p in trainable if HEAD_NAME not in n], "lr": settings.learning_rate},
+              {"params": [p for n, p in trainable if HEAD_NAME in n], "lr": head_lr}]
+    groups = [g for g in groups if g["params"]]
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=settings.learning_rate, momentum=0.9)
-    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(groups, lr=settings.learning_rate, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
 
 
 def poisson_batches(num_records: int, sample_rate: float, steps: int,

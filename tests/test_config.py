@@ -32,7 +32,7 @@ def test_pyproject_run_config_matches_defaults():
     (["privacy.target_epsilon=-1"], "`privacy.target_epsilon` must be > 0.0"),
     (["privacy.target_epsilon=abc"], "`privacy.target_epsilon` must be a number"),
     (["privacy.epsilon=3"], "unknown config key(s) `privacy.epsilon`"),
-    (["lora.method=dora"], "`lora.method` must be one of ['ffa', 'lora', 'none']"),
+    (["lora.method=dora"], "`lora.method` must be one of ['ffa', 'lora']"),
     (["train.batch_size=2.5"], "`train.batch_size` must be a whole number"),
     (["privacy.enabled=yes please"], "`privacy.enabled` must be true or false"),
     (["data.source=file"], "`data.path` is required"),

@@ -1,0 +1,63 @@
+"""Benchmark: run finfed simulations and print/write their headline figures.
+
+    python benchmarks/federated_runs.py default               # the README's main job
+    python benchmarks/federated_runs.py phrasebank --data ../shared/data/financial_phrasebank/sentences_50agree.csv
+
+Each case runs `finfed simulate` for real (Flower simulation engine, bundled MiniLM) and
+records wall time, per-round central accuracy / macro-F1, the majority-class baseline and
+each site's final epsilon in benchmarks/results/<case>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from finfed.cli import main as finfed
+from finfed.run_outputs import read_metrics, read_privacy, read_status
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def run_case(name: str, args: list[str], run_dir: Path) -> dict:
+    started = time.time()
+    code = finfed(["simulate", *args, "--set", f"run_dir={run_dir}", "--set", f"name={name}"])
+    wall = time.time() - started
+    rounds = read_metrics(run_dir)
+    privacy = read_privacy(run_dir)
+    return {"case": name, "exit_code": code, "wall_s": round(wall, 1),
+            "baseline": read_status(run_dir).get("baseline"),
+            "rounds": [{"round": r["round"], **{k: round(v, 4) for k, v in r["central"].items()}} for r in rounds],
+            "final_epsilon": {site: s.get("epsilon") for site, s in privacy.get("sites", {}).items()}}
+
+
+def cases(which: str, data: str | None) -> dict[str, list[str]]:
+    if which == "default":
+        return {"default": []}
+    if not data:
+        raise SystemExit("--data is required for the phrasebank benchmark")
+    base = ["--config", str(ROOT / "simulations" / "phrasebank.yaml"), "--set", f"data.path={data}"]
+    return {"phrasebank-dp": base, "phrasebank-nodp": base + ["--set", "privacy.enabled=false"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["default", "phrasebank"])
+    parser.add_argument("--data", help="Financial PhraseBank CSV (phrasebank)")
+    parser.add_argument("--set", dest="extra", action="append", default=[], help="extra override for every case")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="finfed-bench-") as tmp:
+        for name, case_args in cases(args.which, args.data).items():
+            extra = [a for item in args.extra for a in ("--set", item)]
+            summary = run_case(name, case_args + extra, Path(tmp) / name)
+            (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2))
+            print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

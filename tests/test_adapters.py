@@ -1,0 +1,62 @@
+"""Adapters: FFA-LoRA trains only B and the head, identically initialised at every site."""
+
+import numpy as np
+import pytest
+import torch
+
+from finfed.errors import TrainingError
+from finfed.models.adapters import (frozen_adapter_fingerprint, load_trainable_state, trainable_state)
+from finfed.tasks import get_task
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def test_ffa_trains_only_lora_b_and_head(tiny_config):
+    model = get_task(tiny_config(), LABELS).build_model()
+    names = set(trainable_state(model))
+    assert names and all("lora_B" in n or "classifier.modules_to_save" in n for n in names)
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_plain_lora_also_trains_a(tiny_config):
+    model = get_task(tiny_config("lora.method=lora"), LABELS).build_model()
+    assert any("lora_A" in n for n in trainable_state(model))
+
+
+def test_every_site_builds_the_same_frozen_a_and_a_different_seed_does_not(tiny_config):
+    first = get_task(tiny_config(), LABELS).build_model()
+    torch.manual_seed(999)  # global RNG state must not matter
+    second = get_task(tiny_config(), LABELS).build_model()
+    other = get_task(tiny_config("lora.init_seed=5"), LABELS).build_model()
+    assert frozen_adapter_fingerprint(first) == frozen_adapter_fingerprint(second)
+    assert frozen_adapter_fingerprint(first) != frozen_adapter_fingerprint(other)
+
+
+def test_ffa_training_leaves_a_untouched_so_averaging_b_is_exact(tiny_config):
+    """FedAvg of B equals FedAvg of B @ A only if A never moves: check it after a real round."""
+    from finfed.site import site_context, train_round
+
+    config = tiny_config()
+    site = site_context(config, {"partition-id": 0})
+    model = site.task.build_model()
+    update = train_round(site, {k: v.numpy() for k, v in trainable_state(model).items()},
+                         server_round=1, accountant_state=None)
+    assert not any("lora_A" in name for name in update.arrays)
+    trained = site.task.build_model()
+    load_trainable_state(trained, update.arrays)
+    assert frozen_adapter_fingerprint(trained) == frozen_adapter_fingerprint(model)
+    changed = [n for n in update.arrays if not np.array_equal(update.arrays[n], trainable_state(model)[n].numpy())]
+    assert any("lora_B" in n for n in changed) and any("classifier" in n for n in changed)
+
+
+def test_loading_mismatched_tensors_is_refused(tiny_config):
+    model = get_task(tiny_config(), LABELS).build_model()
+    arrays = {k: v.numpy() for k, v in trainable_state(model).items()}
+    name = next(iter(arrays))
+    with pytest.raises(TrainingError, match="missing"):
+        load_trainable_state(model, {k: v for k, v in arrays.items() if k != name})
+    with pytest.raises(TrainingError, match="unexpected"):
+        load_trainable_state(model, {**arrays, "extra.weight": np.zeros(2, dtype=np.float32)})
+    with pytest.raises(TrainingError, match="shape"):
+        load_trainable_state(model, {**arrays, name: np.zeros((1, 1), dtype=np.float32)})
+    load_trainable_state(model, arrays)
