@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from client.audit import audit_mod
 from finfed import constants as keys
 from finfed.config import from_run_config
+from finfed.errors import BudgetExhausted
 from finfed.site import evaluate_round, site_context, train_round
 
 app = ClientApp(mods=[audit_mod])
@@ -35,10 +36,16 @@ def train(message: Message, context: Context) -> Message:
     config = message.content[keys.CONFIG]
     server_round = int(config[keys.SERVER_ROUND])
     stored = context.state.config_records.get(keys.ACCOUNTANT_STATE)
-    update = train_round(site, _arrays(message), server_round=server_round,
-                         accountant_state=dict(stored) if stored else None,
-                         expected_fingerprint=str(config.get(keys.FROZEN_FINGERPRINT, "")),
-                         progress=_progress(site.data.site_id, server_round))
+    try:
+        update = train_round(site, _arrays(message), server_round=server_round,
+                             accountant_state=dict(stored) if stored else None,
+                             expected_fingerprint=str(config.get(keys.FROZEN_FINGERPRINT, "")),
+                             run_id=str(context.run_id), progress=_progress(site.data.site_id, server_round))
+    except BudgetExhausted as refusal:
+        # The site declines: no update leaves, only the fact of the refusal.
+        print(f"[finfed] round {server_round} site {site.data.site_id} refused: {refusal}", flush=True)
+        refused = {keys.SITE_ID: site.data.site_id, keys.REFUSED: 1}
+        return Message(content=RecordDict({keys.METRICS: MetricRecord(refused)}), reply_to=message)
     if update.accountant_state is not None:
         context.state[keys.ACCOUNTANT_STATE] = ConfigRecord(update.accountant_state)
     content = RecordDict({

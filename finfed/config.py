@@ -71,6 +71,10 @@ class PrivacySettings:
     max_grad_norm: float = _opt(1.0, "per-example gradient clipping norm", 0.0, None, True)
     accountant: Literal["rdp", "prv"] = _opt("prv", "accountant used to calibrate and report epsilon")
     noise_multiplier: float = _opt(0.0, "fixed noise multiplier; 0 = calibrate from the target", 0.0)
+    ledger_dir: str = _opt("", "simulation: folder of per-site privacy ledgers (site-<id>.json) that "
+                               "compose spend across runs; empty = spend tracked within the run only")
+    site_budget_epsilon: float = _opt(0.0, "simulation: each site's lifetime epsilon budget per dataset; "
+                                           "0 = `target_epsilon`", 0.0)
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class TrainSettings:
     batch_size: int = _opt(64, "expected batch size (Poisson sampling rate = batch_size / records)", 1)
     local_epochs: int = _opt(1, "passes over the site's data per round", 1, 1000)
     learning_rate: float = _opt(5e-3, "optimiser learning rate", 0.0, 10.0, True)
-    head_learning_rate: float = _opt(0.0, "learning rate of the task head; 0 = `learning_rate`", 0.0, 10.0)
+    head_learning_rate: float = _opt(0.05, "learning rate of the task head; 0 = `learning_rate`", 0.0, 10.0)
     optimizer: Literal["adamw", "sgd"] = _opt("adamw", "optimiser of each site (sgd: momentum 0.9)")
     weight_decay: float = _opt(0.0, "AdamW weight decay", 0.0, 1.0)
     eval_batch_size: int = _opt(128, "batch size for evaluation", 1)
@@ -298,7 +302,10 @@ def with_absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
     def absolute(value: str) -> str:
         return str(Path(value).expanduser().resolve()) if value and Path(value).expanduser().exists() else value
 
+    privacy = dataclasses.replace(config.privacy, ledger_dir=str(Path(config.privacy.ledger_dir).resolve())
+                                  if config.privacy.ledger_dir else "")
     data = dataclasses.replace(config.data, test_path=absolute(config.data.test_path),
                                path=absolute(config.data.path) if config.data.source == "file" else config.data.path)
     model = dataclasses.replace(config.model, backbone=absolute(config.model.backbone))
-    return dataclasses.replace(config, data=data, model=model, run_dir=str(config.resolved_run_dir.resolve()))
+    return dataclasses.replace(config, data=data, model=model, privacy=privacy,
+                               run_dir=str(config.resolved_run_dir.resolve()))

@@ -17,6 +17,10 @@ class PrivacyError(FinfedError, RuntimeError):
     """A privacy guard tripped: training would be silently non-private or unaccounted."""
 
 
+class BudgetExhausted(PrivacyError):
+    """A site refuses a round that would take it past its own privacy budget."""
+
+
 class TrainingError(FinfedError, RuntimeError):
     """Local training did not do what it must (for example, the adapter did not change)."""
 

@@ -40,6 +40,9 @@ class FederatedRun:
         self.site_train: dict[int, list[dict[str, Any]]] = {}
         self.site_eval: dict[int, list[dict[str, Any]]] = {}
         self.failures: dict[int, list[str]] = {}
+        self.refusals: dict[int, list[int]] = {}
+        self.exhausted = False
+        self.exhausted_round: int | None = None
         self.history: list[dict[str, Any]] = []
         self.round_started = time.time()
 
@@ -62,10 +65,19 @@ class FederatedRun:
         return {keys.TOTAL_ROUNDS: self.config.federation.rounds, keys.FROZEN_FINGERPRINT: self.fingerprint}
 
     # ------------------------------------------------------------------ per round
-    def record_training(self, server_round: int, metrics: list[Mapping[str, Any]], errors: list[str]) -> None:
+    def record_training(self, server_round: int, metrics: list[Mapping[str, Any]], errors: list[str],
+                        refusals: list[Mapping[str, Any]] = ()) -> None:
+        """Keep each site's reply; fail on errors, but not on sites refusing to overspend."""
         self.site_train[server_round] = [dict(m) for m in metrics]
         if errors:
             self.failures[server_round] = list(errors)
+        if refusals:
+            self.refusals[server_round] = sorted(int(r[keys.SITE_ID]) for r in refusals)
+            print(f"[finfed] round {server_round}: site(s) {self.refusals[server_round]} refused to train "
+                  "(privacy budget reached)", flush=True)
+        if refusals and not metrics and not errors:
+            self.exhausted, self.exhausted_round = True, server_round  # the run ends cleanly
+            return
         needed = self.config.federation.min_sites or len(metrics) + len(errors)
         if len(metrics) < needed:
             raise RunError(f"round {server_round}: {len(metrics)} site(s) returned an update, "
@@ -81,6 +93,7 @@ class FederatedRun:
         record = {"round": server_round, "central": metrics,
                   "sites": self._round_sites(server_round),
                   "failures": self.failures.get(server_round, []),
+                  "refusals": self.refusals.get(server_round, []),
                   "elapsed_s": round(time.time() - self.outputs.started, 1)}
         self.history.append(record)
         self.outputs.append_round(record)
@@ -124,6 +137,9 @@ class FederatedRun:
                 if keys.EPSILON in metrics:
                     site["epsilon_by_round"][str(server_round)] = metrics[keys.EPSILON]
                     site["epsilon"] = metrics[keys.EPSILON]
+        for server_round, refused in sorted(self.refusals.items()):
+            for site_id in refused:
+                sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
         return {"dp_enabled": privacy.enabled, "unit": "record",
                 "guarantee": ("record-level (epsilon, delta)-DP with respect to each site's own dataset"
                               if privacy.enabled else "none: privacy.enabled is false"),
@@ -134,7 +150,8 @@ class FederatedRun:
         save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
         baseline = self.task.baseline(self.test_examples)
         write_report(self.outputs, self.config, self.history, self.privacy_summary(), baseline)
-        self.outputs.set_status("complete", rounds=self.config.federation.rounds, baseline=baseline)
+        self.outputs.set_status("complete", rounds=self.config.federation.rounds, baseline=baseline,
+                                budget_exhausted_at_round=self.exhausted_round)
         print(f"[finfed] run complete: {self.outputs.run_dir}", flush=True)
 
     def fail(self, error: BaseException) -> None:

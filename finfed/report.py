@@ -30,10 +30,17 @@ def privacy_table(privacy: dict[str, Any]) -> str:
               "steps", "accountant"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for site_id, site in sorted(privacy["sites"].items(), key=lambda item: int(item[0])):
+        if "epsilon" not in site:  # refused every round it was asked
+            lines.append(f"| {site_id} | refused every round (budget) |" + " |" * (len(header) - 2))
+            continue
         lines.append("| " + " | ".join([
             site_id, str(site["records"]), f"{site['target_epsilon']:g}", f"{site['epsilon']:.3f}",
             f"{site['delta']:g}", f"{site['noise_multiplier']:.4f}", f"{site['max_grad_norm']:g}",
             f"{site['sample_rate']:.4f}", str(site["steps"]), site["accountant"]]) + " |")
+    refusals = [f"site {sid}: rounds {site['refused_rounds']}" for sid, site in sorted(privacy["sites"].items())
+                if site.get("refused_rounds")]
+    if refusals:
+        lines.append("\nRefused to train (own privacy budget reached): " + "; ".join(refusals) + ".")
     return "\n".join(lines)
 
 

@@ -7,7 +7,8 @@ them directly.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -16,11 +17,12 @@ import torch
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
 from finfed.data.partition import SiteData, load_federated_data, local_site, simulated_site
-from finfed.errors import ConfigError, TrainingError
+from finfed.errors import BudgetExhausted, ConfigError, PrivacyError, TrainingError
 from finfed.models.adapters import frozen_adapter_fingerprint, load_trainable_state, trainable_state
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_round
+from finfed.privacy.ledger import PrivacyLedger, dataset_fingerprint, new_entry
 from finfed.tasks import Task, get_task
 from finfed.training import train_locally
 
@@ -34,6 +36,17 @@ class SiteContext:
     data: SiteData
     train_examples: list
     validation_examples: list
+    fingerprint: str
+    policy: "SitePolicy"
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """What the site decides, never the server: its lifetime budget and where its ledger lives."""
+
+    budget_epsilon: float
+    budget_delta: float
+    ledger_path: str
 
 
 @dataclass(frozen=True)
@@ -53,8 +66,27 @@ def federation_labels(config: ExperimentConfig) -> list[str]:
     raise ConfigError("`data.labels` must list the labels when sites hold their own data")
 
 
+def site_policy(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> SitePolicy:
+    """The site's own budget and ledger: node config in deployment, per-site settings in simulation."""
+    privacy = config.privacy
+    ledger = str(node_config.get(keys.NODE_LEDGER_PATH, ""))
+    if not ledger and privacy.ledger_dir:
+        ledger = str(Path(privacy.ledger_dir) / f"site-{site_id}.json")
+    try:
+        budget = float(node_config.get(keys.NODE_BUDGET_EPSILON, privacy.site_budget_epsilon or
+                                       privacy.target_epsilon))
+        delta = float(node_config.get(keys.NODE_BUDGET_DELTA, privacy.target_delta))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"node config `{keys.NODE_BUDGET_EPSILON}` / `{keys.NODE_BUDGET_DELTA}` must be "
+                          f"numbers: {exc}") from None
+    if budget <= 0 or not 0 < delta < 1:
+        raise ConfigError(f"site {site_id}: budget epsilon must be > 0 and delta in (0, 1), "
+                          f"got epsilon={budget}, delta={delta}")
+    return SitePolicy(budget_epsilon=budget, budget_delta=delta, ledger_path=ledger)
+
+
 @functools.lru_cache(maxsize=2)
-def _site_context(config: ExperimentConfig, site_id: int, data_path: str) -> SiteContext:
+def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy: SitePolicy) -> SiteContext:
     quiet_transformers()
     labels = federation_labels(config)
     task = get_task(config, labels)
@@ -65,14 +97,16 @@ def _site_context(config: ExperimentConfig, site_id: int, data_path: str) -> Sit
     tokenizer = load_tokenizer(config.model.backbone)
     return SiteContext(config=config, task=task, data=data,
                        train_examples=task.encode(data.train, tokenizer),
-                       validation_examples=task.encode(data.validation, tokenizer))
+                       validation_examples=task.encode(data.validation, tokenizer),
+                       fingerprint=dataset_fingerprint(data.train["text"], data.train["label"]),
+                       policy=policy)
 
 
 def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> SiteContext:
     """Resolve a site from Flower's node config (partition id in simulation, data path in deployment)."""
     site_id = int(node_config.get(keys.NODE_PARTITION_ID, node_config.get("site-id", 0)))
     data_path = str(node_config.get(keys.NODE_DATA_PATH, ""))
-    return _site_context(config, site_id, data_path)
+    return _site_context(config, site_id, data_path, site_policy(config, node_config, site_id))
 
 
 def site_plan(site: SiteContext) -> PrivacyPlan | None:
@@ -95,14 +129,47 @@ def _model_with(site: SiteContext, arrays: Mapping[str, np.ndarray], expected_fi
     return model
 
 
+def _site_accountant(site: SiteContext, accountant_state: Mapping[str, Any] | None):
+    """Prior spend: the ledger's (all runs on this dataset) if the site keeps one, else this run's."""
+    mechanism = site.config.privacy.accountant
+    if site.policy.ledger_path:
+        ledger = PrivacyLedger(site.policy.ledger_path)
+        return ledger, ledger.accountant(site.fingerprint, mechanism)
+    return None, SiteAccountant.from_plain(accountant_state, mechanism)
+
+
+def check_budget(site: SiteContext, plan: PrivacyPlan, accountant: SiteAccountant) -> float:
+    """Refuse a round that would take the site past its own budget; return the delta to report at.
+
+    The plan comes from the server's run configuration; the budget from the site.
+    Whatever epsilon or noise the server asks for, the projection uses the noise
+    that would actually be applied, so the site cannot be made to overspend.
+    """
+    policy = site.policy
+    if plan.target_delta > policy.budget_delta:
+        raise BudgetExhausted(f"site {site.data.site_id}: the run asks for delta={plan.target_delta:g}, "
+                              f"above the site's delta budget {policy.budget_delta:g}")
+    delta = policy.budget_delta
+    projected = accountant.projected_epsilon(delta, plan.noise_multiplier, plan.sample_rate,
+                                             plan.steps_per_round)
+    if projected > policy.budget_epsilon + 1e-9:
+        raise BudgetExhausted(f"site {site.data.site_id}: this round would raise epsilon from "
+                              f"{accountant.epsilon(delta):.3f} to {projected:.3f}, above the site's budget "
+                              f"{policy.budget_epsilon:g}")
+    return delta
+
+
 def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_round: int,
                 accountant_state: Mapping[str, Any] | None, expected_fingerprint: str = "",
-                progress=None) -> SiteUpdate:
-    """Train the global adapter on this site's data for one round."""
+                run_id: str = "local", progress=None) -> SiteUpdate:
+    """Train the global adapter on this site's data for one round (or refuse, over budget)."""
     config = site.config
-    model = _model_with(site, arrays, expected_fingerprint)
     plan = site_plan(site)
-    accountant = SiteAccountant.from_plain(accountant_state, config.privacy.accountant) if plan else None
+    ledger, accountant, delta = None, None, None
+    if plan is not None:
+        ledger, accountant = _site_accountant(site, accountant_state)
+        delta = check_budget(site, plan, accountant)
+    model = _model_with(site, arrays, expected_fingerprint)
     steps = plan.steps_per_round if plan else steps_per_round(len(site.train_examples), config.train)
     outcome = train_locally(
         model, site.train_examples, site.task.collate, site.task.loss,
@@ -112,8 +179,17 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
     metrics = {keys.SITE_ID: site.data.site_id, keys.NUM_EXAMPLES: len(site.train_examples),
                keys.TRAIN_LOSS: outcome.mean_loss, keys.STEPS: outcome.steps}
     if plan is not None:
-        metrics.update({keys.EPSILON: accountant.epsilon(plan.target_delta),
-                        keys.NOISE_MULTIPLIER: plan.noise_multiplier, keys.SAMPLE_RATE: plan.sample_rate})
+        epsilon = accountant.epsilon(delta)
+        if epsilon > site.policy.budget_epsilon + 1e-6:  # the projection and the accountant must agree
+            raise PrivacyError(f"site {site.data.site_id}: spent epsilon {epsilon:.4f} exceeds its budget")
+        if ledger is not None:
+            ledger.append(new_entry(run_id=run_id, server_round=server_round, fingerprint=site.fingerprint,
+                                    accountant=config.privacy.accountant,
+                                    noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
+                                    steps=outcome.steps, max_grad_norm=plan.max_grad_norm, delta=delta,
+                                    epsilon_after=epsilon))
+        metrics.update({keys.EPSILON: epsilon, keys.NOISE_MULTIPLIER: plan.noise_multiplier,
+                        keys.SAMPLE_RATE: plan.sample_rate})
     new_arrays = {name: tensor.numpy() for name, tensor in trainable_state(model).items()}
     return SiteUpdate(arrays=new_arrays, metrics=metrics,
                       accountant_state=accountant.to_plain() if accountant else None, plan=plan)
@@ -126,7 +202,3 @@ def evaluate_round(site: SiteContext, arrays: Mapping[str, np.ndarray]) -> dict[
     out = {f"eval-{name.replace('_', '-')}": float(value) for name, value in metrics.items()}
     out.update({keys.SITE_ID: site.data.site_id, keys.NUM_EXAMPLES: len(site.validation_examples)})
     return out
-
-
-def plan_as_dict(plan: PrivacyPlan | None) -> dict[str, Any]:
-    return asdict(plan) if plan else {}

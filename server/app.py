@@ -35,12 +35,22 @@ class RecordingFedAvg(FedAvg):
                          configrecord_key=keys.CONFIG, **kwargs)
         self.run = run
 
+    def configure_train(self, server_round, arrays, config, grid):
+        # Once every site has refused for budget reasons, asking again cannot change their answer.
+        return [] if self.run.exhausted else super().configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return [] if self.run.exhausted else super().configure_evaluate(server_round, arrays, config, grid)
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
-        valid = [m for m in replies if not m.has_error()]
         errors = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
-        self.run.record_training(server_round, [dict(m.content[keys.METRICS]) for m in valid], errors)
-        return super().aggregate_train(server_round, replies)
+        answered = [m for m in replies if not m.has_error()]
+        refusals = [m for m in answered if keys.ARRAYS not in m.content]
+        updates = [m for m in answered if keys.ARRAYS in m.content]
+        self.run.record_training(server_round, [dict(m.content[keys.METRICS]) for m in updates], errors,
+                                 [dict(m.content[keys.METRICS]) for m in refusals])
+        return super().aggregate_train(server_round, updates + [m for m in replies if m.has_error()])
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)

@@ -2,12 +2,12 @@
 
 import json
 
+import pandas as pd
 import pytest
-import torch
 from peft import PeftModel
+from transformers import AutoTokenizer
 
 from finfed.cli import main
-from finfed.config import load_config
 from finfed.models.adapters import trainable_state
 from finfed.predict import predict_texts
 from finfed.run_outputs import read_metrics, read_privacy, read_status
@@ -74,9 +74,13 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
     info = json.loads((run_dir / "model/finfed_model.json").read_text())
     model = PeftModel.from_pretrained(task.build_base_model(), str(run_dir / "model")).eval()
     assert info["labels"] == ["negative", "neutral", "positive"]
-    prediction = predict_texts(run_dir, ["Cedar Foods raised its outlook for the full year."])[0]
-    assert prediction["label"] in info["labels"]
-    assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    text = "Cedar Foods raised its outlook for the full year."
+    prediction = predict_texts(run_dir, [text])[0]
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "model"))
+    encoded = task.encode(pd.DataFrame({"text": [text], "label": ["neutral"]}), tokenizer)
+    probs = task.probabilities(model, encoded)[0].tolist()
+    assert list(prediction["probabilities"].values()) == pytest.approx(probs, abs=1e-6)
+    assert prediction["label"] == info["labels"][max(range(3), key=probs.__getitem__)]
     assert main(["predict", str(run_dir), "Cedar Foods suspended its dividend"]) == 0
 
 

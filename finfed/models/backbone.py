@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel
 
 from finfed.errors import ConfigError
 
@@ -42,11 +42,6 @@ def load_encoder(name: str) -> PreTrainedModel:
 def load_tokenizer(name: str):
     location = resolve_backbone(name)
     return AutoTokenizer.from_pretrained(location, **_offline_kwargs(location))
-
-
-def load_encoder_config(name: str) -> PretrainedConfig:
-    location = resolve_backbone(name)
-    return AutoConfig.from_pretrained(location, **_offline_kwargs(location))
 
 
 def quiet_transformers() -> None:

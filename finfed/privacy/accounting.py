@@ -34,12 +34,22 @@ class SiteAccountant:
                           steps: int) -> float:
         """Epsilon after ``steps`` more steps, without recording them."""
         probe = SiteAccountant(self.mechanism)
-        probe.accountant.history = list(self.accountant.history) + [(noise_multiplier, sample_rate, steps)]
+        probe.accountant.history = list(self.accountant.history)
+        probe.record(noise_multiplier, sample_rate, steps)
         return probe.epsilon(delta)
 
     def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
-        """Account ``steps`` Poisson-subsampled Gaussian steps (used when not hooked to an optimizer)."""
-        self.accountant.history.append((noise_multiplier, sample_rate, steps))
+        """Account ``steps`` Poisson-subsampled Gaussian steps (used when not hooked to an optimizer).
+
+        Consecutive steps with the same noise and rate merge into one entry, as Opacus'
+        own step hook does, so every path yields the same history and the same epsilon
+        as the calibration that chose the noise.
+        """
+        history = self.accountant.history
+        if history and history[-1][0] == noise_multiplier and history[-1][1] == sample_rate:
+            history[-1] = (noise_multiplier, sample_rate, history[-1][2] + steps)
+        else:
+            history.append((noise_multiplier, sample_rate, steps))
 
     def to_plain(self) -> dict[str, Any]:
         history = self.accountant.history
