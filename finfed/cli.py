@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     simulate.add_argument("--verbose", action="store_true", help="show Flower's full log")
 
+    report = commands.add_parser("report", help="write report.json/.md/.html (privacy budget and utility)")
+    report.add_argument("run_dir", type=Path)
+
     predict = commands.add_parser("predict", help="label texts with a finished run's global model")
     predict.add_argument("run_dir", type=Path)
     predict.add_argument("texts", nargs="+")
@@ -84,10 +87,18 @@ def predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def report(args: argparse.Namespace) -> int:
+    from finfed.privacy_report import write_reports
+
+    for kind, path in write_reports(args.run_dir).items():
+        print(f"{kind:>4}: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"simulate": simulate, "predict": predict}[args.command](args)
+        return {"simulate": simulate, "predict": predict, "report": report}[args.command](args)
     except FinfedError as error:
         print(f"finfed: error: {error}", file=sys.stderr)
         return 2

@@ -83,6 +83,17 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
     assert prediction["label"] == info["labels"][max(range(3), key=probs.__getitem__)]
     assert main(["predict", str(run_dir), "Cedar Foods suspended its dividend"]) == 0
 
+    # The privacy report agrees with privacy.json and cross-checks epsilon with a second accountant.
+    assert main(["report", str(run_dir)]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    for site_id, site in privacy["sites"].items():
+        check = report["sites"][site_id]["cross_check"]
+        assert check["prv"] == pytest.approx(site["epsilon"], rel=1e-6)
+        assert site["epsilon"] <= check["rdp"] <= 1.5 * site["epsilon"]  # RDP is looser, not wildly so
+        assert f"{site['epsilon']:.3f}" in (run_dir / "report.md").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "http" not in page.split("<body>")[1]
+
 
 def test_a_run_that_fails_inside_flower_exits_non_zero(tiny_config, tmp_path, capsys):
     # Valid for preflight, but the model cannot get adapters: the ServerApp raises inside Flower.
