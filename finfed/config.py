@@ -75,6 +75,8 @@ class PrivacySettings:
                                "compose spend across runs; empty = spend tracked within the run only")
     site_budget_epsilon: float = _opt(0.0, "simulation: each site's lifetime epsilon budget per dataset; "
                                            "0 = `target_epsilon`", 0.0)
+    membership_audit: bool = _opt(True, "simulation: after the run, attack the final model with site 0's "
+                                        "training records (loss-threshold membership inference)")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import numpy as np
 
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
-from finfed.data.partition import load_federated_data
+from finfed.data.partition import load_federated_data, simulated_site
+from finfed.membership_audit import loss_threshold_auc
 from finfed.errors import RunError
 from finfed.models.adapters import (count_parameters, frozen_adapter_fingerprint, load_trainable_state,
                                     trainable_state)
@@ -149,10 +150,21 @@ class FederatedRun:
         load_trainable_state(self.model, arrays)
         save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
         baseline = self.task.baseline(self.test_examples)
-        write_report(self.outputs, self.config, self.history, self.privacy_summary(), baseline)
+        audit = self.membership_audit()
+        write_report(self.outputs, self.config, self.history, self.privacy_summary(), baseline, audit)
         self.outputs.set_status("complete", rounds=self.config.federation.rounds, baseline=baseline,
-                                budget_exhausted_at_round=self.exhausted_round)
+                                budget_exhausted_at_round=self.exhausted_round, membership_audit=audit)
         print(f"[finfed] run complete: {self.outputs.run_dir}", flush=True)
+
+    def membership_audit(self) -> dict[str, Any] | None:
+        """Simulation only: the coordinator can see site 0's records because they are all on this machine."""
+        if not self.config.privacy.membership_audit or self.config.data.source == "hub":
+            return None
+        site = simulated_site(self.config.data, 0, self.config.federation.num_sites)
+        members = self.task.encode(site.train, load_tokenizer(self.config.model.backbone))
+        result = loss_threshold_auc(self.task, self.model, members, self.test_examples, seed=self.config.seed)
+        print(f"[finfed] membership audit (site 0): loss-threshold attack AUC {result['auc']:.3f}", flush=True)
+        return {"site": 0, **result}
 
     def fail(self, error: BaseException) -> None:
         self.outputs.set_status("failed", error=f"{type(error).__name__}: {error}")

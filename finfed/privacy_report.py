@@ -16,7 +16,7 @@ from typing import Any
 
 from finfed.config import load_config
 from finfed.privacy.accounting import SiteAccountant
-from finfed.report import privacy_table, round_table
+from finfed.report import audit_text, privacy_table, round_table
 from finfed.run_outputs import CONFIG, read_metrics, read_privacy, read_status, require_complete
 
 # PRV's epsilon is an upper bound computed to within eps_error; RDP is looser but analytic.
@@ -50,6 +50,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             "guarantee": privacy.get("guarantee"), "unit": privacy.get("unit", "record"),
             "sites": sites, "rounds": rounds, "final": final, "baseline": status.get("baseline", {}),
             "budget_exhausted_at_round": status.get("budget_exhausted_at_round"),
+            "membership_audit": status.get("membership_audit"),
             "cross_check_note": CROSS_CHECK_NOTE + (
                 " Sites kept a privacy ledger: their stated epsilon includes earlier runs on the same data, "
                 "while the cross-check recomputes this run's steps only." if config.privacy.ledger_dir else ""),
@@ -109,7 +110,8 @@ def render_markdown(report: dict[str, Any]) -> str:
               round_table(report["rounds"]), "",
               "Trivial baseline (majority class): " +
               ", ".join(f"{k} {v:.4f}" for k, v in report["baseline"].items()), "",
-              "## What the guarantee means", "", report["explanation"], ""]
+              "## What the guarantee means", "", report["explanation"], "",
+              "## Empirical audit", "", audit_text(report.get("membership_audit")), ""]
     return "\n".join(lines)
 
 

@@ -44,8 +44,18 @@ def privacy_table(privacy: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def audit_text(audit: dict[str, Any] | None) -> str:
+    from finfed.membership_audit import READING
+
+    if not audit:
+        return "No membership-inference audit was run (`privacy.membership_audit` off, or no simulated sites)."
+    return (f"Membership audit, site {audit['site']} ({audit['members']} training records against "
+            f"{audit['non_members']} held-out records): loss-threshold attack AUC **{audit['auc']:.3f}**. "
+            + READING)
+
+
 def write_report(outputs, config: ExperimentConfig, history: list[dict[str, Any]],
-                 privacy: dict[str, Any], baseline: dict[str, float]) -> None:
+                 privacy: dict[str, Any], baseline: dict[str, float], audit: dict[str, Any] | None = None) -> None:
     final = history[-1]["central"] if history else {}
     data_note = ("**Data: synthetic.** These figures come from finfed's generated financial-news "
                  "sentences, not from real institutions' data." if config.data.source == "synthetic"
@@ -74,5 +84,7 @@ so that its target ε covers every round of the run; ε above is cumulative over
 Opacus accountant's full history. It protects each record of a site's training data from being inferred
 from the adapters that site sent; it does not protect facts shared by many records, nor data outside
 training.
+
+{audit_text(audit)}
 """
     outputs.write_text("report.md", text)

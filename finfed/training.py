@@ -138,13 +138,25 @@ def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, pro
         if not math.isfinite(loss.item()):
             raise TrainingError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
         loss.backward()
-        optimizer.step()
+        _step(optimizer)
         total_loss += loss.item() * len(indices)
         seen += len(indices)
         if progress is not None:
             progress(step, steps, loss.item())
     return TrainOutcome(mean_loss=total_loss / max(seen, 1), steps=steps, empty_batches=empty,
                         examples_seen=seen)
+
+
+def _step(optimizer) -> None:
+    try:
+        optimizer.step()
+    except ValueError as error:
+        if "Per sample gradient" not in str(error):
+            raise
+        # Opacus needs a gradient for every trainable tensor; one that never reaches the loss has none.
+        raise TrainingError("a trainable tensor received no gradient under DP-SGD: an adapter sits on a "
+                            "module the loss does not use (for example BERT's `pooler.dense`, matched by "
+                            "`dense`); narrow `lora.target_modules`") from error
 
 
 def _check_changed(before: dict[str, torch.Tensor], model: nn.Module) -> None:

@@ -40,7 +40,10 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
     assert code == 0
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
-    assert read_status(run_dir)["state"] == "complete"
+    status = read_status(run_dir)
+    assert status["state"] == "complete"
+    assert 0.0 <= status["membership_audit"]["auc"] <= 1.0 and status["membership_audit"]["members"] > 0
+    assert "loss-threshold attack AUC" in (run_dir / "report.md").read_text()
 
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
