@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--verbose", action="store_true", help="show Flower's full log")
 
     report = commands.add_parser("report", help="write report.json/.md/.html (privacy budget and utility)")
-    report.add_argument("run_dir", type=Path)
+    report.add_argument("run_dir", type=Path, nargs="?")
+    report.add_argument("--ledger", type=Path, help="show a site's lifetime spend per dataset from its ledger")
 
     predict = commands.add_parser("predict", help="label texts with a finished run's global model")
     predict.add_argument("run_dir", type=Path)
@@ -88,10 +89,16 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from finfed.privacy_report import write_reports
+    from finfed.privacy_report import ledger_summary, render_ledger, write_reports
 
-    for kind, path in write_reports(args.run_dir).items():
-        print(f"{kind:>4}: {path}")
+    if args.ledger:
+        print(render_ledger(ledger_summary(args.ledger)))
+    if args.run_dir:
+        for kind, path in write_reports(args.run_dir).items():
+            print(f"{kind:>4}: {path}")
+    if not (args.ledger or args.run_dir):
+        print("finfed report: give a RUN_DIR, --ledger PATH, or both", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -81,6 +81,9 @@ def _plot(series: dict[str, dict[int, float]], ylabel: str, title: str) -> str:
     for label, points in series.items():
         xs = sorted(points)
         axis.plot(xs, [points[x] for x in xs], marker="o", label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_xlabel("round")
     axis.set_ylabel(ylabel)
     axis.set_title(title)
@@ -106,6 +109,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         if "cross_check" in site:
             check = site["cross_check"]
             lines.append(f"  - cross-check: PRV {check['prv']:.3f}, RDP {check['rdp']:.3f}")
+            recomputed = check.get(site.get("accountant"), site["epsilon"])
+            if abs(recomputed - site["epsilon"]) > 0.01 * max(site["epsilon"], 1e-9):
+                lines.append(f"  - **MISMATCH**: the stated epsilon {site['epsilon']:.3f} differs from the "
+                             f"{site['accountant']} recomputation {recomputed:.3f} of this run's steps")
     lines += ["", report["cross_check_note"], "", "## Utility of the global model", "",
               round_table(report["rounds"]), "",
               "Trivial baseline (majority class): " +
@@ -157,6 +164,38 @@ def markdown_to_html(text: str) -> str:
         elif line.strip():
             out.append(f"<p>{html.escape(line).replace('**', '')}</p>")
     return "\n".join(out)
+
+
+def ledger_summary(path: str | Path) -> dict[str, Any]:
+    """A site's lifetime spend per dataset, across every run its ledger recorded."""
+    from finfed.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(path)
+    datasets: dict[str, Any] = {}
+    for entry in ledger.entries:
+        data = datasets.setdefault(entry.dataset_fingerprint, {
+            "runs": [], "rounds": 0, "steps": 0, "accountant": entry.accountant, "delta": entry.delta})
+        if entry.run_id not in data["runs"]:
+            data["runs"].append(entry.run_id)
+        data["rounds"] += 1
+        data["steps"] += entry.steps
+        data["epsilon"] = entry.epsilon_after
+    for fingerprint, data in datasets.items():
+        accountant = ledger.accountant(fingerprint, data["accountant"])
+        data["epsilon_recomputed"] = accountant.epsilon(data["delta"])
+    return {"ledger": str(path), "datasets": datasets}
+
+
+def render_ledger(summary: dict[str, Any]) -> str:
+    lines = [f"Privacy ledger {summary['ledger']}", ""]
+    if not summary["datasets"]:
+        lines.append("(no DP rounds recorded)")
+    for fingerprint, data in summary["datasets"].items():
+        lines.append(f"dataset {fingerprint[:16]}: epsilon {data['epsilon']:.3f} (recomputed "
+                     f"{data['epsilon_recomputed']:.3f}, {data['accountant']}, delta {data['delta']:g}) over "
+                     f"{data['rounds']} round(s), {data['steps']} steps, {len(data['runs'])} run(s): "
+                     + ", ".join(data["runs"]))
+    return "\n".join(lines)
 
 
 def write_reports(run_dir: str | Path) -> dict[str, Path]:

@@ -9,6 +9,7 @@ from finfed.cli import main
 from finfed.errors import BudgetExhausted, PrivacyError
 from finfed.models.adapters import trainable_state
 from finfed.privacy.ledger import PrivacyLedger
+from finfed.privacy_report import ledger_summary
 from finfed.run_outputs import read_metrics, read_privacy, read_status
 from finfed.site import site_context, train_round
 
@@ -31,6 +32,12 @@ def test_ledger_composes_spend_across_runs(tiny_config, tmp_path):
     assert all(e.dataset_fingerprint == site.fingerprint for e in ledger.entries)
     # A different dataset at the same site starts from zero spend.
     assert ledger.accountant("another-dataset", "rdp").epsilon(1e-5) == 0.0
+
+    summary = ledger_summary(tmp_path / "ledgers" / "site-0.json")["datasets"][site.fingerprint]
+    assert summary["runs"] == ["run-a", "run-b"] and summary["rounds"] == 3
+    assert summary["epsilon"] == pytest.approx(second.metrics["epsilon"])
+    assert summary["epsilon_recomputed"] == pytest.approx(summary["epsilon"], rel=1e-6)
+    assert main(["report", "--ledger", str(tmp_path / "ledgers" / "site-0.json")]) == 0
 
 
 def test_ledger_write_is_atomic(tmp_path, monkeypatch):

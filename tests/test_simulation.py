@@ -94,6 +94,7 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
         assert check["prv"] == pytest.approx(site["epsilon"], rel=1e-6)
         assert site["epsilon"] <= check["rdp"] <= 1.5 * site["epsilon"]  # RDP is looser, not wildly so
         assert f"{site['epsilon']:.3f}" in (run_dir / "report.md").read_text()
+    assert "MISMATCH" not in (run_dir / "report.md").read_text()
     page = (run_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "http" not in page.split("<body>")[1]
 
