@@ -80,6 +80,18 @@ class PrivacySettings:
 
 
 @dataclass(frozen=True)
+class ClientDPSettings:
+    """Client-level DP on the coordinator (Flower's DP strategy wrappers), beside record-level DP."""
+
+    mode: Literal["off", "fixed", "adaptive"] = _opt(
+        "off", "off, or server-side clipping of each site's update: fixed norm or adaptive (quantile) norm")
+    noise_multiplier: float = _opt(1.0, "noise multiplier on the clipped sum of site updates", 0.0)
+    clipping_norm: float = _opt(1.0, "clipping norm (fixed) or initial clipping norm (adaptive)", 0.0, None, True)
+    target_quantile: float = _opt(0.5, "adaptive: share of updates left unclipped", 0.0, 1.0)
+    delta: float = _opt(1e-5, "delta of the client-level guarantee", 0.0, 0.1, True)
+
+
+@dataclass(frozen=True)
 class TrainSettings:
     batch_size: int = _opt(64, "expected batch size (Poisson sampling rate = batch_size / records)", 1)
     local_epochs: int = _opt(1, "passes over the site's data per round", 1, 1000)
@@ -120,6 +132,7 @@ class ExperimentConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     federation: FederationSettings = field(default_factory=FederationSettings)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
+    client_dp: ClientDPSettings = field(default_factory=ClientDPSettings)
 
     def __post_init__(self) -> None:
         if self.data.source != "synthetic" and not self.data.path:

@@ -20,6 +20,7 @@ from finfed.models.adapters import (count_parameters, frozen_adapter_fingerprint
                                     trainable_state)
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.models.persistence import save_model
+from finfed.privacy.client_level import client_level_epsilon
 from finfed.report import write_report
 from finfed.run_outputs import MODEL, RunOutputs
 from finfed.site import federation_labels
@@ -58,6 +59,25 @@ class FederatedRun:
         print(f"[finfed] run {self.config.name}: {self.config.federation.num_sites} sites, "
               f"{self.config.federation.rounds} rounds, {trainable:,} of {total:,} parameters trained "
               f"({self.config.lora.method}), DP {'on' if self.config.privacy.enabled else 'off'}", flush=True)
+
+    @property
+    def sites_per_round(self) -> int:
+        federation = self.config.federation
+        return max(int(federation.num_sites * federation.fraction_train), federation.min_sites, 1)
+
+    def client_level_summary(self, rounds_done: int) -> dict[str, Any] | None:
+        settings = self.config.client_dp
+        if settings.mode == "off":
+            return None
+        rate = self.sites_per_round / self.config.federation.num_sites
+        return {"mode": f"server-side {settings.mode} clipping (Flower)", "unit": "site",
+                "noise_multiplier": settings.noise_multiplier, "clipping_norm": settings.clipping_norm,
+                "sites_per_round": self.sites_per_round, "sample_rate": rate, "rounds": rounds_done,
+                "delta": settings.delta, "accountant": "rdp",
+                "epsilon": client_level_epsilon(noise_multiplier=settings.noise_multiplier, sample_rate=rate,
+                                                rounds=rounds_done, delta=settings.delta),
+                "guarantee": ("client-level (epsilon, delta)-DP: bounds what the global model reveals about "
+                              "whether any one site took part, separate from each site's record-level guarantee")}
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return {name: tensor.numpy() for name, tensor in trainable_state(self.model).items()}
@@ -141,7 +161,9 @@ class FederatedRun:
         for server_round, refused in sorted(self.refusals.items()):
             for site_id in refused:
                 sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
+        trained_rounds = sum(1 for r in self.site_train.values() if r)
         return {"dp_enabled": privacy.enabled, "unit": "record",
+                "client_level": self.client_level_summary(trained_rounds),
                 "guarantee": ("record-level (epsilon, delta)-DP with respect to each site's own dataset"
                               if privacy.enabled else "none: privacy.enabled is false"),
                 "sites": sites}

@@ -48,6 +48,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     return {"run": config.name, "synthetic_data": config.data.source == "synthetic",
             "task": config.task, "dp_enabled": privacy.get("dp_enabled", False),
             "guarantee": privacy.get("guarantee"), "unit": privacy.get("unit", "record"),
+            "client_level": privacy.get("client_level"),
             "sites": sites, "rounds": rounds, "final": final, "baseline": status.get("baseline", {}),
             "budget_exhausted_at_round": status.get("budget_exhausted_at_round"),
             "membership_audit": status.get("membership_audit"),
@@ -113,13 +114,24 @@ def render_markdown(report: dict[str, Any]) -> str:
             if abs(recomputed - site["epsilon"]) > 0.01 * max(site["epsilon"], 1e-9):
                 lines.append(f"  - **MISMATCH**: the stated epsilon {site['epsilon']:.3f} differs from the "
                              f"{site['accountant']} recomputation {recomputed:.3f} of this run's steps")
-    lines += ["", report["cross_check_note"], "", "## Utility of the global model", "",
+    lines += ["", report["cross_check_note"], ""]
+    lines += ["## Client-level DP", "", client_level_text(report.get("client_level")), ""]
+    lines += ["## Utility of the global model", "",
               round_table(report["rounds"]), "",
               "Trivial baseline (majority class): " +
               ", ".join(f"{k} {v:.4f}" for k, v in report["baseline"].items()), "",
               "## What the guarantee means", "", report["explanation"], "",
               "## Empirical audit", "", audit_text(report.get("membership_audit")), ""]
     return "\n".join(lines)
+
+
+def client_level_text(summary: dict[str, Any] | None) -> str:
+    if not summary:
+        return "Off (`client_dp.mode: off`): no guarantee about a site's participation as a whole."
+    return (f"{summary['mode']}: noise multiplier {summary['noise_multiplier']:g}, clipping norm "
+            f"{summary['clipping_norm']:g}, {summary['sites_per_round']} site(s) per round (sampling rate "
+            f"{summary['sample_rate']:g}), {summary['rounds']} round(s): epsilon {summary['epsilon']:.3f} at delta "
+            f"{summary['delta']:g} ({summary['accountant']}). Guarantee: {summary['guarantee']}.")
 
 
 def render_html(report: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ from typing import Iterable
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClipping,
+                                     DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy)
 
 from finfed import constants as keys
 from finfed.config import from_run_config
@@ -59,6 +60,23 @@ class RecordingFedAvg(FedAvg):
         return super().aggregate_evaluate(server_round, replies)
 
 
+def with_client_dp(strategy: Strategy, run: FederatedRun) -> Strategy:
+    """Wrap FedAvg in Flower's server-side client-level DP, if configured."""
+    settings, sampled = run.config.client_dp, run.sites_per_round
+    if settings.mode == "fixed":
+        return DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise_multiplier=settings.noise_multiplier, clipping_norm=settings.clipping_norm,
+            num_sampled_clients=sampled)
+    if settings.mode == "adaptive":
+        # The noisy count of clipped updates must be noisier than sigma / 2 for the update noise to
+        # compensate (Andrew et al., 2021); sigma itself keeps the combined mechanism at sigma.
+        return DifferentialPrivacyServerSideAdaptiveClipping(
+            strategy, noise_multiplier=settings.noise_multiplier, num_sampled_clients=sampled,
+            initial_clipping_norm=settings.clipping_norm, target_clipped_quantile=settings.target_quantile,
+            clipped_count_stddev=max(sampled / 20, settings.noise_multiplier))
+    return strategy
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = from_run_config(context.run_config)
@@ -70,6 +88,7 @@ def main(grid: Grid, context: Context) -> None:
             run, fraction_train=federation.fraction_train, fraction_evaluate=1.0,
             min_train_nodes=max(federation.min_sites, 1), min_evaluate_nodes=1,
             min_available_nodes=federation.num_sites)
+        strategy = with_client_dp(strategy, run)
         result = strategy.start(
             grid=grid, initial_arrays=to_record(run.initial_arrays()), num_rounds=federation.rounds,
             timeout=federation.round_timeout, train_config=ConfigRecord(run.train_config()),
