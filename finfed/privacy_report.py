@@ -103,6 +103,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Privacy-budget report: run `{report['run']}`", ""]
     if report["synthetic_data"]:
         lines += ["**Data: synthetic** (finfed's generated financial news).", ""]
+    lines += ["## Privacy-utility summary", "", utility_summary(report), ""]
     lines += ["## Privacy per site", "", privacy_table(privacy), "", "### Epsilon after each round", ""]
     for site_id, site in sorted(report["sites"].items()):
         by_round = ", ".join(f"r{r}: {e:.3f}" for r, e in site.get("epsilon_by_round", {}).items())
@@ -123,6 +124,18 @@ def render_markdown(report: dict[str, Any]) -> str:
               "## What the guarantee means", "", report["explanation"], "",
               "## Empirical audit", "", audit_text(report.get("membership_audit")), ""]
     return "\n".join(lines)
+
+
+def utility_summary(report: dict[str, Any]) -> str:
+    final = ", ".join(f"{k} {v:.4f}" for k, v in report["final"].items() if k != "loss")
+    baseline = ", ".join(f"{k} {v:.4f}" for k, v in report["baseline"].items())
+    if not report["dp_enabled"]:
+        return f"Without differential privacy the global model reached {final} (trivial baseline: {baseline})."
+    spent = [s["epsilon"] for s in report["sites"].values() if "epsilon" in s]
+    deltas = {s["delta"] for s in report["sites"].values() if "delta" in s}
+    worst = f"{max(spent):.3f}" if spent else "0"
+    return (f"With every site at epsilon <= {worst} (delta {', '.join(f'{d:g}' for d in sorted(deltas))}), "
+            f"the global model reached {final} (trivial baseline: {baseline}).")
 
 
 def client_level_text(summary: dict[str, Any] | None) -> str:

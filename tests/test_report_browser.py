@@ -49,3 +49,5 @@ def test_html_report_renders_its_plots_in_headless_chromium(tmp_path):
     assert sum(1 for p in pixels if p != (255, 255, 255)) > 0.02 * len(pixels)
     # This fixture's stated epsilon does not match its recorded steps: the report must say so.
     assert "MISMATCH" in paths["md"].read_text()
+    assert "With every site at epsilon <= 8.000 (delta 1e-05), the global model reached accuracy 0.7000" \
+        in paths["md"].read_text()
