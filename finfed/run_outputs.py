@@ -37,7 +37,7 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
         if not overwrite:
             raise RunError(f"run directory {run_dir} already exists; choose another `name` "
                            "(--set name=...) or pass --overwrite")
-        for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT):
+        for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT, "report.json", "report.html", "flower.log"):
             (run_dir / name).unlink(missing_ok=True)
         _remove_tree(run_dir / MODEL)
     run_dir.mkdir(parents=True, exist_ok=True)
