@@ -35,15 +35,29 @@ def tiny_backbone(tmp_path_factory) -> str:
     return str(_write_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
 
 
+def _tiny_overrides(backbone: str, run_dir: Path) -> list[str]:
+    return [f"model.backbone={backbone}", f"run_dir={run_dir}", "data.synthetic_size=400",
+            "federation.num_sites=2", "federation.rounds=2", "train.batch_size=16", "lora.r=4",
+            "train.learning_rate=0.01"]
+
+
 @pytest.fixture
 def tiny_config(tiny_backbone, tmp_path):
     """A fast experiment: tiny BERT, small synthetic data, 2 sites, 2 rounds."""
     def make(*overrides: str):
-        return load_config(None, [
-            f"model.backbone={tiny_backbone}", f"run_dir={tmp_path / 'run'}", "data.synthetic_size=400",
-            "federation.num_sites=2", "federation.rounds=2", "train.batch_size=16", "lora.r=4",
-            "train.learning_rate=0.01", *overrides])
+        return load_config(None, [*_tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides])
     return make
+
+
+@pytest.fixture
+def tiny_simulate(tiny_backbone, tmp_path):
+    """Run `finfed simulate` on the tiny federation (run dir: tmp_path/run); returns the exit code."""
+    from finfed.cli import main
+
+    def run(*overrides: str) -> int:
+        settings = [*_tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides]
+        return main(["simulate", *[arg for item in settings for arg in ("--set", item)]])
+    return run
 
 
 @pytest.fixture

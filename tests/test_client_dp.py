@@ -18,12 +18,10 @@ def test_client_level_epsilon_is_opacus_rdp_over_rounds():
 
 
 @pytest.mark.parametrize("mode", ["fixed", "adaptive"])
-def test_simulation_with_client_level_dp_reports_both_guarantees(tiny_config, tmp_path, mode):
+def test_simulation_with_client_level_dp_reports_both_guarantees(tiny_simulate, tmp_path, mode):
     run_dir = tmp_path / "run"
-    code = main(["simulate", "--set", f"model.backbone={tiny_config().model.backbone}", "--set", f"run_dir={run_dir}",
-                 "--set", "data.synthetic_size=400", "--set", "federation.num_sites=2", "--set", "federation.rounds=2",
-                 "--set", "train.batch_size=16", "--set", "lora.r=4", "--set", f"client_dp.mode={mode}",
-                 "--set", "client_dp.noise_multiplier=0.8", "--set", "privacy.membership_audit=false"])
+    code = tiny_simulate("train.learning_rate=0.005", f"client_dp.mode={mode}", "client_dp.noise_multiplier=0.8",
+                         "privacy.membership_audit=false")
     assert code == 0 and read_status(run_dir)["state"] == "complete"
     privacy = read_privacy(run_dir)
     client = privacy["client_level"]

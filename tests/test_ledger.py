@@ -84,12 +84,10 @@ def test_server_cannot_make_a_site_overspend(tiny_config, tmp_path, server_asks)
     assert not ledger.exists()  # nothing was trained, nothing was spent
 
 
-def test_sites_refuse_mid_run_and_the_run_ends_cleanly(tiny_config, tmp_path):
+def test_sites_refuse_mid_run_and_the_run_ends_cleanly(tiny_simulate, tmp_path):
     run_dir = tmp_path / "run"
-    code = main(["simulate", "--set", f"model.backbone={tiny_config().model.backbone}", "--set", f"run_dir={run_dir}",
-                 "--set", "data.synthetic_size=400", "--set", "federation.num_sites=2", "--set", "federation.rounds=3",
-                 "--set", "train.batch_size=16", "--set", "lora.r=4", "--set", "privacy.site_budget_epsilon=6.5",
-                 "--set", f"privacy.ledger_dir={tmp_path / 'ledgers'}"])
+    code = tiny_simulate("federation.rounds=3", "train.learning_rate=0.005", "privacy.site_budget_epsilon=6.5",
+                         f"privacy.ledger_dir={tmp_path / 'ledgers'}")
     assert code == 0
     status = read_status(run_dir)
     assert status["state"] == "complete" and status["budget_exhausted_at_round"] == 2

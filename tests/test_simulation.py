@@ -18,24 +18,11 @@ RUN_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "statu
              "model/tokenizer.json"]
 
 
-def _simulate(config_factory, tmp_path, *overrides):
-    config = config_factory(*overrides)
-    args = ["simulate"] + [arg for key, value in _flat(config, overrides) for arg in ("--set", f"{key}={value}")]
-    return config, main(args)
-
-
-def _flat(config, extra):
-    base = [("model.backbone", config.model.backbone), ("run_dir", config.run_dir),
-            ("data.synthetic_size", 400), ("federation.num_sites", 2), ("federation.rounds", 2),
-            ("train.batch_size", 16), ("lora.r", 4), ("train.learning_rate", 0.01)]
-    return base + [tuple(item.split("=", 1)) for item in extra]
-
-
 def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors(
-        tiny_config, tmp_path, monkeypatch):
+        tiny_config, tiny_simulate, tmp_path, monkeypatch):
     audit = tmp_path / "audit.jsonl"
     monkeypatch.setenv("FINFED_AUDIT_LOG", str(audit))
-    config, code = _simulate(tiny_config, tmp_path)
+    config, code = tiny_config(), tiny_simulate()
     run_dir = tmp_path / "run"
     assert code == 0
     for name in RUN_FILES:
@@ -99,26 +86,26 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
     assert page.count("data:image/png;base64,") == 2 and "http" not in page.split("<body>")[1]
 
 
-def test_a_run_that_fails_inside_flower_exits_non_zero(tiny_config, tmp_path, capsys):
+def test_a_run_that_fails_inside_flower_exits_non_zero(tiny_simulate, tmp_path, capsys):
     # Valid for preflight, but the model cannot get adapters: the ServerApp raises inside Flower.
-    _, code = _simulate(tiny_config, tmp_path, "lora.target_modules=no_such_module", "federation.rounds=1")
+    code = tiny_simulate("lora.target_modules=no_such_module", "federation.rounds=1")
     assert code == 1
     assert "FAILED" in capsys.readouterr().err
     assert read_status(tmp_path / "run")["state"] != "complete"
 
 
-def test_existing_run_directory_is_not_overwritten(tiny_config, tmp_path, capsys):
+def test_existing_run_directory_is_not_overwritten(tiny_simulate, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "notes.txt").write_text("mine")
-    _, code = _simulate(tiny_config, tmp_path)
+    code = tiny_simulate()
     assert code == 2
     assert "already exists" in capsys.readouterr().err
     assert (run_dir / "notes.txt").read_text() == "mine"
 
 
-def test_bad_input_fails_before_any_output(tiny_config, tmp_path, capsys):
-    _, code = _simulate(tiny_config, tmp_path, "data.source=file", f"data.path={tmp_path / 'missing.csv'}")
+def test_bad_input_fails_before_any_output(tiny_simulate, tmp_path, capsys):
+    code = tiny_simulate("data.source=file", f"data.path={tmp_path / 'missing.csv'}")
     assert code == 2
     assert "missing.csv does not exist" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
