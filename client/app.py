@@ -6,20 +6,17 @@ The site's accountant history lives in ``context.state`` so epsilon is cumulativ
 
 from __future__ import annotations
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.audit import audit_mod
 from finfed import constants as keys
 from finfed.config import from_run_config
 from finfed.errors import BudgetExhausted
+from finfed.records import from_array_record, to_array_record
 from finfed.site import evaluate_round, site_context, train_round
 
 app = ClientApp(mods=[audit_mod])
-
-
-def _arrays(message: Message) -> dict:
-    return {name: array.numpy() for name, array in message.content[keys.ARRAYS].items()}
 
 
 def _progress(site_id: int, server_round: int):
@@ -36,8 +33,9 @@ def train(message: Message, context: Context) -> Message:
     config = message.content[keys.CONFIG]
     server_round = int(config[keys.SERVER_ROUND])
     stored = context.state.config_records.get(keys.ACCOUNTANT_STATE)
+    arrays = from_array_record(message.content[keys.ARRAYS])
     try:
-        update = train_round(site, _arrays(message), server_round=server_round,
+        update = train_round(site, arrays, server_round=server_round,
                              accountant_state=dict(stored) if stored else None,
                              expected_fingerprint=str(config.get(keys.FROZEN_FINGERPRINT, "")),
                              run_id=str(context.run_id), progress=_progress(site.data.site_id, server_round))
@@ -49,7 +47,7 @@ def train(message: Message, context: Context) -> Message:
     if update.accountant_state is not None:
         context.state[keys.ACCOUNTANT_STATE] = ConfigRecord(update.accountant_state)
     content = RecordDict({
-        keys.ARRAYS: ArrayRecord({n: Array.from_numpy_ndarray(v) for n, v in update.arrays.items()}),
+        keys.ARRAYS: to_array_record(update.arrays),
         keys.METRICS: MetricRecord(update.metrics)})
     return Message(content=content, reply_to=message)
 
@@ -57,5 +55,5 @@ def train(message: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
     site = site_context(from_run_config(context.run_config), context.node_config)
-    metrics = evaluate_round(site, _arrays(message))
+    metrics = evaluate_round(site, from_array_record(message.content[keys.ARRAYS]))
     return Message(content=RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=message)

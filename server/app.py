@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClipping,
                                      DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy)
@@ -16,16 +16,9 @@ from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClippi
 from finfed import constants as keys
 from finfed.config import from_run_config
 from finfed.federation import FederatedRun
+from finfed.records import from_array_record, to_array_record
 
 app = ServerApp()
-
-
-def to_record(arrays: dict) -> ArrayRecord:
-    return ArrayRecord({name: Array.from_numpy_ndarray(value) for name, value in arrays.items()})
-
-
-def from_record(record: ArrayRecord) -> dict:
-    return {name: array.numpy() for name, array in record.items()}
 
 
 class RecordingFedAvg(FedAvg):
@@ -45,13 +38,14 @@ class RecordingFedAvg(FedAvg):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
-        errors = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in replies if m.has_error()]
+        failed = [m for m in replies if m.has_error()]
         answered = [m for m in replies if not m.has_error()]
         refusals = [m for m in answered if keys.ARRAYS not in m.content]
         updates = [m for m in answered if keys.ARRAYS in m.content]
-        self.run.record_training(server_round, [dict(m.content[keys.METRICS]) for m in updates], errors,
+        self.run.record_training(server_round, [dict(m.content[keys.METRICS]) for m in updates],
+                                 [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in failed],
                                  [dict(m.content[keys.METRICS]) for m in refusals])
-        return super().aggregate_train(server_round, updates + [m for m in replies if m.has_error()])
+        return super().aggregate_train(server_round, updates + failed)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
         replies = list(replies)
@@ -90,10 +84,10 @@ def main(grid: Grid, context: Context) -> None:
             min_available_nodes=federation.num_sites)
         strategy = with_client_dp(strategy, run)
         result = strategy.start(
-            grid=grid, initial_arrays=to_record(run.initial_arrays()), num_rounds=federation.rounds,
+            grid=grid, initial_arrays=to_array_record(run.initial_arrays()), num_rounds=federation.rounds,
             timeout=federation.round_timeout, train_config=ConfigRecord(run.train_config()),
-            evaluate_fn=lambda rnd, arrays: MetricRecord(run.central_evaluate(rnd, from_record(arrays))))
-        run.finish(from_record(result.arrays))
+            evaluate_fn=lambda rnd, arrays: MetricRecord(run.central_evaluate(rnd, from_array_record(arrays))))
+        run.finish(from_array_record(result.arrays))
     except BaseException as error:
         run.fail(error)
         raise
