@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from finfed.models.hf_pooled_classifier import pool  # one pooling, shared with exports
+
 HEAD_NAME = "classifier"
 
 
@@ -29,10 +31,3 @@ class PooledClassifier(nn.Module):
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
         return self.classifier(self.dropout(pool(states, attention_mask, self.pooling)))
-
-
-def pool(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    if pooling == "cls":
-        return states[:, 0]
-    mask = attention_mask.unsqueeze(-1).to(states.dtype)
-    return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

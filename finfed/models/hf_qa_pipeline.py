@@ -1,0 +1,112 @@
+"""Extractive question answering as a ``transformers`` pipeline, shipped beside exported QA models.
+
+transformers 5 removed its ``question-answering`` pipeline. ``finfed export``
+copies this very file beside an exported QA model and names it under
+``custom_pipelines`` in ``config.json``, so that
+``pipeline("question-answering", model=FOLDER, trust_remote_code=True)`` still
+loads and answers, with no finfed installed. It must therefore stay
+self-contained: it imports only ``torch`` and ``transformers``, never ``finfed``.
+
+Decoding follows the old pipeline's rules, as finfed's own decoder does: the
+context is cut into windows of ``max_seq_len`` tokens overlapping by
+``doc_stride``; in each window the best span maximises p(start) * p(end) (each a
+softmax over the window's context tokens) with
+``start <= end < start + max_answer_len``, and that product is its ``score``;
+the answer is the best-scoring span over all windows. Defaults come from
+``config.finfed_qa`` (the settings the model was trained with), so the pipeline
+answers as ``finfed`` does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Pipeline
+
+PIPELINE_TASK = "question-answering"
+_DEFAULTS = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 15}
+
+
+class ExtractiveQAPipeline(Pipeline):
+    """``pipe(question=..., context=...)`` -> ``{"answer", "score", "start", "end"}`` (character offsets)."""
+
+    _load_processor = False
+    _load_image_processor = False
+    _load_feature_extractor = False
+    _load_tokenizer = True
+
+    def __call__(self, inputs: Any = None, *, question: str | None = None, context: str | None = None,
+                 **kwargs: Any) -> Any:
+        if inputs is None:
+            if question is None or context is None:
+                raise ValueError("give question= and context=, or a dict (or list of dicts) with both keys")
+            inputs = {"question": question, "context": context}
+        return super().__call__(inputs, **kwargs)
+
+    def _sanitize_parameters(self, max_seq_len: int | None = None, doc_stride: int | None = None,
+                             max_answer_len: int | None = None, **unknown: Any):
+        if unknown:
+            raise TypeError(f"unknown question-answering option(s): {sorted(unknown)}; "
+                            "known: max_seq_len, doc_stride, max_answer_len")
+        settings = {**_DEFAULTS, **getattr(self.model.config, "finfed_qa", {})}
+        preprocess = {"max_seq_len": max_seq_len or settings["max_seq_len"],
+                      "doc_stride": settings["doc_stride"] if doc_stride is None else doc_stride}
+        return preprocess, {}, {"max_answer_len": max_answer_len or settings["max_answer_len"]}
+
+    def preprocess(self, inputs: dict, max_seq_len: int, doc_stride: int) -> dict:
+        if not isinstance(inputs, dict) or not {"question", "context"} <= set(inputs):
+            raise ValueError(f"each input must be a dict with 'question' and 'context', got {inputs!r}")
+        encoded = self.tokenizer(inputs["question"], inputs["context"], truncation="only_second",
+                                 max_length=max_seq_len, stride=doc_stride, return_overflowing_tokens=True,
+                                 return_offsets_mapping=True, padding="longest", return_tensors="pt")
+        windows = len(encoded["input_ids"])
+        context_mask = torch.tensor([[sid == 1 for sid in encoded.sequence_ids(w)] for w in range(windows)])
+        model_inputs = {key: encoded[key] for key in ("input_ids", "attention_mask", "token_type_ids")
+                        if key in encoded}
+        return {**model_inputs, "offset_mapping": encoded["offset_mapping"], "context_mask": context_mask,
+                "context": inputs["context"]}
+
+    def _forward(self, model_inputs: dict) -> dict:
+        extras = {key: model_inputs.pop(key) for key in ("offset_mapping", "context_mask", "context")}
+        outputs = self.model(**model_inputs)
+        return {"start_logits": outputs.start_logits, "end_logits": outputs.end_logits, **extras}
+
+    def postprocess(self, model_outputs: dict, max_answer_len: int) -> dict:
+        best = None  # (score, window, first token, last token); the first window wins ties
+        for window, context in enumerate(model_outputs["context_mask"]):
+            found = span_in_window(model_outputs["start_logits"][window], model_outputs["end_logits"][window],
+                                   context, max_answer_len)
+            if found and (best is None or found[0] > best[0]):
+                best = (found[0], window, found[1], found[2])
+        if best is None:
+            return {"answer": "", "score": 0.0, "start": 0, "end": 0}
+        score, window, first, last = best
+        offsets = model_outputs["offset_mapping"][window]
+        start, end = int(offsets[first][0]), int(offsets[last][1])
+        return {"answer": model_outputs["context"][start:end], "score": score, "start": start, "end": end}
+
+
+def span_in_window(start_logits: torch.Tensor, end_logits: torch.Tensor, is_context: torch.Tensor,
+                   max_answer_tokens: int) -> tuple[float, int, int] | None:
+    """(score, first token, last token) of one window's best span, or None if it has no context token.
+
+    The best span maximises p(start) * p(end), each a softmax over the window's
+    context tokens, i.e. the largest start + end logit, with
+    ``start <= end < start + max_answer_tokens``.
+    """
+    is_context = is_context.bool()
+    if not is_context.any():
+        return None
+    length = len(is_context)
+    start, end = start_logits[:length].float(), end_logits[:length].float()
+    start_p = torch.softmax(start.masked_fill(~is_context, float("-inf")), dim=0)
+    end_p = torch.softmax(end.masked_fill(~is_context, float("-inf")), dim=0)
+    scores = start_p[:, None] * end_p[None, :]
+    positions = torch.arange(length)
+    allowed = ((positions[None, :] >= positions[:, None])
+               & (positions[None, :] < positions[:, None] + max_answer_tokens)
+               & is_context[:, None] & is_context[None, :])
+    scores = scores.masked_fill(~allowed, -1.0)
+    flat = int(torch.argmax(scores))
+    return float(scores.flatten()[flat]), flat // length, flat % length
