@@ -24,6 +24,10 @@ def _opt(default: Any, help: str, minimum: float | None = None, maximum: float |
     return field(default=default, metadata=meta)
 
 
+TASK_MAX_LENGTH = {"classification": 64, "qa": 192}
+TASK_SYNTHETIC_SIZE = {"classification": 3000, "qa": 600}
+
+
 @dataclass(frozen=True)
 class DataSettings:
     source: Literal["synthetic", "file", "hub"] = _opt(
@@ -32,6 +36,12 @@ class DataSettings:
     test_path: str = _opt("", "optional separate central test file; empty = split off `test_fraction`")
     text_column: str = _opt("text", "column holding the text")
     label_column: str = _opt("label", "column holding the label")
+    question_column: str = _opt("question", "qa: field holding the question")
+    context_column: str = _opt("context", "qa: field holding the passage the answer is taken from")
+    answers_column: str = _opt("answers", "qa: field holding {text: [...], answer_start: [...]} (SQuAD style)")
+    id_column: str = _opt("id", "qa: field holding each record's id (row number if absent)")
+    bad_answers: Literal["refuse", "drop"] = _opt(
+        "refuse", "qa: a record whose answer text is not at its offset is refused (error) or dropped (counted)")
     labels: tuple = _opt((), "label names in order; empty = inferred (sorted) and then fixed")
     test_fraction: float = _opt(0.25, "share held out for central evaluation", 0.0, 0.9, True)
     split_seed: int = _opt(42, "seed of the central test split", 0)
@@ -40,9 +50,19 @@ class DataSettings:
     dirichlet_alpha: float = _opt(0.5, "label-skew concentration (partitioner=dirichlet)", 0.0, None, True)
     partition_column: str = _opt("institution", "column naming each row's site (partitioner=column)")
     validation_fraction: float = _opt(0.1, "share of each site's data kept for local validation", 0.0, 0.5)
-    max_length: int = _opt(64, "maximum tokens per text", 8, 4096)
-    synthetic_size: int = _opt(3000, "rows the synthetic generator produces (source=synthetic)", 30)
+    max_length: int = _opt(0, "maximum tokens per example (qa: per window); 0 = the task's default "
+                              "(classification 64, qa 192)", 0, 4096)
+    synthetic_size: int = _opt(0, "rows the synthetic generator produces (source=synthetic); 0 = the task's "
+                                  "default (classification 3000 sentences, qa 600 questions)", 0)
     synthetic_seed: int = _opt(7, "seed of the synthetic generator", 0)
+
+
+@dataclass(frozen=True)
+class QASettings:
+    """Extractive question answering: how contexts are windowed and answers decoded."""
+
+    doc_stride: int = _opt(64, "tokens shared by consecutive windows of a long context", 0, 2048)
+    max_answer_tokens: int = _opt(40, "longest answer span (in tokens) the decoder may return", 1, 1024)
 
 
 @dataclass(frozen=True)
@@ -99,7 +119,9 @@ class TrainSettings:
     head_learning_rate: float = _opt(0.05, "learning rate of the task head; 0 = `learning_rate`", 0.0, 10.0)
     optimizer: Literal["adamw", "sgd"] = _opt("adamw", "optimiser of each site (sgd: momentum 0.9)")
     weight_decay: float = _opt(0.0, "AdamW weight decay", 0.0, 1.0)
-    eval_batch_size: int = _opt(128, "batch size for evaluation", 1)
+    eval_batch_size: int = _opt(64, "batch size for evaluation", 1)
+    physical_batch_size: int = _opt(32, "most examples through the model at once; larger sampled batches are "
+                                        "processed in parts and still make one (DP) step. 0 = no limit", 0)
     num_threads: int = _opt(0, "torch threads per process; 0 = torch's default", 0, 256)
 
 
@@ -110,6 +132,43 @@ class FederationSettings:
     fraction_train: float = _opt(1.0, "share of sites asked to train each round", 0.0, 1.0, True)
     min_sites: int = _opt(0, "fewest site updates a round needs; 0 = every sampled site", 0)
     round_timeout: float = _opt(3600.0, "seconds to wait for sites' replies", 1.0)
+    # Secure aggregation (Flower's SecAgg+): the coordinator only ever sees the sum of the sites' updates.
+    secure_aggregation: bool = _opt(False, "SecAgg+: sites mask their updates so the coordinator sees only "
+                                           "their weighted sum")
+    secagg_num_shares: float = _opt(1.0, "SecAgg+: sites each site's key is secret-shared with: a share of the "
+                                         "sampled sites (<= 1) or a count (> 2)", 0.0, None, True)
+    secagg_reconstruction_threshold: float = _opt(
+        0.6, "SecAgg+: shares needed to unmask: a share of `secagg_num_shares` (<= 1) or a count (>= 2); higher "
+             "is safer against collusion, lower tolerates more drop-outs", 0.0, None, True)
+    secagg_clipping_range: float = _opt(8.0, "SecAgg+: every sent value must lie in [-range, range] (checked at "
+                                             "the site: out-of-range values are refused, not clipped)",
+                                        0.0, None, True)
+    secagg_quantization_range: int = _opt(4194304, "SecAgg+: integer levels each value is quantized to "
+                                                   "(2**22; the modulus is 2**32)", 2, 2**31)
+    secagg_max_weight: float = _opt(10000.0, "SecAgg+: largest example count a site may weight its update "
+                                             "with (a site with more training records is refused)",
+                                    0.0, None, True)
+
+    def __post_init__(self) -> None:
+        if self.secure_aggregation:
+            _check_secure_aggregation(self)
+
+
+def _check_secure_aggregation(federation: "FederationSettings") -> None:
+    """SecAgg+ settings Flower's workflow would reject mid-run (or accept unsafely), refused at load."""
+    shares, threshold = federation.secagg_num_shares, federation.secagg_reconstruction_threshold
+    if federation.num_sites < 2 or federation.min_sites == 1:
+        raise ConfigError("`federation.secure_aggregation` needs at least 2 sites per round (`federation.num_sites` "
+                          ">= 2, `federation.min_sites` 0 or >= 2): the sum of one update is that update")
+    if not (shares <= 1 or (shares > 2 and shares == int(shares))):
+        raise ConfigError(f"`federation.secagg_num_shares` must be a share in (0, 1] or a whole count above 2, "
+                          f"got {shares!r}")
+    if not (threshold <= 1 or (threshold >= 2 and threshold == int(threshold))):
+        raise ConfigError(f"`federation.secagg_reconstruction_threshold` must be a share in (0, 1] or a whole "
+                          f"count of at least 2, got {threshold!r}")
+    if shares > 2 and threshold >= 2 and threshold >= shares:
+        raise ConfigError(f"`federation.secagg_reconstruction_threshold` ({threshold:g}) must be below "
+                          f"`federation.secagg_num_shares` ({shares:g})")
 
 
 @dataclass(frozen=True)
@@ -121,10 +180,13 @@ class SimulationSettings:
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = _opt("default", "run name; outputs go to <output_dir>/<name>")
-    task: Literal["classification"] = _opt("classification", "what the federation learns")
+    task: Literal["classification", "qa"] = _opt(
+        "classification", "what the federation learns: sentence classification or extractive QA")
     seed: int = _opt(0, "seed of training randomness", 0)
     output_dir: str = _opt("runs", "folder that receives run directories")
     run_dir: str = _opt("", "explicit run directory; empty = <output_dir>/<name>")
+    resume_from: str = _opt("", "coordinator: run directory of an interrupted run to continue from its last "
+                                "checkpointed round (same settings required); empty = start afresh")
     data: DataSettings = field(default_factory=DataSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -133,17 +195,35 @@ class ExperimentConfig:
     federation: FederationSettings = field(default_factory=FederationSettings)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
     client_dp: ClientDPSettings = field(default_factory=ClientDPSettings)
+    qa: QASettings = field(default_factory=QASettings)
 
     def __post_init__(self) -> None:
         if self.data.source != "synthetic" and not self.data.path:
             raise ConfigError(f"`data.path` is required when `data.source` is {self.data.source!r}")
         if self.data.partitioner == "column" and not self.data.partition_column:
             raise ConfigError("`data.partition_column` is required when `data.partitioner` is 'column'")
+        if 0 < self.data.synthetic_size < 30:
+            raise ConfigError(f"`data.synthetic_size` must be 0 (the task's default) or >= 30, "
+                              f"got {self.data.synthetic_size}")
+        if self.task == "qa" and self.data.partitioner == "dirichlet":
+            raise ConfigError("`data.partitioner` 'dirichlet' splits by label, and `task` 'qa' has no labels; "
+                              "use 'iid' or 'column'")
+        if self.task == "qa" and 0 < self.data.max_length <= self.qa.doc_stride + 16:
+            raise ConfigError(f"`qa.doc_stride` ({self.qa.doc_stride}) must be well below `data.max_length` "
+                              f"({self.data.max_length}) so that windows advance")
         if not self.lora.target_modules:
             raise ConfigError("`lora.target_modules` must name at least one backbone module")
         if self.federation.min_sites > self.federation.num_sites:
             raise ConfigError(f"`federation.min_sites` ({self.federation.min_sites}) exceeds "
                               f"`federation.num_sites` ({self.federation.num_sites})")
+        if self.federation.secure_aggregation and self.client_dp.mode != "off":
+            raise ConfigError("`client_dp.mode` must be 'off' with `federation.secure_aggregation`: server-side "
+                              "clipping needs each site's own update, which SecAgg+ hides from the coordinator")
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per example: configured, or the task's default."""
+        return self.data.max_length or TASK_MAX_LENGTH[self.task]
 
     @property
     def resolved_run_dir(self) -> Path:

@@ -12,24 +12,11 @@ from __future__ import annotations
 import random
 from typing import Sequence
 
-import torch
 from torch import nn
 
 READING = ("AUC of a loss-threshold membership-inference attack on the final global model: 0.5 means the "
            "attack cannot tell a site's training records from unseen ones; values near 1.0 mean the model "
            "memorised its training data. It measures one attack; the epsilon above bounds all of them.")
-
-
-@torch.no_grad()
-def per_example_losses(task, model: nn.Module, examples: Sequence[dict]) -> list[float]:
-    model.eval()
-    losses = []
-    size = task.config.train.eval_batch_size
-    for start in range(0, len(examples), size):
-        batch = task.collate(list(examples[start:start + size]))
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        losses += nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
-    return losses
 
 
 def roc_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
@@ -56,6 +43,6 @@ def loss_threshold_auc(task, model: nn.Module, members: Sequence[dict], non_memb
     count = min(len(members), len(non_members), max_each)
     members, non_members = rng.sample(list(members), count), rng.sample(list(non_members), count)
     # Lower loss means "member": score = -loss.
-    auc = roc_auc([-x for x in per_example_losses(task, model, members)],
-                  [-x for x in per_example_losses(task, model, non_members)])
+    auc = roc_auc([-x for x in task.example_losses(model, members)],
+                  [-x for x in task.example_losses(model, non_members)])
     return {"attack": "loss-threshold", "auc": auc, "members": count, "non_members": count}

@@ -13,7 +13,7 @@ def check_simulation(config: ExperimentConfig) -> list[dict]:
     federation_labels(config)
     summaries = []
     for site_id in range(config.federation.num_sites):
-        site = simulated_site(config.data, site_id, config.federation.num_sites)
+        site = simulated_site(config.data, site_id, config.federation.num_sites, config.task)
         records = len(site.train)
         summary = {"site": site_id, "train": records, "validation": len(site.validation),
                    "steps_per_round": steps_per_round(records, config.train)}

@@ -16,7 +16,7 @@ from typing import Any
 
 from finfed.config import load_config
 from finfed.privacy.accounting import SiteAccountant
-from finfed.report import audit_text, privacy_table, round_table
+from finfed.report import QA_UNIT, audit_text, privacy_table, round_table
 from finfed.run_outputs import CONFIG, read_metrics, read_privacy, read_status, require_complete
 
 # PRV's epsilon is an upper bound computed to within eps_error; RDP is looser but analytic.
@@ -54,11 +54,19 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             "membership_audit": status.get("membership_audit"),
             "cross_check_note": CROSS_CHECK_NOTE + (
                 " Sites kept a privacy ledger: their stated epsilon includes earlier runs on the same data, "
-                "while the cross-check recomputes this run's steps only." if config.privacy.ledger_dir else ""),
-            "explanation": plain_language(config.privacy.enabled)}
+                "while the cross-check recomputes this run's steps only." if _shared_ledgers(config) else ""),
+            "baseline_description": status.get("baseline_description", "a trivial predictor"),
+            "explanation": plain_language(config.privacy.enabled, config.task)}
 
 
-def plain_language(dp_enabled: bool) -> str:
+def _shared_ledgers(config) -> bool:
+    """Ledgers outside the run directory may hold earlier runs' spend (``finfed simulate``'s own do not)."""
+    ledgers = config.privacy.ledger_dir
+    return bool(ledgers) and not Path(ledgers).resolve().is_relative_to(config.resolved_run_dir.resolve())
+
+
+def plain_language(dp_enabled: bool, task: str = "classification") -> str:
+    unit = f" {QA_UNIT}" if task == "qa" else ""
     if not dp_enabled:
         return ("This run used no differential privacy: the adapters each site sent carry no formal limit on "
                 "what they reveal about its records.")
@@ -68,7 +76,7 @@ def plain_language(dp_enabled: bool) -> str:
             "coordinator, other sites, an eavesdropper) can learn only a bounded amount about whether any single "
             "record was in that dataset. Smaller epsilon means stronger protection; delta is the small chance "
             "the bound does not hold. It does not hide facts shared by many records, the dataset's size, or "
-            "what a site's own validation metrics reveal, and it does not cover data used outside training.")
+            "what a site's own validation metrics reveal, and it does not cover data used outside training." + unit)
 
 
 def _plot(series: dict[str, dict[int, float]], ylabel: str, title: str) -> str:
@@ -119,7 +127,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += ["## Client-level DP", "", client_level_text(report.get("client_level")), ""]
     lines += ["## Utility of the global model", "",
               round_table(report["rounds"]), "",
-              "Trivial baseline (majority class): " +
+              f"Trivial baseline ({report['baseline_description']}): " +
               ", ".join(f"{k} {v:.4f}" for k, v in report["baseline"].items()), "",
               "## What the guarantee means", "", report["explanation"], "",
               "## Empirical audit", "", audit_text(report.get("membership_audit")), ""]

@@ -54,11 +54,21 @@ def audit_text(audit: dict[str, Any] | None) -> str:
             + READING)
 
 
+QA_UNIT = ("For question answering the protected unit is one record: a question, its context and its answer. "
+           "A context longer than one model window is cut into overlapping windows, but training uses exactly one "
+           "window per record (the first that holds the answer, chosen from that record alone), so a record joins "
+           "each DP-SGD step at most once and contributes at most one clipped gradient to it; records whose "
+           "answer fits no window are left out of training. Several questions about the same passage are "
+           "separate records: the passage itself is protected only as far as each of its records is.")
+
+
 def write_report(outputs, config: ExperimentConfig, history: list[dict[str, Any]],
-                 privacy: dict[str, Any], baseline: dict[str, float], audit: dict[str, Any] | None = None) -> None:
+                 privacy: dict[str, Any], baseline: dict[str, float], audit: dict[str, Any] | None = None,
+                 baseline_description: str = "a trivial predictor") -> None:
     final = history[-1]["central"] if history else {}
-    data_note = ("**Data: synthetic.** These figures come from finfed's generated financial-news "
-                 "sentences, not from real institutions' data." if config.data.source == "synthetic"
+    generated = "financial-news sentences" if config.task == "classification" else "financial passages and questions"
+    data_note = (f"**Data: synthetic.** These figures come from finfed's generated {generated}, "
+                 "not from real institutions' data." if config.data.source == "synthetic"
                  else f"Data: `{config.data.path}` ({config.data.partitioner} partitioning).")
     text = f"""# finfed run `{config.name}`
 
@@ -73,7 +83,7 @@ per round, expected batch size {config.train.batch_size}.
 {round_table(history)}
 
 Final: {", ".join(f"{k} {v:.4f}" for k, v in final.items())}.
-Trivial baseline (majority class): {", ".join(f"{k} {v:.4f}" for k, v in baseline.items())}.
+Trivial baseline ({baseline_description}): {", ".join(f"{k} {v:.4f}" for k, v in baseline.items())}.
 
 ## Privacy
 
@@ -83,7 +93,7 @@ Guarantee: {privacy["guarantee"]}. Each site's noise multiplier was calibrated o
 so that its target ε covers every round of the run; ε above is cumulative over all rounds, from the
 Opacus accountant's full history. It protects each record of a site's training data from being inferred
 from the adapters that site sent; it does not protect facts shared by many records, nor data outside
-training.
+training.{" " + QA_UNIT if config.task == "qa" else ""}
 
 {audit_text(audit)}
 """

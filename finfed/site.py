@@ -7,7 +7,7 @@ them directly.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -22,7 +22,7 @@ from finfed.models.adapters import frozen_adapter_fingerprint, load_trainable_st
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_round
-from finfed.privacy.ledger import PrivacyLedger, dataset_fingerprint, new_entry
+from finfed.privacy.ledger import PrivacyLedger, new_entry
 from finfed.tasks import Task, get_task
 from finfed.training import train_locally
 
@@ -59,6 +59,8 @@ class SiteUpdate:
 
 def federation_labels(config: ExperimentConfig) -> list[str]:
     """The label list every participant uses: configured, or inferred from the simulated dataset."""
+    if config.task == "qa":
+        return []  # extractive QA points to spans: there is no label list
     if config.data.labels:
         return list(config.data.labels)
     if config.data.source == "synthetic" or config.data.path:
@@ -91,22 +93,30 @@ def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy
     labels = federation_labels(config)
     task = get_task(config, labels)
     if data_path:
-        data = local_site(config.data, data_path, labels, site_id)
+        data = local_site(config.data, data_path, labels, site_id, config.task)
     else:
-        data = simulated_site(config.data, site_id, config.federation.num_sites)
+        data = simulated_site(config.data, site_id, config.federation.num_sites, config.task)
     tokenizer = load_tokenizer(config.model.backbone)
     return SiteContext(config=config, task=task, data=data,
                        train_examples=task.encode(data.train, tokenizer),
-                       validation_examples=task.encode(data.validation, tokenizer),
-                       fingerprint=dataset_fingerprint(data.train["text"], data.train["label"]),
-                       policy=policy)
+                       validation_examples=task.encode_for_evaluation(data.validation, tokenizer),
+                       fingerprint=task.fingerprint(data.train), policy=policy)
 
 
 def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> SiteContext:
     """Resolve a site from Flower's node config (partition id in simulation, data path in deployment)."""
-    site_id = int(node_config.get(keys.NODE_PARTITION_ID, node_config.get("site-id", 0)))
+    site_id = int(node_config.get(keys.NODE_PARTITION_ID, node_config.get(keys.NODE_SITE_ID, 0)))
     data_path = str(node_config.get(keys.NODE_DATA_PATH, ""))
-    return _site_context(config, site_id, data_path, site_policy(config, node_config, site_id))
+    return _site_context(with_site_columns(config, node_config), site_id, data_path,
+                         site_policy(config, node_config, site_id))
+
+
+def with_site_columns(config: ExperimentConfig, node_config: Mapping[str, Any]) -> ExperimentConfig:
+    """A deployed site may name its own file's columns (node config); the run's names otherwise."""
+    columns = {field: str(node_config[key]) for field, key in (("text_column", keys.NODE_TEXT_COLUMN),
+                                                              ("label_column", keys.NODE_LABEL_COLUMN))
+               if node_config.get(key)}
+    return replace(config, data=replace(config.data, **columns)) if columns else config
 
 
 def site_plan(site: SiteContext) -> PrivacyPlan | None:

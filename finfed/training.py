@@ -19,7 +19,6 @@ from torch import nn
 from finfed.config import TrainSettings
 from finfed.errors import PrivacyError, TrainingError
 from finfed.models.adapters import trainable_state
-from finfed.models.classifier import HEAD_NAME
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan
 
@@ -49,8 +48,9 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opt
     if not trainable:
         raise TrainingError("the model has no trainable parameters")
     head_lr = settings.head_learning_rate or settings.learning_rate
-    groups = [{"params": [p for n, p in trainable if HEAD_NAME not in n], "lr": settings.learning_rate},
-              {"params": [p for n, p in trainable if HEAD_NAME in n], "lr": head_lr}]
+    # peft keeps the fully trained task head under `modules_to_save`
+    groups = [{"params": [p for n, p in trainable if "modules_to_save" not in n], "lr": settings.learning_rate},
+              {"params": [p for n, p in trainable if "modules_to_save" in n], "lr": head_lr}]
     groups = [g for g in groups if g["params"]]
     if settings.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=settings.learning_rate, momentum=0.9)
@@ -117,7 +117,8 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
         module = model
         batches = shuffled_batches(len(dataset), settings.batch_size, steps, generator)
     try:
-        outcome = _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress)
+        outcome = _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
+                             settings.physical_batch_size)
     finally:
         if isinstance(module, GradSampleModule):
             module.remove_hooks()
@@ -126,7 +127,8 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
     return outcome
 
 
-def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress) -> TrainOutcome:
+def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
+               physical_batch_size: int = 0) -> TrainOutcome:
     total_loss, seen, empty = 0.0, 0, 0
     for step, indices in enumerate(batches, start=1):
         optimizer.zero_grad(set_to_none=True)
@@ -134,17 +136,42 @@ def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, pro
             empty += 1
             _noise_only_step(optimizer)
             continue
-        loss = loss_fn(module, collate([dataset[i] for i in indices]))
-        if not math.isfinite(loss.item()):
-            raise TrainingError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
-        loss.backward()
-        _step(optimizer)
-        total_loss += loss.item() * len(indices)
+        loss = _logical_step(module, optimizer, [dataset[i] for i in indices], collate, loss_fn,
+                             physical_batch_size or len(indices), step)
+        total_loss += loss * len(indices)
         seen += len(indices)
         if progress is not None:
-            progress(step, steps, loss.item())
+            progress(step, steps, loss)
     return TrainOutcome(mean_loss=total_loss / max(seen, 1), steps=steps, empty_batches=empty,
                         examples_seen=seen)
+
+
+def _logical_step(module, optimizer, items: list, collate, loss_fn, chunk: int, step: int) -> float:
+    """One optimizer step over ``items``, computed in physical batches of ``chunk`` to bound memory.
+
+    Under DP-SGD each physical batch's per-sample gradients are clipped and summed
+    (Opacus' skipped steps); noise is added once, on the last, so the logical
+    (Poisson) batch is still one accounted step. Without DP the gradients of the
+    chunks are accumulated with weights that make them the batch mean.
+    """
+    private = isinstance(optimizer, DPOptimizer)
+    total = 0.0
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        last = start + chunk >= len(items)
+        loss = loss_fn(module, collate(part))
+        if not math.isfinite(loss.item()):
+            raise TrainingError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
+        (loss if private else loss * len(part) / len(items)).backward()
+        total += loss.item() * len(part)
+        if private:
+            optimizer.signal_skip_step(do_skip=not last)
+            _step(optimizer)
+            if not last:
+                optimizer.zero_grad(set_to_none=True)  # keeps the clipped sums of skipped steps
+    if not private:
+        _step(optimizer)
+    return total / len(items)
 
 
 def _step(optimizer) -> None:

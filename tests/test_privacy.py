@@ -135,3 +135,36 @@ def test_dp_without_accountant_is_refused():
     with pytest.raises(PrivacyError, match="accountant"):
         train_locally(_Tiny(), dataset, collate, loss, loss_reduction="mean", settings=config.train,
                       steps=1, seed=0, plan=plan)
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_physical_batches_give_the_same_step_as_one_batch(private):
+    """Splitting a sampled batch to save memory must not change the update (nor the accounting)."""
+    torch.manual_seed(1)
+    dataset = [{"x": torch.randn(4), "y": i % 2} for i in range(16)]
+    collate = lambda items: {"x": torch.stack([i["x"] for i in items]), "y": torch.tensor([i["y"] for i in items])}
+    loss = lambda model, batch: nn.functional.cross_entropy(model(batch["x"]), batch["y"])
+    results, steps_recorded = [], []
+    for physical in (0, 3):
+        config = load_config(None, ["train.batch_size=8", f"train.physical_batch_size={physical}",
+                                    "train.optimizer=sgd", "train.learning_rate=0.1"])
+        torch.manual_seed(0)
+        model = _Tiny()
+        plan = accountant = None
+        if private:
+            plan = plan_privacy(num_records=len(dataset), train=config.train, privacy=config.privacy, rounds=1)
+            plan = type(plan)(**{**plan.__dict__, "noise_multiplier": 0.0})  # no noise: sums must match exactly
+            accountant = SiteAccountant("rdp")
+        train_locally(model, dataset, collate, loss, loss_reduction="mean", settings=config.train, steps=2,
+                      seed=3, plan=plan, accountant=accountant)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+        if accountant is not None:
+            steps_recorded.append(accountant.total_steps)
+    assert not torch.allclose(results[0], torch.cat([p.detach().flatten() for p in _fresh_tiny().parameters()]))
+    assert torch.allclose(results[0], results[1], atol=1e-6)
+    assert steps_recorded == ([2, 2] if private else [])
+
+
+def _fresh_tiny():
+    torch.manual_seed(0)
+    return _Tiny()

@@ -13,9 +13,10 @@ import pandas as pd
 from datasets import Dataset
 from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
 
-from finfed.config import DataSettings
+from finfed.config import TASK_SYNTHETIC_SIZE, DataSettings
 from finfed.data.loading import (check_labels, normalise_examples, read_hub_dataset, read_table,
                                  resolve_labels)
+from finfed.data.qa_records import normalise_qa_records, read_qa_file
 from finfed.data.synthetic_news import generate_news
 from finfed.errors import ConfigError, DataError
 
@@ -39,35 +40,66 @@ class SiteData:
     validation: pd.DataFrame
 
 
-def _raw_examples(settings: DataSettings, num_sites: int) -> tuple[pd.DataFrame, str]:
+def _raw_examples(settings: DataSettings, num_sites: int, task: str) -> tuple[pd.DataFrame, str]:
+    if settings.source == "synthetic" and task == "qa":
+        from finfed.data.synthetic_filings import generate_filings_qa
+
+        size = settings.synthetic_size or TASK_SYNTHETIC_SIZE["qa"]
+        frame = generate_filings_qa(size, num_sites, seed=settings.synthetic_seed)
+        return frame, f"synthetic financial filings QA (seed {settings.synthetic_seed})"
     if settings.source == "synthetic":
-        frame = generate_news(settings.synthetic_size, num_sites, seed=settings.synthetic_seed)
+        size = settings.synthetic_size or TASK_SYNTHETIC_SIZE["classification"]
+        frame = generate_news(size, num_sites, seed=settings.synthetic_seed)
         return frame, f"synthetic financial news (seed {settings.synthetic_seed})"
     if settings.source == "hub":
         return read_hub_dataset(settings.path), f"hub dataset {settings.path}"
-    return read_table(settings.path), f"data file {settings.path}"
+    return _read_file(settings.path, task), f"data file {settings.path}"
 
 
-def _split_test(frame: pd.DataFrame, settings: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """FlowerTune-style held-out split (default 25 %, seed 42)."""
-    dataset = Dataset.from_pandas(frame, preserve_index=False)
-    parts = dataset.train_test_split(test_size=settings.test_fraction, seed=settings.split_seed)
-    return parts["train"].to_pandas(), parts["test"].to_pandas()
+def _read_file(path: str, task: str) -> pd.DataFrame:
+    return read_qa_file(path) if task == "qa" else read_table(path)
+
+
+def normalise(frame: pd.DataFrame, settings: DataSettings, source: str, task: str) -> pd.DataFrame:
+    """The task's normalised records: ``text``/``label`` for classification, QA columns for qa."""
+    frame = frame.reset_index(drop=True)
+    if task == "qa":
+        return normalise_qa_records(frame, settings, source)
+    return normalise_examples(frame, settings, source)
+
+
+def _split_test(frame: pd.DataFrame, settings: DataSettings,
+                group_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """FlowerTune-style held-out split (default 25 %, seed 42), of whole groups if ``group_column`` is set.
+
+    QA splits by context: questions about a passage seen in training would
+    flatter the test score (SQuAD splits by article for the same reason).
+    """
+    if group_column is None:
+        dataset = Dataset.from_pandas(frame, preserve_index=False)
+        parts = dataset.train_test_split(test_size=settings.test_fraction, seed=settings.split_seed)
+        return parts["train"].to_pandas(), parts["test"].to_pandas()
+    groups = Dataset.from_dict({"group": sorted(frame[group_column].unique().tolist())})
+    test_groups = set(groups.train_test_split(test_size=settings.test_fraction,
+                                              seed=settings.split_seed)["test"]["group"])
+    in_test = frame[group_column].isin(test_groups)
+    return frame[~in_test].reset_index(drop=True), frame[in_test].reset_index(drop=True)
 
 
 @functools.lru_cache(maxsize=4)
-def load_federated_data(settings: DataSettings, num_sites: int) -> FederatedData:
+def load_federated_data(settings: DataSettings, num_sites: int, task: str = "classification") -> FederatedData:
     """Read, validate and split the consortium dataset (cached per process)."""
-    raw, source = _raw_examples(settings, num_sites)
-    frame = normalise_examples(raw.reset_index(drop=True), settings, source)
-    labels = resolve_labels(frame, settings, source)
+    raw, source = _raw_examples(settings, num_sites, task)
+    frame = normalise(raw, settings, source, task)
+    labels = resolve_labels(frame, settings, source) if task != "qa" else []
     if settings.test_path:
         test_source = f"test file {settings.test_path}"
-        test = normalise_examples(read_table(settings.test_path), settings, test_source)
-        check_labels(test, labels, test_source)
+        test = normalise(_read_file(settings.test_path, task), settings, test_source, task)
+        if labels:
+            check_labels(test, labels, test_source)
         train_pool = frame
     else:
-        train_pool, test = _split_test(frame, settings)
+        train_pool, test = _split_test(frame, settings, "context" if task == "qa" else None)
     return FederatedData(labels=labels, train_pool=train_pool, test=test, source=source)
 
 
@@ -82,8 +114,8 @@ def _partitioner(settings: DataSettings, num_sites: int, seed: int):
 
 
 @functools.lru_cache(maxsize=4)
-def _partitions(settings: DataSettings, num_sites: int) -> tuple[pd.DataFrame, ...]:
-    data = load_federated_data(settings, num_sites)
+def _partitions(settings: DataSettings, num_sites: int, task: str) -> tuple[pd.DataFrame, ...]:
+    data = load_federated_data(settings, num_sites, task)
     if settings.partitioner == "column":
         if settings.partition_column not in data.train_pool.columns:
             raise DataError(f"{data.source}: `data.partition_column` {settings.partition_column!r} "
@@ -97,11 +129,12 @@ def _partitions(settings: DataSettings, num_sites: int) -> tuple[pd.DataFrame, .
     return tuple(partitioner.load_partition(i).to_pandas() for i in range(num_sites))
 
 
-def simulated_site(settings: DataSettings, site_id: int, num_sites: int) -> SiteData:
+def simulated_site(settings: DataSettings, site_id: int, num_sites: int,
+                   task: str = "classification") -> SiteData:
     """Site ``site_id``'s share of the simulated consortium's data."""
     if not 0 <= site_id < num_sites:
         raise ConfigError(f"partition id {site_id} is outside 0..{num_sites - 1}")
-    partition = _partitions(settings, num_sites)[site_id]
+    partition = _partitions(settings, num_sites, task)[site_id]
     if partition.empty:
         raise DataError(f"site {site_id} received an empty partition from the {settings.partitioner!r} "
                         f"partitioner over {num_sites} sites; raise `data.dirichlet_alpha`, lower "
@@ -109,11 +142,13 @@ def simulated_site(settings: DataSettings, site_id: int, num_sites: int) -> Site
     return split_validation(partition, settings, site_id)
 
 
-def local_site(settings: DataSettings, path: str, labels: list[str], site_id: int) -> SiteData:
+def local_site(settings: DataSettings, path: str, labels: list[str], site_id: int,
+               task: str = "classification") -> SiteData:
     """A deployed site's own file, checked against the federation's labels."""
     source = f"data file {path}"
-    frame = normalise_examples(read_table(path).reset_index(drop=True), settings, source)
-    check_labels(frame, labels, source)
+    frame = normalise(_read_file(path, task), settings, source, task)
+    if labels:
+        check_labels(frame, labels, source)
     return split_validation(frame, settings, site_id)
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
-from transformers import AutoModel, AutoTokenizer, PreTrainedModel
+from transformers import AutoModel, AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
 
 from finfed.errors import ConfigError
 
@@ -39,6 +40,12 @@ def load_encoder(name: str) -> PreTrainedModel:
     return AutoModel.from_pretrained(location, **_offline_kwargs(location))
 
 
+def load_qa_model(name: str) -> PreTrainedModel:
+    """The backbone with a (new, randomly initialised) span start/end head ``qa_outputs``."""
+    location = resolve_backbone(name)
+    return AutoModelForQuestionAnswering.from_pretrained(location, **_offline_kwargs(location))
+
+
 def load_tokenizer(name: str):
     location = resolve_backbone(name)
     return AutoTokenizer.from_pretrained(location, **_offline_kwargs(location))
@@ -52,3 +59,5 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # peft asks transformers 5 a deprecated question on every load; it is theirs to fix, not the user's to read
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -21,7 +21,7 @@ def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], fo
     load_tokenizer(config.model.backbone).save_pretrained(str(folder))
     info = {"task": config.task, "labels": labels, "backbone": config.model.backbone,
             "backbone_path": resolve_backbone(config.model.backbone), "pooling": config.model.pooling,
-            "max_length": config.data.max_length, "lora_method": config.lora.method,
+            "max_length": config.max_length, "lora_method": config.lora.method,
             "synthetic_data": config.data.source == "synthetic"}
     (folder / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 

@@ -6,7 +6,9 @@ they call the :class:`~finfed.tasks.base.Task` interface.
 
 from finfed.tasks.base import Task, get_task, register_task
 from finfed.tasks.classification import ClassificationTask
+from finfed.tasks.qa import QuestionAnsweringTask
 
 register_task("classification", ClassificationTask)
+register_task("qa", QuestionAnsweringTask)
 
-__all__ = ["ClassificationTask", "Task", "get_task", "register_task"]
+__all__ = ["ClassificationTask", "QuestionAnsweringTask", "Task", "get_task", "register_task"]

@@ -21,6 +21,12 @@ class Task(ABC):
     loss_reduction: str = "mean"
     #: names of the metrics :meth:`evaluate` returns, the first one is the headline
     metric_names: tuple[str, ...] = ()
+    #: the task head: trained in full (not through adapters) and sent with them
+    head_name: str = "classifier"
+    #: whether the federation needs a fixed label list
+    needs_labels: bool = True
+    #: what :meth:`baseline` predicts, for reports
+    baseline_description: str = "a trivial predictor"
 
     def __init__(self, config: ExperimentConfig, labels: Sequence[str]) -> None:
         self.config = config
@@ -32,11 +38,15 @@ class Task(ABC):
 
     def build_model(self) -> nn.Module:
         """The backbone with adapters and task head, trainable tensors marked."""
-        return add_adapters(self.build_base_model(), self.config.lora)
+        return add_adapters(self.build_base_model(), self.config.lora, head=self.head_name)
 
     @abstractmethod
     def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
         """Tokenised examples, one dict per training sample."""
+
+    def encode_for_evaluation(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
+        """Tokenised examples for :meth:`evaluate` (by default the training encoding)."""
+        return self.encode(frame, tokenizer)
 
     @abstractmethod
     def collate(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -45,6 +55,14 @@ class Task(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss of a batch."""
+
+    @abstractmethod
+    def example_losses(self, model: nn.Module, examples: Sequence[dict]) -> list[float]:
+        """Each training-encoded example's loss (for the membership audit)."""
+
+    @abstractmethod
+    def fingerprint(self, frame: pd.DataFrame) -> str:
+        """SHA-256 of the records a site trains on: the key of its privacy ledger."""
 
     @abstractmethod
     def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:

@@ -10,7 +10,8 @@ from torch import nn
 
 from finfed.metrics import accuracy, macro_f1, majority_accuracy
 from finfed.models.backbone import load_encoder
-from finfed.models.classifier import PooledClassifier
+from finfed.models.classifier import HEAD_NAME, PooledClassifier
+from finfed.privacy.ledger import dataset_fingerprint
 from finfed.tasks.base import Task
 
 
@@ -26,6 +27,8 @@ def pad_batch(items: Sequence[dict], keys: Sequence[str], pad_id: int = 0) -> di
 
 class ClassificationTask(Task):
     metric_names = ("accuracy", "macro_f1", "loss")
+    head_name = HEAD_NAME
+    baseline_description = "the majority class"
 
     def __init__(self, config, labels) -> None:
         super().__init__(config, labels)
@@ -39,7 +42,7 @@ class ClassificationTask(Task):
             return PooledClassifier(encoder, len(self.labels), settings.pooling, settings.head_dropout)
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
-        encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=self.config.data.max_length)
+        encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=self.config.max_length)
         index = {label: i for i, label in enumerate(self.labels)}
         return [{"input_ids": ids, "attention_mask": mask, "label": index[label]}
                 for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"])]
@@ -63,6 +66,20 @@ class ClassificationTask(Task):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
             chunks.append(torch.softmax(logits, dim=-1))
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.labels))
+
+    @torch.no_grad()
+    def example_losses(self, model: nn.Module, examples: Sequence[dict]) -> list[float]:
+        model.eval()
+        losses = []
+        size = self.config.train.eval_batch_size
+        for start in range(0, len(examples), size):
+            batch = self.collate(list(examples[start:start + size]))
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            losses += nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
+        return losses
+
+    def fingerprint(self, frame: pd.DataFrame) -> str:
+        return dataset_fingerprint(frame["text"], frame["label"])
 
     def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:
         probs = self.probabilities(model, examples)

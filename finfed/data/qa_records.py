@@ -1,0 +1,127 @@
+"""Extractive-QA records (SQuAD style): reading, normalising and checking answer offsets.
+
+A record is one question about one context with one or more gold answers, each a
+span of the context given by its text and character offset. Every offset is checked
+against its context, because a wrong offset silently teaches the model a wrong span.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from finfed.config import DataSettings
+from finfed.data.loading import read_table
+from finfed.errors import DataError
+
+#: columns of a normalised QA frame (other columns, e.g. ``institution``, are kept)
+QA_COLUMNS = ("id", "question", "context", "answer_texts", "answer_starts")
+
+
+def read_qa_file(path: str | Path) -> pd.DataFrame:
+    """A SQuAD JSON document (``data`` -> ``paragraphs`` -> ``qas``), or JSONL/CSV/Parquet with one record a row."""
+    path = Path(path)
+    if path.suffix.lower() == ".json" and path.is_file():
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            document = None  # JSON lines: read below
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"data file {path} is not readable: {exc}") from exc
+        if isinstance(document, dict) and "data" in document:
+            return _flatten_squad(document, path)
+    return read_table(path)
+
+
+def _flatten_squad(document: dict, path: Path) -> pd.DataFrame:
+    rows = []
+    for article in document.get("data", []):
+        for paragraph in article.get("paragraphs", []):
+            for qa in paragraph.get("qas", []):
+                answers = qa.get("answers", [])
+                rows.append({"id": qa.get("id"), "question": qa.get("question"),
+                             "context": paragraph.get("context"), "title": article.get("title", ""),
+                             "answers": {"text": [a.get("text") for a in answers],
+                                         "answer_start": [a.get("answer_start") for a in answers]}})
+    if not rows:
+        raise DataError(f"data file {path}: SQuAD JSON with no questions (expected data/paragraphs/qas)")
+    return pd.DataFrame(rows)
+
+
+def _answers(value: Any, record: str) -> tuple[list[str], list[int]]:
+    """(texts, starts) of one record's ``answers`` field, shape-checked."""
+    if isinstance(value, str):  # a CSV cell holding JSON
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise DataError(f"{record}: `answers` is not JSON: {value[:80]!r}") from None
+    if not isinstance(value, dict) or "text" not in value or "answer_start" not in value:
+        raise DataError(f"{record}: `answers` must be {{\"text\": [...], \"answer_start\": [...]}}, "
+                        f"got {str(value)[:80]!r}")
+    texts, starts = list(value["text"]), list(value["answer_start"])
+    if not texts or len(texts) != len(starts):
+        raise DataError(f"{record}: `answers` needs one or more texts and as many `answer_start` offsets, got "
+                        f"{len(texts)} text(s) and {len(starts)} offset(s) (unanswerable questions are not "
+                        "supported)")
+    try:
+        return [str(t) for t in texts], [int(s) for s in starts]
+    except (TypeError, ValueError):
+        raise DataError(f"{record}: `answer_start` must be whole numbers, got {starts!r}") from None
+
+
+def offset_problem(context: str, text: str, start: int) -> str | None:
+    """Why ``text`` is not at ``start`` in ``context``, or None if it is."""
+    if not text.strip():
+        return "the answer text is empty"
+    if not 0 <= start <= len(context) - len(text):
+        return f"offset {start} is outside the context ({len(context)} characters)"
+    found = context[start:start + len(text)]
+    if found != text:
+        return f"the context has {found!r} at offset {start}, not {text!r}"
+    return None
+
+
+def normalise_qa_records(frame: pd.DataFrame, settings: DataSettings, source: str) -> pd.DataFrame:
+    """A frame with :data:`QA_COLUMNS` (other columns kept); bad offsets refused or dropped per settings."""
+    columns = [settings.question_column, settings.context_column, settings.answers_column]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing QA field(s) {missing}; found {list(frame.columns)}. Set "
+                        "`data.question_column` / `data.context_column` / `data.answers_column`.")
+    ids = (frame[settings.id_column].astype(str) if settings.id_column in frame.columns
+           else pd.Series([f"row-{i + 1}" for i in range(len(frame))], index=frame.index))
+    rows, bad = [], []
+    for position, (index, row) in enumerate(frame.iterrows()):
+        record = f"{source}: record {ids[index]!r} (row {position + 1})"
+        question, context = row[settings.question_column], row[settings.context_column]
+        for name, value in (("question", question), ("context", context)):
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{record}: empty or missing `{name}`")
+        texts, starts = _answers(row[settings.answers_column], record)
+        problems = [p for p in (offset_problem(context, t, s) for t, s in zip(texts, starts)) if p]
+        if problems:
+            bad.append(f"{record}: {problems[0]}")
+            continue
+        rows.append({**row.drop(labels=columns).to_dict(), "id": ids[index], "question": question,
+                     "context": context, "answer_texts": texts, "answer_starts": starts})
+    return _apply_bad_answer_policy(rows, bad, settings, source)
+
+
+def _apply_bad_answer_policy(rows: list[dict], bad: list[str], settings: DataSettings,
+                             source: str) -> pd.DataFrame:
+    if bad and settings.bad_answers == "refuse":
+        shown = "\n  ".join(bad[:5])
+        more = f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise DataError(f"{source}: {len(bad)} record(s) whose answer is not at its offset:\n  {shown}{more}\n"
+                        "Fix the offsets, or set `data.bad_answers=drop` to leave such records out.")
+    if bad:
+        print(f"[finfed] {source}: dropped {len(bad)} record(s) whose answer is not at its offset "
+              f"(first: {bad[0]})", flush=True)
+    if not rows:
+        raise DataError(f"{source}: no usable QA records")
+    frame = pd.DataFrame(rows)
+    frame.attrs["dropped_bad_answers"] = len(bad)
+    return frame

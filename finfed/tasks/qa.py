@@ -1,0 +1,137 @@
+"""Extractive question answering: point to the answer span of a question in a passage.
+
+The model is a stock ``AutoModelForQuestionAnswering`` (encoder + ``qa_outputs``
+start/end head) with LoRA adapters, so a merged export is a plain ``transformers``
+model. See :mod:`finfed.tasks.qa_windows` for windowing and the privacy unit.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+
+from finfed.models.backbone import load_qa_model
+from finfed.privacy.ledger import dataset_fingerprint
+from finfed.qa_metrics import squad_scores
+from finfed.tasks.base import Task
+from finfed.tasks.classification import pad_batch
+from finfed.tasks.qa_decoding import Answer, decode_answer
+from finfed.tasks.qa_windows import Window, record_windows, training_windows
+
+TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class QuestionAnsweringTask(Task):
+    metric_names = ("exact_match", "f1", "loss")
+    head_name = "qa_outputs"
+    needs_labels = False
+    baseline_description = "the context's first words, as many as the median gold answer has"
+
+    def build_base_model(self) -> nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(self.config.lora.init_seed)  # same initial head everywhere
+            return load_qa_model(self.config.model.backbone)
+
+    # ------------------------------------------------------------------ encoding
+    def windows(self, frame: pd.DataFrame, tokenizer: Any) -> list[Window]:
+        return record_windows(frame.reset_index(drop=True), tokenizer, max_length=self.config.max_length,
+                              stride=self.config.qa.doc_stride)
+
+    def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
+        """Training samples: exactly one window per record (the privacy unit), records without one left out."""
+        frame = frame.reset_index(drop=True)
+        chosen, unanswerable = training_windows(self.windows(frame, tokenizer))
+        if unanswerable:
+            print(f"[finfed] {len(unanswerable)} of {len(frame)} QA record(s) left out of training: no window of "
+                  f"{self.config.max_length} tokens holds the whole answer", flush=True)
+        return [{**{k: getattr(w, k) for k in TOKEN_KEYS}, "start": w.start, "end": w.end, "record": w.record,
+                 "id": str(frame["id"].iloc[w.record])} for w in chosen]
+
+    def encode_for_evaluation(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
+        """Every window of every record, each carrying its record's context and gold answers."""
+        frame = frame.reset_index(drop=True)
+        records = [{"id": str(row["id"]), "context": row["context"], "answers": list(row["answer_texts"])}
+                   for _, row in frame.iterrows()]
+        return [{**{k: getattr(w, k) for k in TOKEN_KEYS}, "start": w.start, "end": w.end, "record": w.record,
+                 "window": w, "meta": records[w.record]} for w in self.windows(frame, tokenizer)]
+
+    def collate(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
+        batch = pad_batch(items, TOKEN_KEYS)
+        batch["start_positions"] = torch.tensor([item["start"] for item in items])
+        batch["end_positions"] = torch.tensor([item["end"] for item in items])
+        return batch
+
+    # ------------------------------------------------------------------ model use
+    @staticmethod
+    def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        output = model(**{k: batch[k] for k in TOKEN_KEYS})
+        return output.start_logits, output.end_logits
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        start, end = self.logits(model, batch)
+        criterion = nn.functional.cross_entropy
+        return (criterion(start, batch["start_positions"], reduction=self.loss_reduction)
+                + criterion(end, batch["end_positions"], reduction=self.loss_reduction)) / 2
+
+    @torch.no_grad()
+    def example_losses(self, model: nn.Module, examples: Sequence[dict]) -> list[float]:
+        losses = []
+        for batch in self._batches(model, examples):
+            start, end = self.logits(model, batch)
+            losses += ((nn.functional.cross_entropy(start, batch["start_positions"], reduction="none")
+                        + nn.functional.cross_entropy(end, batch["end_positions"], reduction="none")) / 2).tolist()
+        return losses
+
+    def _batches(self, model: nn.Module, examples: Sequence[dict]):
+        model.eval()
+        size = self.config.train.eval_batch_size
+        for begin in range(0, len(examples), size):
+            yield self.collate(examples[begin:begin + size])
+
+    @torch.no_grad()
+    def answers(self, model: nn.Module, examples: Sequence[dict]) -> list[Answer]:
+        """One decoded answer per record, in record order."""
+        starts, ends = [], []
+        for batch in self._batches(model, examples):
+            start, end = self.logits(model, batch)
+            starts += list(start)
+            ends += list(end)
+        by_record: dict[int, list[int]] = {}
+        for index, item in enumerate(examples):
+            by_record.setdefault(item["record"], []).append(index)
+        limit = self.config.qa.max_answer_tokens
+        return [decode_answer(examples[idx[0]]["meta"]["context"], [examples[i]["window"] for i in idx],
+                              [starts[i] for i in idx], [ends[i] for i in idx], limit)
+                for _, idx in sorted(by_record.items())]
+
+    def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:
+        predictions = [answer.text for answer in self.answers(model, examples)]
+        golds = [examples[idx]["meta"]["answers"] for idx in self._first_window_of_each_record(examples)]
+        answered = [item for item in examples if item["window"].holds_answer]
+        losses = self.example_losses(model, answered)
+        return {**squad_scores(predictions, golds), "loss": sum(losses) / len(losses) if losses else 0.0}
+
+    @staticmethod
+    def _first_window_of_each_record(examples: Sequence[dict]) -> list[int]:
+        first: dict[int, int] = {}
+        for index, item in enumerate(examples):
+            first.setdefault(item["record"], index)
+        return [first[r] for r in sorted(first)]
+
+    def baseline(self, examples: list[dict]) -> dict[str, float]:
+        records = [examples[i]["meta"] for i in self._first_window_of_each_record(examples)]
+        if not records:
+            return {"exact_match": 0.0, "f1": 0.0}
+        words = max(1, round(statistics.median(len(r["answers"][0].split()) for r in records)))
+        predictions = [" ".join(r["context"].split()[:words]) for r in records]
+        return squad_scores(predictions, [r["answers"] for r in records])
+
+    def fingerprint(self, frame: pd.DataFrame) -> str:
+        answers = [json.dumps([list(t), [int(s) for s in starts]])
+                   for t, starts in zip(frame["answer_texts"], frame["answer_starts"])]
+        return dataset_fingerprint((frame["question"] + "\x1f" + frame["context"]).tolist(), answers)

@@ -1,0 +1,60 @@
+"""Extractive QA end to end through Flower's simulation engine, on the embedded synthetic filings."""
+
+from __future__ import annotations
+
+import pytest
+
+from finfed.cli import main
+from finfed.config import load_config
+from finfed.predict import answer_question
+from finfed.privacy_report import build_report
+from finfed.run_outputs import read_metrics, read_privacy, read_status
+
+QA_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "status.json",
+            "model/adapter_model.safetensors", "model/finfed_model.json"]
+
+CONTEXT = ("Harbor Retail reported net sales of EUR 812 million for the first quarter of 2025, and operating profit "
+           "of EUR 64 million. The board proposed a dividend of EUR 0.42 per share.")
+
+
+def check_complete_qa_run(run_dir, rounds: int, sites: int, target_epsilon: float) -> dict:
+    for name in QA_FILES:
+        assert (run_dir / name).is_file(), name
+    status = read_status(run_dir)
+    assert status["state"] == "complete"
+    history = read_metrics(run_dir)
+    assert [r["round"] for r in history] == list(range(rounds + 1))
+    assert all({"exact_match", "f1", "loss"} <= set(r["central"]) for r in history)
+    assert all(len(r["sites"]) == sites and "eval-f1" in r["sites"][0] and "eval-exact-match" in r["sites"][0]
+               for r in history[1:])
+    for site in read_privacy(run_dir)["sites"].values():
+        assert len(site["epsilon_by_round"]) == rounds
+        assert 0 < site["epsilon"] <= target_epsilon
+    return status
+
+
+def test_tiny_qa_simulation_leaves_a_complete_run(tiny_simulate, tmp_path):
+    code = tiny_simulate("task=qa", "data.max_length=96", "qa.doc_stride=32", "data.synthetic_size=300")
+    assert code == 0
+    run_dir = tmp_path / "run"
+    status = check_complete_qa_run(run_dir, rounds=2, sites=2, target_epsilon=8.0)
+    assert set(status["baseline"]) == {"exact_match", "f1"}
+    report = build_report(run_dir)
+    assert "one window per record" in report["explanation"]
+    answer = answer_question(run_dir, "How much were net sales?", CONTEXT)
+    assert CONTEXT[answer["start"]:answer["end"]] == answer["answer"] and 0 <= answer["score"] <= 1
+
+
+@pytest.mark.slow
+def test_minilm_qa_federation_beats_the_first_words_baseline(tmp_path):
+    """The bundled MiniLM, DP at epsilon 8, 3 synthetic institutions: it must learn to point at answers."""
+    run_dir = tmp_path / "qa"
+    code = main(["simulate", "--config", "simulations/qa.yaml", "--set", f"run_dir={run_dir}",
+                 "--set", "privacy.membership_audit=false"])
+    assert code == 0
+    status = check_complete_qa_run(run_dir, rounds=load_config("simulations/qa.yaml").federation.rounds,
+                                   sites=3, target_epsilon=8.0)
+    final, baseline = read_metrics(run_dir)[-1]["central"], status["baseline"]
+    assert final["f1"] > baseline["f1"] + 0.10, (final, baseline)
+    assert final["exact_match"] > baseline["exact_match"], (final, baseline)
+    assert final["f1"] > read_metrics(run_dir)[0]["central"]["f1"] + 0.10
