@@ -1,22 +1,32 @@
 """Flower ClientApp: one institution trains the global adapter on its own data.
 
-Replies carry only the trained tensors and numbers (example count, loss, epsilon).
-The site's accountant history lives in ``context.state`` so epsilon is cumulative.
+Replies carry only the trained tensors and numbers (example count, loss, epsilon); under
+SecAgg+ (``federation.secure_aggregation``) the tensors leave only masked (``client/secure.py``).
+The site's accountant history lives in ``context.state`` (and in its ledger, if it keeps
+one) so epsilon is cumulative.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.audit import audit_mod
+from client.secure import check_secure_range, check_secure_weight, secure_aggregation_mod
+from client.wire import read_train_request, refusal_reply, train_reply
 from finfed import constants as keys
 from finfed.config import from_run_config
-from finfed.errors import BudgetExhausted
-from finfed.records import from_array_record, to_array_record
-from finfed.site import evaluate_round, site_context, train_round
+from finfed.errors import BudgetExhausted, PrivacyError
+from finfed.records import from_array_record
 
-app = ClientApp(mods=[audit_mod])
+if TYPE_CHECKING:
+    from finfed.site import SiteContext
+
+# The audit mod is outermost: it records what actually leaves, i.e. after SecAgg+ masking.
+app = ClientApp(mods=[audit_mod, secure_aggregation_mod])
 
 
 def _progress(site_id: int, server_round: int):
@@ -27,33 +37,51 @@ def _progress(site_id: int, server_round: int):
     return report
 
 
+def check_history_kept(site: SiteContext, config: Mapping[str, Any], stored: Any) -> None:
+    """A resumed run is a new Flower run with an empty ``context.state``: without a ledger the site
+    cannot know what it spent before the coordinator restarted, and would under-report epsilon."""
+    resumed_at = int(config.get(keys.RESUMED_AT_ROUND, 0))
+    if site.config.privacy.enabled and resumed_at > 0 and not site.policy.ledger_path and stored is None:
+        raise PrivacyError(f"site {site.data.site_id}: the run resumed after round {resumed_at}, and this site keeps "
+                           f"no privacy ledger (node config `{keys.NODE_LEDGER_PATH}`), so its spend before the "
+                           "restart is unknown; refusing rather than under-reporting epsilon")
+
+
 @app.train()
 def train(message: Message, context: Context) -> Message:
+    # Imported here, not at the top: Flower starts a fresh process per message, and SecAgg+'s key
+    # exchange stages never train, so they should not pay for importing torch and transformers.
+    from finfed.site import site_context, train_round
+
     site = site_context(from_run_config(context.run_config), context.node_config)
-    config = message.content[keys.CONFIG]
-    server_round = int(config[keys.SERVER_ROUND])
+    request = read_train_request(message)
+    server_round = int(request.config[keys.SERVER_ROUND])
     stored = context.state.config_records.get(keys.ACCOUNTANT_STATE)
-    arrays = from_array_record(message.content[keys.ARRAYS])
+    check_history_kept(site, request.config, stored)
+    federation = site.config.federation
+    if request.secure:
+        check_secure_weight(len(site.train_examples), federation, site.data.site_id)
     try:
-        update = train_round(site, arrays, server_round=server_round,
+        update = train_round(site, request.arrays, server_round=server_round,
                              accountant_state=dict(stored) if stored else None,
-                             expected_fingerprint=str(config.get(keys.FROZEN_FINGERPRINT, "")),
+                             expected_fingerprint=str(request.config.get(keys.FROZEN_FINGERPRINT, "")),
                              run_id=str(context.run_id), progress=_progress(site.data.site_id, server_round))
     except BudgetExhausted as refusal:
         # The site declines: no update leaves, only the fact of the refusal.
         print(f"[finfed] round {server_round} site {site.data.site_id} refused: {refusal}", flush=True)
-        refused = {keys.SITE_ID: site.data.site_id, keys.REFUSED: 1}
-        return Message(content=RecordDict({keys.METRICS: MetricRecord(refused)}), reply_to=message)
+        return refusal_reply(message, request, {keys.SITE_ID: site.data.site_id, keys.REFUSED: 1})
     if update.accountant_state is not None:
         context.state[keys.ACCOUNTANT_STATE] = ConfigRecord(update.accountant_state)
-    content = RecordDict({
-        keys.ARRAYS: to_array_record(update.arrays),
-        keys.METRICS: MetricRecord(update.metrics)})
-    return Message(content=content, reply_to=message)
+    if request.secure:
+        check_secure_range(update.arrays, federation, site.data.site_id)
+    return train_reply(message, request, update.arrays, update.metrics,
+                       weight=int(update.metrics[keys.NUM_EXAMPLES]))
 
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
+    from finfed.site import evaluate_round, site_context  # see train()
+
     site = site_context(from_run_config(context.run_config), context.node_config)
     metrics = evaluate_round(site, from_array_record(message.content[keys.ARRAYS]))
     return Message(content=RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=message)

@@ -22,6 +22,8 @@ EVAL_MACRO_F1 = "eval-macro-f1"
 SERVER_ROUND = "server-round"
 TOTAL_ROUNDS = "total-rounds"
 FROZEN_FINGERPRINT = "frozen-fingerprint"
+RESUMED_AT_ROUND = "resumed-at-round"  # > 0: the coordinator restarted from its checkpoint of that round
+TENSOR_NAMES = "tensor-names"  # SecAgg+ (legacy messages carry unnamed tensors): the order, comma-joined
 
 # Context.state entries kept by a site across rounds
 ACCOUNTANT_STATE = "finfed-accountant"
@@ -33,3 +35,8 @@ NODE_DATA_PATH = "data-path"
 NODE_LEDGER_PATH = "ledger-path"
 NODE_BUDGET_EPSILON = "budget-epsilon"
 NODE_BUDGET_DELTA = "budget-delta"
+NODE_AUDIT_LOG = "audit-log"
+NODE_REQUIRE_SECAGG = "require-secure-aggregation"  # the site sends updates only masked
+NODE_SITE_ID = "site-id"  # deployment: the site's number in the run's records (finfed deploy)
+NODE_TEXT_COLUMN = "text-column"  # deployment: the site's own column names, if they differ from the run's
+NODE_LABEL_COLUMN = "label-column"

@@ -43,14 +43,17 @@ class FederatedRun:
         self.site_eval: dict[int, list[dict[str, Any]]] = {}
         self.failures: dict[int, list[str]] = {}
         self.refusals: dict[int, list[int]] = {}
+        self.resumed_from: list[int] = []  # rounds of the checkpoints this run was resumed from
         self.exhausted = False
         self.exhausted_round: int | None = None
         self.history: list[dict[str, Any]] = []
         self.round_started = time.time()
 
+    def _central_test(self):
+        return load_federated_data(self.config.data, self.config.federation.num_sites, self.config.task).test
+
     def _central_test_examples(self) -> list[dict]:
-        data = load_federated_data(self.config.data, self.config.federation.num_sites)
-        return self.task.encode(data.test, load_tokenizer(self.config.model.backbone))
+        return self.task.encode_for_evaluation(self._central_test(), load_tokenizer(self.config.model.backbone))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -87,11 +90,17 @@ class FederatedRun:
 
     # ------------------------------------------------------------------ per round
     def record_training(self, server_round: int, metrics: list[Mapping[str, Any]], errors: list[str],
-                        refusals: list[Mapping[str, Any]] = ()) -> None:
-        """Keep each site's reply; fail on errors, but not on sites refusing to overspend."""
+                        refusals: list[Mapping[str, Any]] = (), offline: list[str] = ()) -> None:
+        """Keep each site's reply; fail on errors, but not on sites refusing to overspend.
+
+        ``errors``: sites asked that sent no update (error reply or silence); ``offline``: sites
+        seen earlier that were not connected, hence not asked. Both are recorded for the round.
+        """
         self.site_train[server_round] = [dict(m) for m in metrics]
-        if errors:
-            self.failures[server_round] = list(errors)
+        if errors or offline:
+            self.failures[server_round] = [*errors, *offline]
+            print(f"[finfed] round {server_round}: {len(errors) + len(offline)} site(s) sent no update: "
+                  f"{'; '.join(self.failures[server_round])}", flush=True)
         if refusals:
             self.refusals[server_round] = sorted(int(r[keys.SITE_ID]) for r in refusals)
             print(f"[finfed] round {server_round}: site(s) {self.refusals[server_round]} refused to train "
@@ -173,20 +182,51 @@ class FederatedRun:
         save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
         baseline = self.task.baseline(self.test_examples)
         audit = self.membership_audit()
-        write_report(self.outputs, self.config, self.history, self.privacy_summary(), baseline, audit)
+        write_report(self.outputs, self.config, self.history, self.privacy_summary(), baseline, audit,
+                     self.task.baseline_description)
         self.outputs.set_status("complete", rounds=self.config.federation.rounds, baseline=baseline,
-                                budget_exhausted_at_round=self.exhausted_round, membership_audit=audit)
+                                baseline_description=self.task.baseline_description,
+                                budget_exhausted_at_round=self.exhausted_round, membership_audit=audit,
+                                site_failures={str(r): f for r, f in sorted(self.failures.items())},
+                                resumed_from_rounds=self.resumed_from)
         print(f"[finfed] run complete: {self.outputs.run_dir}", flush=True)
 
     def membership_audit(self) -> dict[str, Any] | None:
         """Simulation only: the coordinator can see site 0's records because they are all on this machine."""
         if not self.config.privacy.membership_audit or self.config.data.source == "hub":
             return None
-        site = simulated_site(self.config.data, 0, self.config.federation.num_sites)
-        members = self.task.encode(site.train, load_tokenizer(self.config.model.backbone))
-        result = loss_threshold_auc(self.task, self.model, members, self.test_examples, seed=self.config.seed)
+        site = simulated_site(self.config.data, 0, self.config.federation.num_sites, self.config.task)
+        tokenizer = load_tokenizer(self.config.model.backbone)
+        members = self.task.encode(site.train, tokenizer)
+        non_members = self.task.encode(self._central_test(), tokenizer)
+        result = loss_threshold_auc(self.task, self.model, members, non_members, seed=self.config.seed)
         print(f"[finfed] membership audit (site 0): loss-threshold attack AUC {result['auc']:.3f}", flush=True)
         return {"site": 0, **result}
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    def snapshot(self) -> dict[str, Any]:
+        """The coordinator's records after a completed round, as JSON values (see finfed.checkpoint)."""
+        def by_round(records: Mapping[int, Any]) -> dict[str, Any]:
+            return {str(r): v for r, v in records.items()}
+        return {"started": self.outputs.started, "history": self.history, "resumed_from": self.resumed_from,
+                "site_train": by_round(self.site_train), "site_eval": by_round(self.site_eval),
+                "failures": by_round(self.failures), "refusals": by_round(self.refusals),
+                "exhausted_round": self.exhausted_round}
+
+    def resume(self, snapshot: Mapping[str, Any], from_round: int) -> None:
+        """Continue from a checkpoint: records restored, metrics.jsonl and privacy.json rewritten to match."""
+        def by_round(name: str) -> dict[int, Any]:
+            return {int(r): v for r, v in snapshot[name].items()}
+        self.site_train, self.site_eval = by_round("site_train"), by_round("site_eval")
+        self.failures, self.refusals = by_round("failures"), by_round("refusals")
+        self.exhausted_round = snapshot["exhausted_round"]
+        self.exhausted = self.exhausted_round is not None
+        self.history = list(snapshot["history"])
+        self.resumed_from = [*snapshot["resumed_from"], from_round]
+        self.outputs.resume(self.history, float(snapshot["started"]), from_round)
+        self.outputs.write_privacy(self.privacy_summary())
+        print(f"[finfed] run {self.config.name}: resuming after round {from_round} of "
+              f"{self.config.federation.rounds}", flush=True)
 
     def fail(self, error: BaseException) -> None:
         self.outputs.set_status("failed", error=f"{type(error).__name__}: {error}")

@@ -22,6 +22,8 @@ PRIVACY = "privacy.json"
 MODEL = "model"
 REPORT = "report.md"
 MODEL_INFO = "finfed_model.json"
+CHECKPOINT = "checkpoint"
+RUN_LEDGERS = "ledgers"  # `finfed simulate` keeps sites' ledgers here when `privacy.ledger_dir` is unset
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -39,7 +41,9 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
                            "(--set name=...) or pass --overwrite")
         for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT, "report.json", "report.html", "flower.log"):
             (run_dir / name).unlink(missing_ok=True)
-        _remove_tree(run_dir / MODEL)
+        # The run's own checkpoint and the ledgers `finfed simulate` keeps in it belong to the run replaced.
+        for folder in (MODEL, CHECKPOINT, RUN_LEDGERS):
+            _remove_tree(run_dir / folder)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -77,6 +81,12 @@ class RunOutputs:
         self.set_status("running")
         save_config(self.config, self.run_dir / CONFIG)
         (self.run_dir / METRICS).write_text("", encoding="utf-8")
+
+    def resume(self, history: list[dict[str, Any]], started: float, from_round: int) -> None:
+        """Continue a stopped run: metrics.jsonl is rewritten from the checkpoint, so no round appears twice."""
+        self.started = started
+        self.set_status("running", resumed_from_round=from_round)
+        self.write_text(METRICS, "".join(json.dumps(record, default=float) + "\n" for record in history))
 
     def set_status(self, state: str, **extra: Any) -> None:
         payload = {"state": state, "started": self.started, "updated": time.time(),

@@ -1,57 +1,48 @@
 """Flower ServerApp: FedAvg over the trained adapter tensors, central evaluation each round.
 
-The same app serves ``finfed simulate``, ``flwr run`` on a simulation
-federation, and a deployed SuperLink.
+The same app serves ``finfed simulate``, ``flwr run`` on a simulation federation, and a
+deployed SuperLink, in both aggregation modes: plain FedAvg (named tensors over Flower's
+Message API) or SecAgg+ (``federation.secure_aggregation``: Flower's legacy workflow, see
+``server/secure.py``). With ``resume_from`` it continues a stopped run from its checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
-
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.app import Context, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClipping,
                                      DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy)
 
 from finfed import constants as keys
-from finfed.config import from_run_config
+from finfed.checkpoint import resume_point
+from finfed.config import from_run_config, to_run_config
 from finfed.federation import FederatedRun
-from finfed.records import from_array_record, to_array_record
+from server.rounds import Coordinator, PlainTraining
+from server.sampling import SiteNames, SiteSampler
+from server.secure import SecureTraining
 
 app = ServerApp()
 
 
 class RecordingFedAvg(FedAvg):
-    """FedAvg weighted by example counts that also hands each site's reply to the run."""
+    """FedAvg weighted by example counts, asking the sites ``SiteSampler`` finds online."""
 
-    def __init__(self, run: FederatedRun, **kwargs) -> None:
+    def __init__(self, sampler: SiteSampler, **kwargs) -> None:
         super().__init__(weighted_by_key=keys.NUM_EXAMPLES, arrayrecord_key=keys.ARRAYS,
-                         configrecord_key=keys.CONFIG, **kwargs)
-        self.run = run
+                         configrecord_key=keys.CONFIG, min_available_nodes=1, **kwargs)
+        self.sampler = sampler
+
+    def _ask(self, nodes: list[int], arrays, config, server_round: int, message_type: str):
+        config["server-round"] = server_round
+        return self._construct_messages(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), nodes,
+                                        message_type)
 
     def configure_train(self, server_round, arrays, config, grid):
-        # Once every site has refused for budget reasons, asking again cannot change their answer.
-        return [] if self.run.exhausted else super().configure_train(server_round, arrays, config, grid)
+        return self._ask(self.sampler.train_nodes(grid), arrays, config, server_round, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round, arrays, config, grid):
-        return [] if self.run.exhausted else super().configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
-        failed = [m for m in replies if m.has_error()]
-        answered = [m for m in replies if not m.has_error()]
-        refusals = [m for m in answered if keys.ARRAYS not in m.content]
-        updates = [m for m in answered if keys.ARRAYS in m.content]
-        self.run.record_training(server_round, [dict(m.content[keys.METRICS]) for m in updates],
-                                 [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in failed],
-                                 [dict(m.content[keys.METRICS]) for m in refusals])
-        return super().aggregate_train(server_round, updates + failed)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
-        self.run.record_evaluation(
-            server_round, [dict(m.content[keys.METRICS]) for m in replies if not m.has_error()])
-        return super().aggregate_evaluate(server_round, replies)
+        # Every site online evaluates; a dead one is not waited for.
+        return self._ask(sorted(grid.get_node_ids()), arrays, config, server_round, MessageType.EVALUATE)
 
 
 def with_client_dp(strategy: Strategy, run: FederatedRun) -> Strategy:
@@ -71,23 +62,35 @@ def with_client_dp(strategy: Strategy, run: FederatedRun) -> Strategy:
     return strategy
 
 
+def build_coordinator(run: FederatedRun, grid: Grid, context: Context, site_names: dict | None = None):
+    """The round loop with the training step the configuration asks for."""
+    federation = run.config.federation
+    secure = federation.secure_aggregation
+    sampler = SiteSampler(federation, minimum=2 if secure else 1)
+    names = SiteNames(site_names)
+    fedavg = RecordingFedAvg(sampler, fraction_train=federation.fraction_train, fraction_evaluate=1.0,
+                             min_train_nodes=sampler.needed, min_evaluate_nodes=1)
+    if secure:
+        training = SecureTraining(context, grid, federation, sampler, names)
+    else:
+        training = PlainTraining(with_client_dp(fedavg, run), grid, names, federation.round_timeout)
+    return Coordinator(run, grid, training, fedavg, names, federation.round_timeout)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     config = from_run_config(context.run_config)
+    # A bad resume target is refused before anything is written into it.
+    checkpoint = resume_point(config.resume_from, to_run_config(config)) if config.resume_from else None
     run = FederatedRun(config)
-    run.start()
     try:
-        federation = config.federation
-        strategy = RecordingFedAvg(
-            run, fraction_train=federation.fraction_train, fraction_evaluate=1.0,
-            min_train_nodes=max(federation.min_sites, 1), min_evaluate_nodes=1,
-            min_available_nodes=federation.num_sites)
-        strategy = with_client_dp(strategy, run)
-        result = strategy.start(
-            grid=grid, initial_arrays=to_array_record(run.initial_arrays()), num_rounds=federation.rounds,
-            timeout=federation.round_timeout, train_config=ConfigRecord(run.train_config()),
-            evaluate_fn=lambda rnd, arrays: MetricRecord(run.central_evaluate(rnd, from_array_record(arrays))))
-        run.finish(from_array_record(result.arrays))
+        if checkpoint is None:
+            run.start()
+        else:
+            run.resume(checkpoint.run_state, checkpoint.round)
+        coordinator = build_coordinator(run, grid, context,
+                                        checkpoint.strategy_state.get("site_names") if checkpoint else None)
+        run.finish(coordinator.run_rounds(checkpoint))
     except BaseException as error:
         run.fail(error)
         raise

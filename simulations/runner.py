@@ -9,6 +9,7 @@ even when the run failed. Every process started here is stopped here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,6 +25,11 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import psutil
+
+from finfed.checkpoint import resume_point
+from finfed.config import ExperimentConfig, from_run_config
+from finfed.errors import RunError
+from finfed.run_outputs import RUN_LEDGERS
 
 CONNECTION = "finfed-local"
 
@@ -170,8 +176,35 @@ def flower_env(home: Path) -> dict[str, str]:
     return env
 
 
+def simulation_config(config: ExperimentConfig) -> ExperimentConfig:
+    """`finfed simulate`'s own default: sites keep privacy ledgers in the run directory.
+
+    A resumed run is a new Flower run whose sites start with an empty ``Context.state``;
+    only a ledger tells them what they spent before the stop. Keeping one per run makes
+    every simulated run resumable with the same epsilon an uninterrupted run reports.
+    """
+    if config.resume_from:
+        raise RunError("to resume a run, use `finfed simulate --resume RUN_DIR` (it takes the run's saved settings)")
+    if config.privacy.ledger_dir or not config.privacy.enabled:
+        return config
+    ledgers = str(config.resolved_run_dir / RUN_LEDGERS)
+    return dataclasses.replace(config, privacy=dataclasses.replace(config.privacy, ledger_dir=ledgers))
+
+
+def resume_config(run_dir: Path) -> ExperimentConfig:
+    """The settings of the stopped run in ``run_dir`` (from its checkpoint), set to resume it."""
+    run_dir = Path(run_dir).resolve()
+    checkpoint = resume_point(run_dir, None)
+    config = from_run_config({**checkpoint.run_config, "resume_from": str(run_dir)})
+    if config.privacy.enabled and not config.privacy.ledger_dir:
+        raise RunError(f"run {run_dir} was started without site privacy ledgers (`privacy.ledger_dir`), so its "
+                       "sites cannot know what they spent before it stopped; it cannot be resumed honestly")
+    return config
+
+
 def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per_site: int,
-                   log_path: Path, on_line: Callable[[str], None] = lambda line: None) -> FlowerRunResult:
+                   log_path: Path, on_line: Callable[[str], None] = lambda line: None,
+                   append_log: bool = False) -> FlowerRunResult:
     """Submit finfed's app to a private local SuperLink and wait for it to finish."""
     home = Path(tempfile.mkdtemp(prefix="finfed-flwr-"))
     (home / "ray").mkdir()
@@ -185,7 +218,7 @@ def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per
                        f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site} "
                        f"client-resources-num-gpus=0.0 init-args-num-cpus={total_cpus}",
                        "--run-config", str(home / "run-config.toml")]
-            run_id = _stream(command, env, log_path, on_line)
+            run_id = _stream(command, env, log_path, on_line, append_log)
             status, details = _final_status(run_id, env)
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -193,9 +226,10 @@ def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per
 
 
 def _stream(command: list[str], env: Mapping[str, str], log_path: Path,
-            on_line: Callable[[str], None]) -> str:
+            on_line: Callable[[str], None], append_log: bool = False) -> str:
     run_id = ""
-    with open(log_path, "w", encoding="utf-8") as log, subprocess.Popen(
+    # Line-buffered: if this process is killed, the log still holds everything up to that moment.
+    with open(log_path, "a" if append_log else "w", encoding="utf-8", buffering=1) as log, subprocess.Popen(
             command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             cwd=str(app_dir())) as process:
         try:
@@ -212,8 +246,8 @@ def _stream(command: list[str], env: Mapping[str, str], log_path: Path,
     return run_id
 
 
-def _final_status(run_id: str, env: Mapping[str, str]) -> tuple[str, str]:
-    listing = subprocess.run([_tool("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+def _final_status(run_id: str, env: Mapping[str, str], connection: str = CONNECTION) -> tuple[str, str]:
+    listing = subprocess.run([_tool("flwr"), "ls", connection, "--run-id", run_id, "--format", "json"],
                              env=dict(env), capture_output=True, text=True, cwd=str(app_dir()), timeout=120)
     try:
         run = json.loads(listing.stdout)["runs"][0]

@@ -1,0 +1,56 @@
+"""The site's side of SecAgg+: Flower's ``secaggplus_mod`` for SecAgg+ requests, and the site's own checks.
+
+One ClientApp serves both modes: a train request carrying SecAgg+ protocol settings goes
+through Flower's mod (key agreement, secret sharing, masking, unmasking); any other
+message passes straight through, unless the site's node config says
+``require-secure-aggregation = true``, in which case it refuses to send a plain update.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Context, Message, MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+from finfed import constants as keys
+from finfed.config import FederationSettings
+from finfed.errors import PrivacyError, TrainingError
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+
+
+def secure_aggregation_mod(message: Message, context: Context, call_next) -> Message:
+    """Route SecAgg+ train messages through Flower's mod; enforce the site's own SecAgg+ requirement."""
+    if message.metadata.message_type != MessageType.TRAIN:
+        return call_next(message, context)
+    if RECORD_KEY_CONFIGS in message.content.config_records:
+        return secaggplus_mod(message, context, call_next)
+    if _truthy(context.node_config.get(keys.NODE_REQUIRE_SECAGG, False)):
+        raise PrivacyError(f"this site's node config sets `{keys.NODE_REQUIRE_SECAGG}`, but the coordinator asked "
+                           "for a plain update; it sends updates only under SecAgg+ "
+                           "(`federation.secure_aggregation = true`)")
+    return call_next(message, context)
+
+
+def check_secure_weight(num_examples: int, federation: FederationSettings, site_id: int) -> None:
+    """Before training: an example count above SecAgg+'s maximum weight would overflow its quantization."""
+    if num_examples > federation.secagg_max_weight:
+        raise TrainingError(f"site {site_id}: {num_examples} training records exceed "
+                            f"`federation.secagg_max_weight` ({federation.secagg_max_weight:g}); SecAgg+ would "
+                            "corrupt this site's weighted update. Raise the setting for the whole federation")
+
+
+def check_secure_range(arrays: Mapping[str, np.ndarray], federation: FederationSettings, site_id: int) -> None:
+    """After training: SecAgg+ clips values silently before quantizing; refuse instead of sending a wrong update."""
+    limit = federation.secagg_clipping_range
+    for name, value in arrays.items():
+        largest = float(np.max(np.abs(value))) if value.size else 0.0
+        if largest > limit:
+            raise TrainingError(f"site {site_id}: tensor {name} holds a value of magnitude {largest:.4g}, outside "
+                                f"`federation.secagg_clipping_range` ({limit:g}); SecAgg+ would clip it")

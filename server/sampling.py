@@ -1,0 +1,83 @@
+"""Which sites a round asks, without waiting forever for a site that has died.
+
+Flower's own sampling blocks until ``min_available_nodes`` SuperNodes are online. A
+SuperNode that dies stops sending heartbeats and drops out of ``grid.get_node_ids()``
+(the SuperLink marks it offline after 2 x its heartbeat interval), so waiting for every
+site would stall the run. Here a round waits for all sites only when this coordinator
+process starts (they may still be connecting) and otherwise takes the sites online, as
+long as there are at least ``needed`` of them (``federation.min_sites``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from finfed import constants as keys
+from finfed.config import FederationSettings
+from finfed.errors import RunError
+
+
+class SiteSampler:
+    """Chooses each round's sites from the SuperNodes online."""
+
+    def __init__(self, federation: FederationSettings, *, minimum: int = 1, poll_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+        self.federation = federation
+        per_round = max(int(federation.num_sites * federation.fraction_train), 1)
+        # The fewest replies a round may go on with: `min_sites`, or every site a round samples.
+        self.needed = max(federation.min_sites or per_round, minimum)
+        self.poll_s, self.clock, self.sleep = poll_s, clock, sleep
+        self.started = False
+
+    def online(self, grid) -> list[int]:
+        """The sites online now, after the first call waits (up to `round_timeout`) for all to connect."""
+        if not self.started:
+            nodes = self._wait(grid, self.federation.num_sites, self.federation.round_timeout, settle=True)
+            self.started = True
+            return nodes
+        return self._wait(grid, self.needed, self.federation.round_timeout, settle=False)
+
+    def train_nodes(self, grid) -> list[int]:
+        nodes = self.online(grid)
+        size = min(len(nodes), max(int(len(nodes) * self.federation.fraction_train), self.needed))
+        return sorted(random.sample(nodes, size))
+
+    def _wait(self, grid, wanted: int, timeout: float, *, settle: bool) -> list[int]:
+        deadline = self.clock() + timeout
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= wanted:
+                return nodes
+            if self.clock() >= deadline:
+                if settle and len(nodes) >= self.needed:
+                    return nodes  # some sites never came: go on with those that did
+                raise RunError(f"only {len(nodes)} of {self.federation.num_sites} sites online after waiting "
+                               f"{timeout:.0f}s (`federation.round_timeout`); a round needs {self.needed} "
+                               "(`federation.min_sites`)")
+            self.sleep(self.poll_s)
+
+
+class SiteNames:
+    """Which site each SuperNode is, learnt from the site ids in its replies, for readable failure records."""
+
+    def __init__(self, known: Mapping[str, int] | None = None) -> None:
+        self.by_node = {int(node): int(site) for node, site in (known or {}).items()}
+
+    def learn(self, node_id: int, metrics: Mapping[str, Any]) -> None:
+        if keys.SITE_ID not in metrics:
+            return
+        site = int(metrics[keys.SITE_ID])
+        # A site that reconnected under a new node id (a restarted simulation, a re-registered
+        # SuperNode) is not also an offline one under its old id.
+        self.by_node = {node: known for node, known in self.by_node.items() if known != site}
+        self.by_node[int(node_id)] = site
+
+    def label(self, node_id: int) -> str:
+        site = self.by_node.get(int(node_id))
+        return f"site {site} (node {node_id})" if site is not None else f"node {node_id}"
+
+    def state(self) -> dict[str, int]:
+        return {str(node): site for node, site in self.by_node.items()}

@@ -1,0 +1,91 @@
+"""Each site's outbound audit log: every message it sent, what left in it, epsilon after the round."""
+
+import json
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+from inprocess_grid import InProcessGrid, serve
+
+import client.app
+from client.audit import audit_mod
+from finfed.errors import PrivacyError
+from finfed.models.adapters import trainable_state
+from finfed.run_outputs import read_metrics
+from finfed.tasks import get_task
+
+SECAGG_STAGES = ["setup", "share_keys", "collect_masked_vectors", "unmask"]
+
+
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
+def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secure):
+    config = tiny_config("federation.rounds=1", "privacy.membership_audit=false",
+                         f"federation.secure_aggregation={str(secure).lower()}")
+    logs = [tmp_path / f"audit-{site}.jsonl" for site in (0, 1)]
+    serve(config, InProcessGrid(client.app.app, config, [{"audit-log": str(path)} for path in logs]))
+    model = get_task(config, ["negative", "neutral", "positive"]).build_model()
+    shapes = {name: list(tensor.shape) for name, tensor in trainable_state(model).items()}
+    sites = {s["site"]: s for s in read_metrics(config.resolved_run_dir)[1]["sites"]}
+
+    for site, path in enumerate(logs):
+        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        assert all(e["round"] == 1 and not e["has_error"] for e in entries)
+        assert all(e["node_config"]["audit-log"] == str(path) for e in entries)
+        train = [e for e in entries if e["message_type"] == "train"]
+        assert [e["secagg_stage"] for e in train] == (SECAGG_STAGES if secure else [None])
+        update = train[2] if secure else train[0]
+        names = [t["name"] for t in update["sent_tensors"]]
+        assert names == ([f"masked:{n}" for n in ["weight", *shapes]] if secure else list(shapes))
+        for tensor in update["sent_tensors"][1 if secure else 0:]:
+            assert tensor["shape"] == shapes[tensor["name"].removeprefix("masked:")]
+            assert tensor["masked"] is secure
+        assert update["epsilon"] == pytest.approx(sites[site]["epsilon"]) and update["epsilon"] > 0
+        assert update["bytes_total"] >= sum(t["bytes"] for t in update["sent_tensors"]) > 0
+        for entry in train:
+            for record in entry["records"].values():
+                if record["kind"] == "arrays":  # under SecAgg+ the plain tensors are emptied before leaving
+                    assert (record["tensors"] == []) is secure
+        if secure:  # key material is logged by size, never by value
+            assert train[0]["records"]["secaggplus_configs"]["values"]["pk1"]["type"] == "bytes"
+            assert train[1]["records"]["secaggplus_configs"]["values"]["ctxts"]["type"] == "bytes[]"
+        evaluate = [e for e in entries if e["message_type"] == "evaluate"]
+        assert len(evaluate) == 1 and evaluate[0]["sent_tensors"] == [] and evaluate[0]["epsilon"] is None
+
+
+@pytest.fixture
+def message(monkeypatch):
+    for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+    content = RecordDict({"config": ConfigRecord({"server-round": 3})})
+    return Message(content=content, dst_node_id=7, message_type="train")
+
+
+def test_a_message_that_fails_at_the_site_is_logged_with_the_reason_that_leaves(message, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    context = Context(run_id=1, node_id=7, node_config={"audit-log": str(path), "data-path": "/secret/data.csv"},
+                      state=RecordDict(), run_config={})
+
+    def refuse(message, context):
+        raise PrivacyError("site 0: ledger unreadable")
+
+    with pytest.raises(PrivacyError):
+        audit_mod(message, context, refuse)
+    entry = json.loads(path.read_text())
+    assert entry["has_error"] and entry["round"] == 3 and "site 0: ledger unreadable" in entry["error"]
+    assert entry["sent_tensors"] == [] and "data-path" not in entry["node_config"]
+
+
+def test_the_log_is_only_ever_appended_to(message, tmp_path, monkeypatch):
+    path = tmp_path / "audit.jsonl"
+    path.write_text('{"earlier": "entry"}\n')
+    monkeypatch.setenv("FINFED_AUDIT_LOG", str(path))
+    context = Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={})
+    for _ in range(2):
+        audit_mod(message, context, lambda m, c: Message(content=RecordDict(), reply_to=m))
+    lines = path.read_text().splitlines()
+    assert lines[0] == '{"earlier": "entry"}' and len(lines) == 3
+    assert all(json.loads(line)["round"] == 3 for line in lines[1:])
+    new = tmp_path / "new.jsonl"
+    monkeypatch.setenv("FINFED_AUDIT_LOG", str(new))
+    audit_mod(message, context, lambda m, c: Message(content=RecordDict(), reply_to=m))
+    assert new.stat().st_mode & 0o777 == 0o600  # a site's log is for its own security team
