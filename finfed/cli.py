@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
+from finfed.deploy.cli import add_deploy_parser, deploy
 from finfed.errors import FinfedError
 
 ACTOR_PREFIX = re.compile(r"^\S*\(ClientAppActor pid=\d+\)\S*\s*")
@@ -25,15 +28,30 @@ def _parser() -> argparse.ArgumentParser:
                           help="override a setting, e.g. --set privacy.target_epsilon=3 (repeatable)")
     simulate.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     simulate.add_argument("--verbose", action="store_true", help="show Flower's full log")
+    simulate.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                          help="continue a stopped run from its last completed round, with its saved settings")
 
     report = commands.add_parser("report", help="write report.json/.md/.html (privacy budget and utility)")
     report.add_argument("run_dir", type=Path, nargs="?")
     report.add_argument("--ledger", type=Path, help="show a site's lifetime spend per dataset from its ledger")
 
-    predict = commands.add_parser("predict", help="label texts with a finished run's global model")
+    predict = commands.add_parser("predict", help="use a finished run's global model: label texts "
+                                  "(classification) or answer a question about a passage (qa)")
     predict.add_argument("run_dir", type=Path)
-    predict.add_argument("texts", nargs="+")
+    predict.add_argument("texts", nargs="*", help="classification: texts to label")
+    predict.add_argument("--question", help="qa: the question")
+    predict.add_argument("--context", help="qa: the passage holding the answer")
+    predict.add_argument("--max-answer-tokens", type=int, help="qa: longest answer (default: the run's setting)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    export = commands.add_parser("export", help="write a run's model as a folder transformers.pipeline loads")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("out", type=Path)
+    export.add_argument("--merge", action="store_true",
+                        help="merge the adapters into the weights (default: PEFT adapter beside its base)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+
+    add_deploy_parser(commands)
     return parser
 
 
@@ -48,22 +66,37 @@ def _show(verbose: bool):
 def simulate(args: argparse.Namespace) -> int:
     from finfed.config import load_config, to_run_config, with_absolute_paths
     from finfed.preflight import check_simulation
-    from finfed.report import round_table
-    from finfed.run_outputs import prepare_run_dir, read_metrics, read_status
-    from simulations.runner import run_simulation
+    from finfed.run_outputs import prepare_run_dir
+    from simulations.runner import resume_config, run_simulation, simulation_config
 
-    config = with_absolute_paths(load_config(args.config, args.overrides))
+    if args.resume and (args.config or args.overrides or args.overwrite):
+        raise FinfedError("--resume continues a run with its saved settings: it takes no --config, --set or "
+                          "--overwrite")
+    if args.resume:
+        config = resume_config(args.resume)
+    else:
+        config = simulation_config(with_absolute_paths(load_config(args.config, args.overrides)))
     run_dir = config.resolved_run_dir
     for site in check_simulation(config):
         print(f"[finfed] site {site['site']}: {site['train']} training / {site['validation']} validation "
               f"examples, {site['steps_per_round']} steps per round"
               + (f", noise multiplier {site['noise_multiplier']:.3f}" if "noise_multiplier" in site else ""))
-    prepare_run_dir(run_dir, overwrite=args.overwrite)
+    if not args.resume:
+        prepare_run_dir(run_dir, overwrite=args.overwrite)
     run_config = to_run_config(config)
     started = time.time()
     result = run_simulation(run_config, num_sites=config.federation.num_sites,
                             cpus_per_site=config.simulation.cpus_per_site,
-                            log_path=run_dir / "flower.log", on_line=_show(args.verbose))
+                            log_path=run_dir / "flower.log", on_line=_show(args.verbose),
+                            append_log=bool(args.resume))
+    return finish_run(run_dir, result, started)
+
+
+def finish_run(run_dir: Path, result, started: float) -> int:
+    """Print the round table and the run's real outcome (Flower's `flwr run` exits 0 even on failure)."""
+    from finfed.report import round_table
+    from finfed.run_outputs import read_metrics, read_status
+
     status = read_status(run_dir)
     print()
     print(round_table(read_metrics(run_dir)))
@@ -76,8 +109,17 @@ def simulate(args: argparse.Namespace) -> int:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from finfed.predict import predict_texts
+    from finfed.predict import answer_question, predict_texts
 
+    if args.question is not None or args.context is not None:
+        if not (args.question and args.context) or args.texts:
+            raise FinfedError("qa prediction needs both --question and --context, and no texts")
+        answer = answer_question(args.run_dir, args.question, args.context, args.max_answer_tokens)
+        print(json.dumps(answer, indent=2) if args.json else
+              f"{answer['answer']}\n(score {answer['score']:.3f}, characters {answer['start']}-{answer['end']})")
+        return 0
+    if not args.texts:
+        raise FinfedError("give texts to label, or --question and --context for a qa run")
     results = predict_texts(args.run_dir, args.texts)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -85,6 +127,15 @@ def predict(args: argparse.Namespace) -> int:
     for result in results:
         probs = "  ".join(f"{label}={p:.3f}" for label, p in result["probabilities"].items())
         print(f"{result['label']:<10} {probs}  | {result['text']}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from finfed.export import export_run, load_snippet, privacy_line
+
+    manifest = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
+    print(f"Exported {manifest['task']} model ({manifest['form']}) of run {manifest['run']['name']} to {args.out}")
+    print(f"Privacy: {privacy_line(manifest)}\nLoad it with:\n\n{load_snippet(manifest, str(args.out))}")
     return 0
 
 
@@ -102,10 +153,20 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C, so the processes finfed started are stopped before it exits."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _interrupt_on_sigterm()
     try:
-        return {"simulate": simulate, "predict": predict, "report": report}[args.command](args)
+        return {"simulate": simulate, "predict": predict, "report": report,
+                "export": export, "deploy": deploy}[args.command](args)
     except FinfedError as error:
         print(f"finfed: error: {error}", file=sys.stderr)
         return 2

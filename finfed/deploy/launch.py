@@ -1,0 +1,319 @@
+"""Start and supervise a consortium's processes with Flower's own tools.
+
+* the coordinator: ``flower-superlink`` with TLS and SuperNode authentication, then
+  ``flwr supernode register`` for every site's public key;
+* a site: its ``site.toml`` checked, a TLS handshake with the coordinator tried, then
+  ``flower-supernode`` with its key, the consortium CA and its node config;
+* a run: ``flwr run`` of finfed's app on the coordinator, its outcome read with ``flwr ls``.
+
+finfed opens no connections of its own beyond two checks (the SuperLink's health
+route and one TLS handshake); every process it starts is stopped with it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from flwr.supercore.address import parse_address
+
+from finfed.checkpoint import resume_point
+from finfed.config import (
+    ExperimentConfig,
+    apply_overrides,
+    config_from_dict,
+    read_yaml,
+    to_run_config,
+    with_absolute_paths,
+)
+from finfed.deploy import commands
+from finfed.deploy.consortium import Consortium, check_coordinator_files
+from finfed.deploy.site_config import SiteConfig
+from finfed.errors import ConfigError, RunError
+from simulations.runner import (
+    FlowerRunResult,
+    _final_status,
+    _stream,
+    _tool,
+    app_dir,
+    flower_env,
+    stop_process_tree,
+    write_run_config,
+)
+
+Printer = Callable[[str], None]
+
+
+class _Stopped(Exception):
+    """SIGTERM reached finfed: stop what it started."""
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise _Stopped()
+
+
+def _executable(command: list[str]) -> list[str]:
+    """Flower's tools from this interpreter's environment, whatever PATH says."""
+    return [_tool(command[0]), *command[1:]]
+
+
+def deploy_env(home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return flower_env(home)
+
+
+def _supervise(process: subprocess.Popen, wait: Callable[[], int]) -> int:
+    """Wait for a child; Ctrl-C or SIGTERM stops it and everything it started."""
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        return wait()
+    except (KeyboardInterrupt, _Stopped):
+        stop_process_tree(process)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------- coordinator
+
+def coordinator_plan(consortium: Consortium) -> list[list[str]]:
+    """The commands `finfed deploy coordinator` runs, in order."""
+    return [commands.superlink_command(consortium),
+            *(commands.register_command(consortium, site) for site in consortium.sites)]
+
+
+def write_flower_config(consortium: Consortium) -> dict[str, str]:
+    env = deploy_env(consortium.flwr_home)
+    (consortium.flwr_home / "config.toml").write_text(commands.flower_config(consortium), encoding="utf-8")
+    return env
+
+
+def start_superlink(consortium: Consortium, env: Mapping[str, str], timeout: float = 60.0) -> subprocess.Popen:
+    """Start the SuperLink and return once it answers over TLS."""
+    check_coordinator_files(consortium)
+    consortium.database.parent.mkdir(parents=True, exist_ok=True)
+    # Its own session, so that stopping it reaches it and everything it started.
+    process = subprocess.Popen(_executable(commands.superlink_command(consortium)), env=dict(env),
+                               cwd=str(consortium.coordinator_dir), start_new_session=True)
+    try:
+        wait_until_serving(consortium, process, timeout)
+    except BaseException:
+        stop_process_tree(process)
+        raise
+    return process
+
+
+def wait_until_serving(consortium: Consortium, process: subprocess.Popen, timeout: float) -> None:
+    context = ssl.create_default_context(cafile=str(consortium.ca_cert))
+    url = f"https://{consortium.local_address}/health"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, context=context, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # it answered over verified TLS: serving
+        except urllib.error.URLError as exc:
+            if isinstance(exc.reason, ssl.SSLCertVerificationError):
+                raise ConfigError(f"the SuperLink on {consortium.local_address} serves a certificate that "
+                                  f"{consortium.ca_cert} does not verify: {exc.reason.verify_message}") from None
+        except OSError:
+            pass
+        if process.poll() is not None:
+            raise RunError(f"the SuperLink exited at start (code {process.returncode}); see {consortium.log_file}")
+        time.sleep(0.3)
+    raise RunError(f"the SuperLink did not answer on {consortium.local_address} within {timeout:.0f}s")
+
+
+def register_sites(consortium: Consortium, env: Mapping[str, str], out: Printer = print) -> dict[str, str]:
+    """Register every site's public key (again after a restart: an already known key is fine)."""
+    outcome = {}
+    for site in consortium.sites:
+        command = commands.register_command(consortium, site)
+        done = subprocess.run(_executable(command), env=dict(env), capture_output=True, text=True, timeout=120,
+                              cwd=str(consortium.coordinator_dir), check=False)
+        text = done.stdout + done.stderr
+        if done.returncode == 0 and '"success": true' in done.stdout:
+            outcome[site.name] = "registered"
+        elif "already in use" in text:
+            outcome[site.name] = "already registered"
+        else:
+            raise RunError(f"registering site {site.name} ({consortium.public_key(site.name)}) failed:\n"
+                           f"$ {commands.shell(command)}\n{text.strip()}")
+        out(f"[finfed] site {site.name} (id {site.site_id}): {outcome[site.name]}")
+    return outcome
+
+
+def serve_coordinator(consortium: Consortium, out: Printer = print) -> int:
+    """`finfed deploy coordinator`: run the SuperLink until stopped, sites registered."""
+    env = write_flower_config(consortium)
+    process = start_superlink(consortium, env)
+    try:
+        register_sites(consortium, env, out)
+    except BaseException:
+        stop_process_tree(process)
+        raise
+    out(f"[finfed] coordinator ready on {consortium.address} (TLS, SuperNode authentication; "
+        f"log {consortium.log_file}). Sites start with `finfed deploy site`; runs with `finfed deploy run`.")
+    return _supervise(process, process.wait)
+
+
+# --------------------------------------------------------------------------- site
+
+# What Flower prints when a SuperNode is turned away, and what it means for a bank.
+DIAGNOSES = (
+    ("Failed to activate SuperNode",
+     ("the coordinator refused this site: its public key {pub} is not registered there. The coordinator's "
+      "operator registers it with `finfed deploy register <consortium folder>` "
+      "(or `flwr supernode register {pub} ...`).")),
+    ("CERTIFICATE_VERIFY_FAILED",
+     ("the coordinator at {address} presented a TLS certificate that {ca} does not trust: wrong CA file, "
+      "or not the consortium's coordinator.")),
+    ("Unable to parse the private key file",
+     "Flower could not read the private key {key}."),
+    ("Server disconnected without sending a response",
+     "the coordinator at {address} closed the connection: it speaks TLS and this connection did not."),
+)
+
+
+def check_coordinator_tls(site: SiteConfig, timeout: float = 5.0) -> bool:
+    """One TLS handshake with the coordinator, verified against the site's CA file.
+
+    A certificate the CA did not sign stops the site now, with the reason; a
+    coordinator not up yet is fine (the SuperNode keeps trying); returns whether it answered.
+    """
+    parsed = parse_address(site.superlink)
+    if not parsed:
+        raise ConfigError(f"{site.file}: [coordinator] address must be host:port, got {site.superlink!r}")
+    host, port, _ = parsed
+    context = ssl.create_default_context(cafile=str(site.root_certificates))
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return True
+    except ssl.SSLCertVerificationError as exc:
+        raise ConfigError(f"the coordinator at {site.superlink} presented a TLS certificate that "
+                          f"{site.root_certificates} does not trust ({exc.verify_message}): check that "
+                          "[coordinator] root_certificates is the consortium's ca.pem and the address is the "
+                          "coordinator's") from None
+    except ssl.SSLError as exc:
+        raise ConfigError(f"TLS handshake with {site.superlink} failed ({exc}); is it the consortium's "
+                          "coordinator?") from None
+    except OSError:
+        return False
+
+
+def site_diagnosis(site: SiteConfig, lines: list[str]) -> str:
+    text = "\n".join(lines)
+    for marker, message in DIAGNOSES:
+        if marker in text:
+            return message.format(pub=site.private_key.with_suffix(".pub"), address=site.superlink,
+                                  ca=site.root_certificates, key=site.private_key)
+    return ""
+
+
+def serve_site(site: SiteConfig, *, max_retries: int | None = None, out: Printer = print) -> int:
+    """`finfed deploy site`: run the SuperNode until stopped; a refusal is explained, not just logged."""
+    if not check_coordinator_tls(site):
+        out(f"[finfed] coordinator {site.superlink} not reachable yet; the SuperNode keeps trying")
+    env = deploy_env(site.flwr_home)
+    command = commands.supernode_command(site, max_retries)
+    out(f"[finfed] site {site.name} (id {site.site_id}) joining {site.superlink}; log {site.log_file}")
+    # Its own session: Flower's SuperExec outlives a SuperNode that exits at start, and is
+    # stopped with the SuperNode's process group.
+    process = subprocess.Popen(_executable(command), env=env, cwd=str(site.folder), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    tail: list[str] = []
+
+    def relay() -> None:
+        with open(site.log_file, "a", encoding="utf-8") as log:
+            for line in process.stdout:
+                log.write(line)
+                log.flush()
+                out(line.rstrip("\n"))
+                tail[:] = [*tail[-40:], line]
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    code = _supervise(process, process.wait)
+    stop_process_tree(process, grace=5.0)
+    reader.join(timeout=10)
+    if code > 0 and code != 130:  # negative: stopped by a signal, as asked
+        reason = site_diagnosis(site, tail) or f"see {site.log_file}"
+        raise RunError(f"site {site.name}: the SuperNode stopped (exit code {code}): {reason}")
+    return code
+
+
+# --------------------------------------------------------------------------- run
+
+def deployment_config(consortium: Consortium, path: Path | None, overrides: list[str], *,
+                      resume: bool = False) -> ExperimentConfig:
+    """The experiment as the coordinator runs it: every site of the consortium, outputs beside the coordinator.
+
+    These defaults yield to the YAML file and to ``--set``. ``resume`` continues the run
+    directory of an interrupted run from its last checkpoint (same settings required).
+    """
+    values = read_yaml(path) if path else {}
+    defaults = {"federation": {"num_sites": len(consortium.sites)},
+                "privacy": {"membership_audit": False},  # the coordinator holds no site's records
+                "output_dir": str(consortium.runs_dir)}
+    for section, value in defaults.items():
+        if isinstance(value, dict):
+            values[section] = {**value, **(values.get(section) or {})}
+        else:
+            values.setdefault(section, value)
+    try:
+        config = config_from_dict(apply_overrides(values, overrides))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    if config.task == "classification" and not config.data.labels:
+        raise ConfigError("sites hold their own data, so the labels must be listed: set `data.labels` "
+                          "(e.g. --set data.labels=negative,neutral,positive)")
+    if config.federation.num_sites > len(consortium.sites):
+        raise ConfigError(f"`federation.num_sites` is {config.federation.num_sites}, but the consortium has "
+                          f"{len(consortium.sites)} site(s); the run would wait for sites that do not exist")
+    config = with_absolute_paths(config)
+    if not resume:
+        return config
+    config = replace(config, resume_from=config.run_dir)
+    resume_point(config.run_dir, to_run_config(config))  # refused here, before anything is submitted
+    return config
+
+
+def start_run(consortium: Consortium, config: ExperimentConfig, *, on_line: Printer) -> FlowerRunResult:
+    """Submit finfed's app to the coordinator's SuperLink and wait until the run ends."""
+    env = write_flower_config(consortium)
+    run_dir = config.resolved_run_dir
+    run_config = consortium.flwr_home / f"run-config-{config.name}.toml"
+    write_run_config(to_run_config(config), run_config)
+    # A resumed run keeps the interrupted run's log beside its own.
+    log_path = run_dir / ("flower-resumed.log" if config.resume_from else "flower.log")
+    run_id = _stream(_executable(commands.run_command(app_dir(), run_config)), env, log_path, on_line)
+    status, details = _final_status(run_id, env, commands.CONNECTION)
+    return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
+
+
+def plan_summary(plan: list[list[str]], env: Mapping[str, Any]) -> str:
+    """What --dry-run prints: the environment and each command, ready to paste."""
+    return "\n".join([commands.shell_env(env), *(commands.shell(command) for command in plan)])
+
+
+def registered_nodes(env: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The coordinator's view of SuperNodes (`flwr supernode ls`)."""
+    done = subprocess.run(_executable(commands.list_nodes_command()), env=dict(env), capture_output=True,
+                          text=True, timeout=120, check=False)
+    try:
+        return json.loads(done.stdout)["nodes"]
+    except (ValueError, KeyError) as exc:
+        raise RunError(f"`flwr supernode ls` gave no node list ({exc}): {done.stdout}{done.stderr}") from None
