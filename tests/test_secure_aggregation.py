@@ -90,6 +90,7 @@ def test_secagg_sum_equals_plain_fedavg_and_no_site_update_reaches_the_coordinat
         assert site["num-examples"] == plain_sites[site["site"]]["num-examples"]
 
 
+@pytest.mark.slow  # a whole Flower simulation; CI runs it
 def test_dp_secagg_simulation_completes_and_sites_log_masked_updates(tiny_config, tiny_simulate, tmp_path,
                                                                     monkeypatch):
     audit = tmp_path / "audit.jsonl"
