@@ -94,13 +94,19 @@ class QuestionAnsweringTask(Task):
             yield self.collate(examples[begin:begin + size])
 
     @torch.no_grad()
-    def answers(self, model: nn.Module, examples: Sequence[dict]) -> list[Answer]:
-        """One decoded answer per record, in record order."""
+    def _window_logits(self, model: nn.Module, examples: Sequence[dict]) -> tuple[list, list]:
+        """Start and end logits of every window, each cut to the window's own length (no padding)."""
         starts, ends = [], []
-        for batch in self._batches(model, examples):
+        for begin, batch in zip(range(0, len(examples), self.config.train.eval_batch_size),
+                                self._batches(model, examples)):
             start, end = self.logits(model, batch)
-            starts += list(start)
-            ends += list(end)
+            for offset, (s, e) in enumerate(zip(start, end)):
+                length = len(examples[begin + offset]["input_ids"])
+                starts.append(s[:length])
+                ends.append(e[:length])
+        return starts, ends
+
+    def _decode(self, examples: Sequence[dict], starts: list, ends: list) -> list[Answer]:
         by_record: dict[int, list[int]] = {}
         for index, item in enumerate(examples):
             by_record.setdefault(item["record"], []).append(index)
@@ -109,11 +115,18 @@ class QuestionAnsweringTask(Task):
                               [starts[i] for i in idx], [ends[i] for i in idx], limit)
                 for _, idx in sorted(by_record.items())]
 
+    def answers(self, model: nn.Module, examples: Sequence[dict]) -> list[Answer]:
+        """One decoded answer per record, in record order."""
+        return self._decode(examples, *self._window_logits(model, examples))
+
     def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:
-        predictions = [answer.text for answer in self.answers(model, examples)]
+        # One forward pass serves both the decoded answers and the loss of the windows holding one.
+        starts, ends = self._window_logits(model, examples)
+        predictions = [answer.text for answer in self._decode(examples, starts, ends)]
         golds = [examples[idx]["meta"]["answers"] for idx in self._first_window_of_each_record(examples)]
-        answered = [item for item in examples if item["window"].holds_answer]
-        losses = self.example_losses(model, answered)
+        losses = [(nn.functional.cross_entropy(s, torch.tensor(item["start"]))
+                   + nn.functional.cross_entropy(e, torch.tensor(item["end"]))).item() / 2
+                  for item, s, e in zip(examples, starts, ends) if item["window"].holds_answer]
         return {**squad_scores(predictions, golds), "loss": sum(losses) / len(losses) if losses else 0.0}
 
     @staticmethod
