@@ -47,6 +47,7 @@ class SitePolicy:
     budget_epsilon: float
     budget_delta: float
     ledger_path: str
+    folder: str  # site-side files (site log, ledger chain head): never read by the coordinator
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,19 @@ def site_policy(config: ExperimentConfig, node_config: Mapping[str, Any], site_i
     if budget <= 0 or not 0 < delta < 1:
         raise ConfigError(f"site {site_id}: budget epsilon must be > 0 and delta in (0, 1), "
                           f"got epsilon={budget}, delta={delta}")
-    return SitePolicy(budget_epsilon=budget, budget_delta=delta, ledger_path=ledger)
+    return SitePolicy(budget_epsilon=budget, budget_delta=delta, ledger_path=ledger,
+                      folder=site_folder(config, node_config, site_id))
+
+
+def site_folder(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> str:
+    """The site's own folder: node config `site-dir` in deployment, ``RUN/sites/site-<id>`` in simulation.
+
+    In simulation every site lives on the coordinator's machine, so its side-files sit in the
+    run directory's ``sites/`` folder, which stands for the bank's own disk: nothing the
+    coordinator writes reads from it.
+    """
+    folder = str(node_config.get(keys.NODE_SITE_DIR, ""))
+    return folder or str(config.resolved_run_dir / "sites" / f"site-{site_id}")
 
 
 @functools.lru_cache(maxsize=2)

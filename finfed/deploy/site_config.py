@@ -70,7 +70,7 @@ class SiteConfig:
         values: dict[str, Any] = {
             keys.NODE_SITE_ID: self.site_id, keys.NODE_DATA_PATH: str(self.data_path),
             keys.NODE_BUDGET_EPSILON: self.budget_epsilon, keys.NODE_BUDGET_DELTA: self.budget_delta,
-            keys.NODE_LEDGER_PATH: str(self.ledger_path)}
+            keys.NODE_LEDGER_PATH: str(self.ledger_path), keys.NODE_SITE_DIR: str(self.folder)}
         if self.text_column:
             values[keys.NODE_TEXT_COLUMN] = self.text_column
         if self.label_column:
