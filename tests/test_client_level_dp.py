@@ -221,3 +221,11 @@ def test_settings_the_mechanism_cannot_honour_are_refused(override, message):
     values = {"client_dp": {"mode": "fixed"}, **override}
     with pytest.raises(ConfigError, match=message):
         config_from_dict(values)
+
+
+def test_a_report_of_a_run_from_the_old_weighted_mechanism_claims_no_client_level_epsilon():
+    old = {"mode": "server-side fixed clipping (Flower)", "noise_multiplier": 1.0, "clipping_norm": 1.0,
+           "sites_per_round": 3, "sample_rate": 1.0, "rounds": 4, "delta": 1e-5, "accountant": "rdp",
+           "epsilon": 13.8, "guarantee": "client-level (epsilon, delta)-DP"}
+    text = client_level_text(old)
+    assert "does not hold" in text and "none is claimed" in text
