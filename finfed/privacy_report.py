@@ -149,10 +149,17 @@ def utility_summary(report: dict[str, Any]) -> str:
 def client_level_text(summary: dict[str, Any] | None) -> str:
     if not summary:
         return "Off (`client_dp.mode: off`): no guarantee about a site's participation as a whole."
-    return (f"{summary['mode']}: noise multiplier {summary['noise_multiplier']:g}, clipping norm "
-            f"{summary['clipping_norm']:g}, {summary['sites_per_round']} site(s) per round (sampling rate "
-            f"{summary['sample_rate']:g}), {summary['rounds']} round(s): epsilon {summary['epsilon']:.3f} at delta "
-            f"{summary['delta']:g} ({summary['accountant']}). Guarantee: {summary['guarantee']}.")
+    if "mechanism" not in summary:
+        return ("Recorded by an earlier finfed whose client-level DP weighted sites by example counts under noise "
+                f"calibrated for equal weights: its stated epsilon ({summary.get('epsilon', float('nan')):.3f}) "
+                "does not hold for the largest site, and none is claimed here.")
+    count = (f"; the count of unclipped updates has noise std {summary['count_stddev']:g}"
+             if summary.get("count_stddev") else "")
+    return (f"{summary['mode']}: {summary['mechanism']}. Sampling: {summary['sampling']}. Weighting: "
+            f"{summary['weighting']}. Noise multiplier {summary['noise_multiplier']:g} on clipping norm "
+            f"{summary['clipping_norm']:g}{count}; {summary['rounds']} release(s): epsilon "
+            f"{summary['epsilon']:.3f} at delta {summary['delta']:g} ({summary['accountant']}). "
+            f"Guarantee: {summary['guarantee']}.")
 
 
 def render_html(report: dict[str, Any]) -> str:
