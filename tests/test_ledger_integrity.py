@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from finfed.cli import main
-from finfed.errors import PrivacyError
+from finfed.errors import LedgerIntegrityError, PrivacyError
 from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger import PrivacyLedger, new_entry
@@ -101,9 +101,9 @@ def _triple_noise_and_rehash(payload):
 def test_every_edit_of_a_kept_ledger_is_refused(kept, edit, message):
     folder, path, _ = kept
     _rewrite(path, edit)
-    with pytest.raises(PrivacyError, match=message) as refused:
+    with pytest.raises(LedgerIntegrityError, match=message) as refused:
         PrivacyLedger(path, head_dir=folder)
-    assert str(path) in str(refused.value)
+    assert str(path) in str(refused.value)  # for the site; its `public_reason` names no path
     # `finfed report --ledger` refuses it too, and says the integrity check failed.
     assert main(["report", "--ledger", str(path)]) != 0
 
@@ -285,6 +285,18 @@ def test_a_version_1_ledger_is_chained_and_its_spend_kept(tmp_path):
     assert [e.dataset for e in chained.entries] == [DATASET, DATASET]
     assert chained.events[0]["converted_from"] == 1
     assert chained.accountant(DATASET, "rdp").epsilon(1e-5) > spent
+
+
+def test_report_finds_the_head_of_a_simulated_site_by_itself(tmp_path):
+    """`finfed simulate` keeps RUN/ledgers/site-<id>.json and its head in RUN/sites/site-<id>/."""
+    path, folder = tmp_path / "run" / "ledgers" / "site-0.json", tmp_path / "run" / "sites" / "site-0"
+    PrivacyLedger(path, head_dir=folder).append(new_entry(
+        run_id="r", server_round=1, fingerprint="f", accountant="rdp", noise_multiplier=1.0, sample_rate=0.1,
+        steps=10, max_grad_norm=1.0, delta=1e-5, epsilon_after=1.0, dataset="synthetic/site-0"))
+    assert ledger_summary(path)["integrity"]["head"] == f"matches ({folder / HEAD_FILE})"
+    (folder / HEAD_FILE).write_text((folder / HEAD_FILE).read_text().replace('"records": 2', '"records": 3'))
+    with pytest.raises(LedgerIntegrityError, match="records were deleted"):
+        ledger_summary(path)
 
 
 def test_report_on_a_missing_ledger_exits_non_zero(tmp_path, capsys):

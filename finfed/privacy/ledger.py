@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from finfed.errors import PrivacyError
+from finfed.errors import LedgerIntegrityError, PrivacyError
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger_chain import (ChainHead, check_against_head, in_seq_order, seal, verify_chain,
                                          write_private_json)
@@ -98,7 +98,7 @@ class PrivacyLedger:
             events = [_checked_event(event) for event in payload["events"]]
             entries = [LedgerEntry(**entry) for entry in payload["entries"]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise PrivacyError(f"privacy ledger {self.path} is unreadable ({exc}); refusing to train, since "
+            raise LedgerIntegrityError(f"privacy ledger {self.path} is unreadable ({exc}); refusing to train, since "
                                "starting from zero would erase this site's privacy history. Restore it "
                                "from backup or investigate before continuing.") from exc
         verify_chain(self.path, in_seq_order(self.path, payload["events"], payload["entries"]))
@@ -111,13 +111,13 @@ class PrivacyLedger:
         recorded = self.head.get(self.path)
         if not self.path.exists():
             if recorded:
-                raise PrivacyError(f"privacy ledger {self.path} is missing, but its chain head in "
+                raise LedgerIntegrityError(f"privacy ledger {self.path} is missing, but its chain head in "
                                    f"{self.head.path} records {recorded.get('records')} records: the ledger "
                                    "was deleted or moved; refusing to train. Restore it from backup.")
             return "new"
         if self.legacy:
             if recorded:
-                raise PrivacyError(f"privacy ledger {self.path} is an unchained version-1 file, but its "
+                raise LedgerIntegrityError(f"privacy ledger {self.path} is an unchained version-1 file, but its "
                                    f"chain head in {self.head.path} exists: the ledger was replaced")
             return "missing"
         if recorded is None:

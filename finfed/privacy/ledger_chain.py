@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from finfed.errors import PrivacyError
+from finfed.errors import LedgerIntegrityError
 
 GENESIS_PREV = "0" * 64
 HEAD_FILE = "ledger-head.json"
@@ -46,18 +46,18 @@ def seal(record: dict[str, Any], seq: int, prev: str) -> dict[str, Any]:
 def verify_chain(path: Path, records: list[dict[str, Any]]) -> None:
     """Refuse a chain with an edited, missing, inserted or reordered record (``records`` in seq order)."""
     if not records or records[0].get("kind") != "genesis":
-        raise PrivacyError(f"privacy ledger {path}: its genesis record is missing; the ledger was truncated "
+        raise LedgerIntegrityError(f"privacy ledger {path}: its genesis record is missing; the ledger was truncated "
                            "or rewritten")
     prev = GENESIS_PREV
     for index, record in enumerate(records):
         if record.get("seq") != index:
-            raise PrivacyError(f"privacy ledger {path}: record {index} is missing (found seq "
+            raise LedgerIntegrityError(f"privacy ledger {path}: record {index} is missing (found seq "
                                f"{record.get('seq')!r} in its place); a record was deleted or inserted")
         if record.get("prev") != prev:
-            raise PrivacyError(f"privacy ledger {path}: record {index} does not follow record {index - 1} "
+            raise LedgerIntegrityError(f"privacy ledger {path}: record {index} does not follow record {index - 1} "
                                "(its previous-hash differs); records were deleted, inserted or reordered")
         if record.get("hash") != record_hash(record):
-            raise PrivacyError(f"privacy ledger {path}: record {index} was edited after it was written "
+            raise LedgerIntegrityError(f"privacy ledger {path}: record {index} was edited after it was written "
                                "(its contents no longer match its hash)")
         prev = record["hash"]
 
@@ -68,9 +68,9 @@ def in_seq_order(path: Path, *groups: Iterable[dict[str, Any]]) -> list[dict[str
     for group in groups:
         seqs = [record.get("seq") for record in group]
         if not all(isinstance(seq, int) for seq in seqs):
-            raise PrivacyError(f"privacy ledger {path}: a record has no whole-number `seq`")
+            raise LedgerIntegrityError(f"privacy ledger {path}: a record has no whole-number `seq`")
         if seqs != sorted(seqs):
-            raise PrivacyError(f"privacy ledger {path}: records are out of order (seq {seqs}); records were "
+            raise LedgerIntegrityError(f"privacy ledger {path}: records are out of order (seq {seqs}); records were "
                                "reordered")
         merged.extend(group)
     return sorted(merged, key=lambda record: record["seq"])
@@ -108,7 +108,7 @@ class ChainHead:
                 raise ValueError(f"unsupported head version {payload.get('version')!r}")
             return payload["ledgers"]
         except (OSError, ValueError, AttributeError) as exc:
-            raise PrivacyError(f"ledger chain head {self.path} is unreadable ({exc}); refusing to train. "
+            raise LedgerIntegrityError(f"ledger chain head {self.path} is unreadable ({exc}); refusing to train. "
                                "Restore it from backup or investigate before continuing.") from exc
 
     def get(self, ledger: Path) -> dict[str, Any] | None:
@@ -128,11 +128,11 @@ def check_against_head(path: Path, records: list[dict[str, Any]], head: dict[str
     """
     count, last = head.get("records"), head.get("last_hash")
     if not isinstance(count, int) or count < 1 or not isinstance(last, str):
-        raise PrivacyError(f"ledger chain head {head_file} has no record count / last hash for {path}")
+        raise LedgerIntegrityError(f"ledger chain head {head_file} has no record count / last hash for {path}")
     if len(records) < count:
-        raise PrivacyError(f"privacy ledger {path} holds {len(records)} records but its chain head in "
+        raise LedgerIntegrityError(f"privacy ledger {path} holds {len(records)} records but its chain head in "
                            f"{head_file} records {count}: records were deleted; refusing to train")
     if records[count - 1]["hash"] != last:
-        raise PrivacyError(f"privacy ledger {path} does not match its chain head in {head_file} (record "
+        raise LedgerIntegrityError(f"privacy ledger {path} does not match its chain head in {head_file} (record "
                            f"{count - 1} differs): the ledger was rewritten; refusing to train")
     return len(records) > count

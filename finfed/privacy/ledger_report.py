@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finfed.errors import ConfigError, PrivacyError
+from finfed.errors import ConfigError, LedgerIntegrityError
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger import LedgerEntry, PrivacyLedger
 from finfed.privacy.ledger_chain import HEAD_FILE
@@ -40,8 +40,8 @@ def open_ledger(path: str | Path, site_dir: str | Path | None = None) -> Privacy
     folder = head_folder(path, Path(site_dir) if site_dir else None)
     try:
         ledger = PrivacyLedger(path, head_dir=folder)
-    except PrivacyError as exc:
-        raise PrivacyError(f"integrity check FAILED: {exc}") from None
+    except LedgerIntegrityError as exc:
+        raise LedgerIntegrityError(f"integrity check FAILED: {exc}") from None
     if not path.is_file():
         raise ConfigError(f"no privacy ledger at {path} (a site writes it at its first DP round; check the "
                           "site's `privacy.ledger_path` or `privacy.ledger_dir`)")
