@@ -229,8 +229,8 @@ def test_an_explicit_new_ledger_is_recorded_and_reported(kept, capsys):
     assert [e["kind"] for e in ledger.events] == ["genesis", "new-ledger"]
     assert main(["report", "--ledger", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "NEW LEDGER started explicitly (records replaced by the 2027 cohort); 3 earlier round(s) no longer " \
-           "compose" in out and "0 round(s)" in out
+    assert " UTC (records replaced by the 2027 cohort): the 3 round(s) before it (epsilon " \
+           f"{epsilon:.3f}) stay recorded but no longer compose" in out and "0 round(s)" in out
 
 
 def test_a_new_ledger_needs_a_reason(kept):

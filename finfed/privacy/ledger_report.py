@@ -8,6 +8,7 @@ beside it and any difference is flagged.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,7 @@ def _dataset_summary(ledger: PrivacyLedger, name: str) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "runs": list(dict.fromkeys(e.run_id for e in rounds)), "rounds": len(rounds),
         "steps": sum(e.steps for e in rounds), "content_versions": len({e.dataset_fingerprint for e in rounds}),
-        "earlier_rounds_not_composed": sum(1 for e in ledger.entries if e.dataset == name) - len(rounds),
-        "new_ledgers": [{"time": e["time"], "reason": e["reason"]} for e in restarts]}
+        "new_ledgers": _restarts(ledger, name, restarts)}
     if not rounds:
         return {**summary, "epsilon": 0.0, "accountant": None, "delta": None, "budget_epsilon": None}
     last = rounds[-1]
@@ -84,6 +84,20 @@ def _dataset_summary(ledger: PrivacyLedger, name: str) -> dict[str, Any]:
             "epsilon_recomputed": epsilon, "epsilon_stored": last.epsilon_after,
             "stored_differs": _stored_mismatches(rounds), "budget_epsilon": budget,
             "remaining_epsilon": None if budget is None else max(0.0, budget - epsilon)}
+
+
+def _restarts(ledger: PrivacyLedger, name: str, restarts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each explicit new ledger, with what the rounds before it (since the one before) had spent."""
+    out, start = [], -1
+    for restart in restarts:
+        before = [e for e in ledger.entries if e.dataset == name and start < e.seq < restart["seq"]]
+        accountant = SiteAccountant(before[0].accountant) if before else None
+        for entry in before:
+            accountant.record(entry.noise_multiplier, entry.sample_rate, entry.steps)
+        out.append({"time": restart["time"], "reason": restart["reason"], "rounds_before": len(before),
+                    "epsilon_before": accountant.epsilon(before[-1].delta) if before else 0.0})
+        start = restart["seq"]
+    return out
 
 
 def _stored_mismatches(rounds: list[LedgerEntry]) -> list[dict[str, Any]]:
@@ -128,8 +142,9 @@ def _render_dataset(name: str, data: dict[str, Any]) -> list[str]:
     if data["content_versions"] > 1:
         lines.append(f"  its content changed {data['content_versions'] - 1} time(s); spend kept composing")
     for restart in data["new_ledgers"]:
-        lines.append(f"  NEW LEDGER started explicitly ({restart['reason']}); "
-                     f"{data['earlier_rounds_not_composed']} earlier round(s) no longer compose")
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(restart["time"]))
+        lines.append(f"  NEW LEDGER started explicitly on {when} ({restart['reason']}): the {restart['rounds_before']} round(s) before it (epsilon "
+                     f"{restart['epsilon_before']:.3f}) stay recorded but no longer compose")
     return lines
 
 
