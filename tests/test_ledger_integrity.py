@@ -250,7 +250,7 @@ def test_a_lost_head_is_recreated_and_noted_in_the_ledger(kept):
                             noise_multiplier=1.0, sample_rate=0.05, steps=40, max_grad_norm=1.0, delta=1e-5,
                             epsilon_after=1.0, dataset=DATASET))
     assert [e["kind"] for e in PrivacyLedger(path, head_dir=folder).events] == ["genesis", "head-created"]
-    assert "no chain head was found for this ledger once" in render_ledger(ledger_summary(path))
+    assert "this ledger's chain head was missing; a new head was started at" in render_ledger(ledger_summary(path))
 
 
 def test_a_ledger_one_write_ahead_of_its_head_is_accepted(kept, monkeypatch):

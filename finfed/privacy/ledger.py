@@ -99,8 +99,8 @@ class PrivacyLedger:
             entries = [LedgerEntry(**entry) for entry in payload["entries"]]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise LedgerIntegrityError(f"privacy ledger {self.path} is unreadable ({exc}); refusing to train, since "
-                               "starting from zero would erase this site's privacy history. Restore it "
-                               "from backup or investigate before continuing.") from exc
+                                       "starting from zero would erase this site's privacy history. Restore it "
+                                       "from backup or investigate before continuing.") from exc
         verify_chain(self.path, in_seq_order(self.path, payload["events"], payload["entries"]))
         return entries, events
 
@@ -112,13 +112,13 @@ class PrivacyLedger:
         if not self.path.exists():
             if recorded:
                 raise LedgerIntegrityError(f"privacy ledger {self.path} is missing, but its chain head in "
-                                   f"{self.head.path} records {recorded.get('records')} records: the ledger "
-                                   "was deleted or moved; refusing to train. Restore it from backup.")
+                                           f"{self.head.path} records {recorded.get('records')} records: the ledger "
+                                           "was deleted or moved; refusing to train. Restore it from backup.")
             return "new"
         if self.legacy:
             if recorded:
                 raise LedgerIntegrityError(f"privacy ledger {self.path} is an unchained version-1 file, but its "
-                                   f"chain head in {self.head.path} exists: the ledger was replaced")
+                                           f"chain head in {self.head.path} exists: the ledger was replaced")
             return "missing"
         if recorded is None:
             self.log.warning("privacy ledger %s has no chain head in %s; the next write records one there "

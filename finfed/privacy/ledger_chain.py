@@ -47,18 +47,18 @@ def verify_chain(path: Path, records: list[dict[str, Any]]) -> None:
     """Refuse a chain with an edited, missing, inserted or reordered record (``records`` in seq order)."""
     if not records or records[0].get("kind") != "genesis":
         raise LedgerIntegrityError(f"privacy ledger {path}: its genesis record is missing; the ledger was truncated "
-                           "or rewritten")
+                                   "or rewritten")
     prev = GENESIS_PREV
     for index, record in enumerate(records):
         if record.get("seq") != index:
             raise LedgerIntegrityError(f"privacy ledger {path}: record {index} is missing (found seq "
-                               f"{record.get('seq')!r} in its place); a record was deleted or inserted")
+                                       f"{record.get('seq')!r} in its place); a record was deleted or inserted")
         if record.get("prev") != prev:
             raise LedgerIntegrityError(f"privacy ledger {path}: record {index} does not follow record {index - 1} "
-                               "(its previous-hash differs); records were deleted, inserted or reordered")
+                                       "(its previous-hash differs); records were deleted, inserted or reordered")
         if record.get("hash") != record_hash(record):
             raise LedgerIntegrityError(f"privacy ledger {path}: record {index} was edited after it was written "
-                               "(its contents no longer match its hash)")
+                                       "(its contents no longer match its hash)")
         prev = record["hash"]
 
 
@@ -71,7 +71,7 @@ def in_seq_order(path: Path, *groups: Iterable[dict[str, Any]]) -> list[dict[str
             raise LedgerIntegrityError(f"privacy ledger {path}: a record has no whole-number `seq`")
         if seqs != sorted(seqs):
             raise LedgerIntegrityError(f"privacy ledger {path}: records are out of order (seq {seqs}); records were "
-                               "reordered")
+                                       "reordered")
         merged.extend(group)
     return sorted(merged, key=lambda record: record["seq"])
 
@@ -109,7 +109,7 @@ class ChainHead:
             return payload["ledgers"]
         except (OSError, ValueError, AttributeError) as exc:
             raise LedgerIntegrityError(f"ledger chain head {self.path} is unreadable ({exc}); refusing to train. "
-                               "Restore it from backup or investigate before continuing.") from exc
+                                       "Restore it from backup or investigate before continuing.") from exc
 
     def get(self, ledger: Path) -> dict[str, Any] | None:
         return self._read_all().get(str(Path(ledger).resolve()))
@@ -131,8 +131,8 @@ def check_against_head(path: Path, records: list[dict[str, Any]], head: dict[str
         raise LedgerIntegrityError(f"ledger chain head {head_file} has no record count / last hash for {path}")
     if len(records) < count:
         raise LedgerIntegrityError(f"privacy ledger {path} holds {len(records)} records but its chain head in "
-                           f"{head_file} records {count}: records were deleted; refusing to train")
+                                   f"{head_file} records {count}: records were deleted; refusing to train")
     if records[count - 1]["hash"] != last:
         raise LedgerIntegrityError(f"privacy ledger {path} does not match its chain head in {head_file} (record "
-                           f"{count - 1} differs): the ledger was rewritten; refusing to train")
+                                   f"{count - 1} differs): the ledger was rewritten; refusing to train")
     return len(records) > count

@@ -122,7 +122,8 @@ def render_ledger(summary: dict[str, Any]) -> str:
     for name, data in summary["datasets"].items():
         lines += _render_dataset(name or "(unnamed: version-1 ledger)", data)
     for event in summary["heads_created"]:
-        lines.append(f"note: no chain head was found for this ledger once; a new one was recorded at {event['head']}")
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(event["time"]))
+        lines.append(f"note: on {when} this ledger's chain head was missing; a new head was started at {event['head']}")
     return "\n".join(lines)
 
 
@@ -143,8 +144,9 @@ def _render_dataset(name: str, data: dict[str, Any]) -> list[str]:
         lines.append(f"  its content changed {data['content_versions'] - 1} time(s); spend kept composing")
     for restart in data["new_ledgers"]:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(restart["time"]))
-        lines.append(f"  NEW LEDGER started explicitly on {when} ({restart['reason']}): the {restart['rounds_before']} round(s) before it (epsilon "
-                     f"{restart['epsilon_before']:.3f}) stay recorded but no longer compose")
+        lines.append(f"  NEW LEDGER started explicitly on {when} ({restart['reason']}): the "
+                     f"{restart['rounds_before']} round(s) before it (epsilon {restart['epsilon_before']:.3f}) "
+                     "stay recorded but no longer compose")
     return lines
 
 
