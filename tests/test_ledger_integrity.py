@@ -326,3 +326,13 @@ def test_site_toml_names_the_dataset_and_the_check_verifies_the_ledger(tmp_path)
     config.ledger_path.unlink()
     with pytest.raises(ConfigError, match=r"\[privacy\] ledger_path: privacy ledger .* is missing, but its chain"):
         load_site_config(folder)
+
+
+def test_overwriting_a_simulated_run_clears_its_ledgers_with_their_heads(tmp_path):
+    from finfed.run_outputs import prepare_run_dir
+
+    run = tmp_path / "run"
+    path, folder = run / "ledgers" / "site-0.json", run / "sites" / "site-0"
+    PrivacyLedger(path, head_dir=folder).start_new("synthetic/site-0", "first run")
+    prepare_run_dir(run, overwrite=True)
+    assert PrivacyLedger(path, head_dir=folder).head_state == "new"  # not "deleted ledger, head exists"
