@@ -18,7 +18,7 @@ def check_simulation(config: ExperimentConfig) -> list[dict]:
                               audit_holdout=audit_holdout_fraction(config, site_id))
         records = len(site.train)
         summary = {"site": site_id, "train": records, "validation": len(site.validation),
-                   "steps_per_round": steps_per_round(records, config.train)}
+                   "audit_holdout": len(site.audit_holdout), "steps_per_round": steps_per_round(records, config.train)}
         if config.privacy.enabled:
             plan = plan_privacy(num_records=records, train=config.train, privacy=config.privacy,
                                 rounds=config.federation.rounds, site=f"site {site_id}")
