@@ -215,8 +215,8 @@ class FederatedRun:
         print(f"[finfed] membership audit (site {site_id}): loss-threshold attack AUC {result['auc']:.3f}"
               + (f", DP ceiling {ceiling['auc']:.4f}" if ceiling else ""), flush=True)
         return {"site": site_id, **result, "ceiling": ceiling,
-                "non_member_source": (f"records of site {site_id}'s own data held back from its training "
-                                      f"(`privacy.audit_holdout_fraction` {fraction:g}, never trained on)")}
+                "non_member_source": (f"records of site {site_id}'s own data that it held back and never "
+                                      f"trained on (`privacy.audit_holdout_fraction` {fraction:g})")}
 
     # ------------------------------------------------------------------ checkpoint / resume
     def snapshot(self) -> dict[str, Any]:

@@ -131,7 +131,7 @@ def audit_reading(audit: dict[str, Any]) -> str:
     source = audit.get("non_member_source", "held-out records")
     text = (f"Membership audit: one attack (loss threshold: 'member' when the final global model's loss on a "
             f"record is low), measured on {members} training records of site {site} (members) against "
-            f"{non_members} {source} (non-members): loss-threshold attack AUC **{audit['auc']:.3f}**.")
+            f"{non_members} non-members, {source}: loss-threshold attack AUC **{audit['auc']:.3f}**.")
     if "chance_spread" in audit:
         text += (f" With no membership signal at all, 95 % of such measurements fall within "
                  f"0.5 ± {1.96 * audit['chance_spread']:.3f}.")

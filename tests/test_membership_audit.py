@@ -139,7 +139,7 @@ def test_the_coordinators_audit_attacks_with_members_and_held_back_records_and_s
     assert audit["ceiling"] == {"auc": dp_auc_ceiling(2.0, config.privacy.target_delta), "epsilon": 2.0,
                                 "delta": config.privacy.target_delta, "accountant": "prv"}
     text = audit_reading(audit)
-    for phrase in (f"measured on {audit['members']} training records of site 0", "held back from its training",
+    for phrase in (f"measured on {audit['members']} training records of site 0", "held back and never trained on",
                    "one attack", f"{audit['ceiling']['auc']:.4f}", "ε = 2.000 at δ = 1e-05 (prv)",
                    "does not cover", "loss-threshold attack AUC"):
         assert phrase in text, phrase
