@@ -89,7 +89,7 @@ def simulate(args: argparse.Namespace) -> int:
     run_dir = config.resolved_run_dir
     for site in check_simulation(config):
         print(f"[finfed] site {site['site']}: {site['train']} training / {site['validation']} validation "
-              f"examples, {site['steps_per_round']} steps per round"
+              f"examples{_held_back(site)}, {site['steps_per_round']} steps per round"
               + (f", noise multiplier {site['noise_multiplier']:.3f}" if "noise_multiplier" in site else ""))
     if not args.resume:
         prepare_run_dir(run_dir, overwrite=args.overwrite)
@@ -179,6 +179,11 @@ def _interrupt_on_sigterm() -> None:
         raise KeyboardInterrupt
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+
+
+def _held_back(site: dict) -> str:
+    held = site.get("audit_holdout", 0)
+    return f" (+{held} held back, never trained on, for the membership audit)" if held else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,7 +96,11 @@ class PrivacySettings:
     site_budget_epsilon: float = _opt(0.0, "simulation: each site's lifetime epsilon budget per dataset; "
                                            "0 = `target_epsilon`", 0.0)
     membership_audit: bool = _opt(True, "simulation: after the run, attack the final model with site 0's "
-                                        "training records (loss-threshold membership inference)")
+                                        "training records against records it held back (loss-threshold "
+                                        "membership inference), beside the ceiling its epsilon implies")
+    audit_holdout_fraction: float = _opt(0.2, "simulation, with membership_audit: share of site 0's training "
+                                              "records held back (never trained on) as the audit's non-members",
+                                         0.0, 0.9, True)
 
 
 @dataclass(frozen=True)

@@ -241,7 +241,7 @@ def privacy_line(manifest: dict[str, Any]) -> str:
         return "Differential privacy was OFF for this run: no privacy guarantee."
     sites = ", ".join(f"site {sid} ε={site['epsilon']:.3f}" if site["epsilon"] is not None
                       else f"site {sid} did not train" for sid, site in privacy["sites"].items())
-    return f"{privacy['guarantee']}, δ={privacy['delta']:g}: {sites}."
+    return f"{sites}. {privacy['guarantee']}"  # the guarantee names the accountant and δ (finfed.guarantee)
 
 
 def export_readme(manifest: dict[str, Any]) -> str:

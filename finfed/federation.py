@@ -14,7 +14,8 @@ import numpy as np
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
 from finfed.data.partition import load_federated_data, simulated_site
-from finfed.membership_audit import loss_threshold_auc
+from finfed.guarantee import guarantee_text, reproducible_mode
+from finfed.membership_audit import AUDITED_SITE, audit_holdout_fraction, ceiling_for, loss_threshold_auc
 from finfed.errors import RunError
 from finfed.models.adapters import (count_parameters, frozen_adapter_fingerprint, load_trainable_state,
                                     trainable_state)
@@ -192,11 +193,13 @@ class FederatedRun:
         for server_round, refused in sorted(self.refusals.items()):
             for site_id in refused:
                 sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
-        return {"dp_enabled": privacy.enabled, "unit": "record",
-                "client_level": self.client_level_summary(),
-                "guarantee": ("record-level (epsilon, delta)-DP with respect to each site's own dataset"
-                              if privacy.enabled else "none: privacy.enabled is false"),
-                "sites": sites}
+        summary = {"dp_enabled": privacy.enabled, "unit": "record",
+                   "client_level": self.client_level_summary(), "sites": sites}
+        loss_sites = {int(m[keys.SITE_ID]) for replies in self.site_train.values() for m in replies
+                      if keys.TRAIN_LOSS in m}
+        summary["guarantee"] = guarantee_text(summary, train_loss_sites=loss_sites,
+                                              reproducible=reproducible_mode(self.config))
+        return summary
 
     def finish(self, arrays: Mapping[str, np.ndarray]) -> None:
         load_trainable_state(self.model, arrays)
@@ -213,16 +216,28 @@ class FederatedRun:
         print(f"[finfed] run complete: {self.outputs.run_dir}", flush=True)
 
     def membership_audit(self) -> dict[str, Any] | None:
-        """Simulation only: the coordinator can see site 0's records because they are all on this machine."""
-        if not self.config.privacy.membership_audit or self.config.data.source == "hub":
+        """Simulation only: the coordinator can see the audited site's records because all are on this machine.
+
+        Members: the site's training records. Non-members: the part of the same site's data it
+        held back and never trained on (``privacy.audit_holdout_fraction``), so the attack
+        measures membership, not the shift between sites' distributions.
+        """
+        config, site_id = self.config, AUDITED_SITE
+        fraction = audit_holdout_fraction(config, site_id)
+        if not fraction:
             return None
-        site = simulated_site(self.config.data, 0, self.config.federation.num_sites, self.config.task)
-        tokenizer = load_tokenizer(self.config.model.backbone)
+        site = simulated_site(config.data, site_id, config.federation.num_sites, config.task,
+                              audit_holdout=fraction)
+        tokenizer = load_tokenizer(config.model.backbone)
         members = self.task.encode(site.train, tokenizer)
-        non_members = self.task.encode(self._central_test(), tokenizer)
-        result = loss_threshold_auc(self.task, self.model, members, non_members, seed=self.config.seed)
-        print(f"[finfed] membership audit (site 0): loss-threshold attack AUC {result['auc']:.3f}", flush=True)
-        return {"site": 0, **result}
+        non_members = self.task.encode(site.audit_holdout, tokenizer)
+        result = loss_threshold_auc(self.task, self.model, members, non_members, seed=config.seed)
+        ceiling = ceiling_for(self.privacy_summary()["sites"].get(str(site_id)) if config.privacy.enabled else None)
+        print(f"[finfed] membership audit (site {site_id}): loss-threshold attack AUC {result['auc']:.3f}"
+              + (f", DP ceiling {ceiling['auc']:.4f}" if ceiling else ""), flush=True)
+        return {"site": site_id, **result, "ceiling": ceiling,
+                "non_member_source": (f"records of site {site_id}'s own data that it held back and never "
+                                      f"trained on (`privacy.audit_holdout_fraction` {fraction:g})")}
 
     # ------------------------------------------------------------------ checkpoint / resume
     def snapshot(self) -> dict[str, Any]:

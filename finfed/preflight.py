@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from finfed.config import ExperimentConfig
 from finfed.data.partition import simulated_site
+from finfed.membership_audit import audit_holdout_fraction
 from finfed.privacy.calibration import plan_privacy, steps_per_round
 from finfed.site import federation_labels
 
@@ -13,10 +14,11 @@ def check_simulation(config: ExperimentConfig) -> list[dict]:
     federation_labels(config)
     summaries = []
     for site_id in range(config.federation.num_sites):
-        site = simulated_site(config.data, site_id, config.federation.num_sites, config.task)
+        site = simulated_site(config.data, site_id, config.federation.num_sites, config.task,
+                              audit_holdout=audit_holdout_fraction(config, site_id))
         records = len(site.train)
         summary = {"site": site_id, "train": records, "validation": len(site.validation),
-                   "steps_per_round": steps_per_round(records, config.train)}
+                   "audit_holdout": len(site.audit_holdout), "steps_per_round": steps_per_round(records, config.train)}
         if config.privacy.enabled:
             plan = plan_privacy(num_records=records, train=config.train, privacy=config.privacy,
                                 rounds=config.federation.rounds, site=f"site {site_id}")

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from finfed.config import load_config
+from finfed.constants import TRAIN_LOSS
+from finfed.guarantee import guarantee_text, reproducible_mode, sites_that_sent
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger_report import ledger_summary, render_ledger  # noqa: F401  (`finfed report --ledger`)
 from finfed.report import QA_UNIT, audit_text, privacy_table, round_table
@@ -48,7 +50,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     final = rounds[-1]["central"] if rounds else {}
     return {"run": config.name, "synthetic_data": config.data.source == "synthetic",
             "task": config.task, "dp_enabled": privacy.get("dp_enabled", False),
-            "guarantee": privacy.get("guarantee"), "unit": privacy.get("unit", "record"),
+            "guarantee": stated_guarantee(privacy, config, rounds), "unit": privacy.get("unit", "record"),
             "client_level": privacy.get("client_level"),
             "sites": sites, "rounds": rounds, "final": final, "baseline": status.get("baseline", {}),
             "budget_exhausted_at_round": status.get("budget_exhausted_at_round"),
@@ -57,7 +59,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
                 " Sites kept a privacy ledger: their stated epsilon includes earlier runs on the same data, "
                 "while the cross-check recomputes this run's steps only." if _shared_ledgers(config) else ""),
             "baseline_description": status.get("baseline_description", "a trivial predictor"),
-            "explanation": plain_language(config.privacy.enabled, config.task)}
+            "explanation": plain_language(privacy, config, rounds)}
 
 
 def _shared_ledgers(config) -> bool:
@@ -66,18 +68,21 @@ def _shared_ledgers(config) -> bool:
     return bool(ledgers) and not Path(ledgers).resolve().is_relative_to(config.resolved_run_dir.resolve())
 
 
-def plain_language(dp_enabled: bool, task: str = "classification") -> str:
-    unit = f" {QA_UNIT}" if task == "qa" else ""
-    if not dp_enabled:
-        return ("This run used no differential privacy: the adapters each site sent carry no formal limit on "
-                "what they reveal about its records.")
+def stated_guarantee(privacy: dict[str, Any], config, rounds: list[dict[str, Any]]) -> str:
+    """The run's guarantee, rebuilt by the same function that wrote privacy.json's (finfed.guarantee)."""
+    return guarantee_text(privacy, reproducible=reproducible_mode(config),
+                          train_loss_sites=sites_that_sent(rounds, TRAIN_LOSS))
+
+
+def plain_language(privacy: dict[str, Any], config, rounds: list[dict[str, Any]]) -> str:
+    """How the guarantee arises, then the guarantee itself (the same text as privacy.json and report.md)."""
+    guarantee = stated_guarantee(privacy, config, rounds)
+    unit = f" {QA_UNIT}" if config.task == "qa" else ""
+    if not privacy.get("dp_enabled"):
+        return guarantee
     return ("Each site trained with DP-SGD: every record's influence on each step was clipped and Gaussian noise "
-            "was added before anything left the site. The guarantee is record-level (epsilon, delta)-DP with "
-            "respect to each site's own training dataset: anyone who sees everything the site sent (the "
-            "coordinator, other sites, an eavesdropper) can learn only a bounded amount about whether any single "
-            "record was in that dataset. Smaller epsilon means stronger protection; delta is the small chance "
-            "the bound does not hold. It does not hide facts shared by many records, the dataset's size, or "
-            "what a site's own validation metrics reveal, and it does not cover data used outside training." + unit)
+            "was added before the update left the site. Smaller epsilon means stronger protection; delta is a "
+            "small slack on that bound, read as a small chance that it fails. The guarantee: " + guarantee + unit)
 
 
 def _plot(series: dict[str, dict[int, float]], ylabel: str, title: str) -> str:

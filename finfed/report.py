@@ -45,13 +45,11 @@ def privacy_table(privacy: dict[str, Any]) -> str:
 
 
 def audit_text(audit: dict[str, Any] | None) -> str:
-    from finfed.membership_audit import READING
+    from finfed.membership_audit import audit_reading
 
     if not audit:
         return "No membership-inference audit was run (`privacy.membership_audit` off, or no simulated sites)."
-    return (f"Membership audit, site {audit['site']} ({audit['members']} training records against "
-            f"{audit['non_members']} held-out records): loss-threshold attack AUC **{audit['auc']:.3f}**. "
-            + READING)
+    return audit_reading(audit)
 
 
 QA_UNIT = ("For question answering the protected unit is one record: a question, its context and its answer. "
@@ -89,11 +87,10 @@ Trivial baseline ({baseline_description}): {", ".join(f"{k} {v:.4f}" for k, v in
 
 {privacy_table(privacy)}
 
-Guarantee: {privacy["guarantee"]}. Each site's noise multiplier was calibrated once, before round 1,
-so that its target ε covers every round of the run; ε above is cumulative over all rounds, from the
-Opacus accountant's full history. It protects each record of a site's training data from being inferred
-from the adapters that site sent; it does not protect facts shared by many records, nor data outside
-training.{" " + QA_UNIT if config.task == "qa" else ""}
+Guarantee: {privacy["guarantee"]}{" " + QA_UNIT if config.task == "qa" else ""}
+
+Each site's noise multiplier was calibrated once, before round 1, so that its target ε covers every
+round of the run; ε above is cumulative over all rounds, from the Opacus accountant's full history.
 
 {audit_text(audit)}
 """

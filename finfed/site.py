@@ -20,6 +20,7 @@ from finfed.data.partition import SiteData, load_federated_data, local_site, sim
 from finfed.errors import BudgetExhausted, ConfigError, PrivacyError, TrainingError
 from finfed.models.adapters import frozen_adapter_fingerprint, load_trainable_state, trainable_state
 from finfed.models.backbone import load_tokenizer, quiet_transformers
+from finfed.membership_audit import audit_holdout_fraction
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_round
 from finfed.privacy.ledger import PrivacyLedger, new_entry
@@ -130,7 +131,8 @@ def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy
     if data_path:
         data = local_site(config.data, data_path, labels, site_id, config.task)
     else:
-        data = simulated_site(config.data, site_id, config.federation.num_sites, config.task)
+        data = simulated_site(config.data, site_id, config.federation.num_sites, config.task,
+                              audit_holdout=audit_holdout_fraction(config, site_id))
     tokenizer = load_tokenizer(config.model.backbone)
     return SiteContext(config=config, task=task, data=data,
                        train_examples=task.encode(data.train, tokenizer),

@@ -7,7 +7,7 @@ what the rest of the Flower ecosystem means by IID, Dirichlet(alpha) and natural
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from datasets import Dataset
@@ -33,11 +33,14 @@ class FederatedData:
 
 @dataclass(frozen=True)
 class SiteData:
-    """What one site trains and validates on."""
+    """What one site trains and validates on (and, for the audited site, what it holds back)."""
 
     site_id: int
     train: pd.DataFrame
     validation: pd.DataFrame
+    # Simulation only: records of the audited site that it never trains on, the membership
+    # audit's non-members (see finfed.membership_audit.audit_holdout_fraction).
+    audit_holdout: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _raw_examples(settings: DataSettings, num_sites: int, task: str) -> tuple[pd.DataFrame, str]:
@@ -130,8 +133,12 @@ def _partitions(settings: DataSettings, num_sites: int, task: str) -> tuple[pd.D
 
 
 def simulated_site(settings: DataSettings, site_id: int, num_sites: int,
-                   task: str = "classification") -> SiteData:
-    """Site ``site_id``'s share of the simulated consortium's data."""
+                   task: str = "classification", audit_holdout: float = 0.0) -> SiteData:
+    """Site ``site_id``'s share of the simulated consortium's data.
+
+    ``audit_holdout``: share of the site's training records set aside, never trained on,
+    for the membership audit (0 = none).
+    """
     if not 0 <= site_id < num_sites:
         raise ConfigError(f"partition id {site_id} is outside 0..{num_sites - 1}")
     partition = _partitions(settings, num_sites, task)[site_id]
@@ -139,7 +146,8 @@ def simulated_site(settings: DataSettings, site_id: int, num_sites: int,
         raise DataError(f"site {site_id} received an empty partition from the {settings.partitioner!r} "
                         f"partitioner over {num_sites} sites; raise `data.dirichlet_alpha`, lower "
                         "`federation.num_sites` or use more data")
-    return split_validation(partition, settings, site_id)
+    site = split_validation(partition, settings, site_id)
+    return hold_back_for_audit(site, audit_holdout, "context" if task == "qa" else None)
 
 
 def local_site(settings: DataSettings, path: str, labels: list[str], site_id: int,
@@ -162,3 +170,28 @@ def split_validation(frame: pd.DataFrame, settings: DataSettings, site_id: int) 
         raise DataError(f"site {site_id} has {len(frame)} examples: too few to keep a validation split")
     return SiteData(site_id=site_id, train=shuffled.iloc[num_validation:].reset_index(drop=True),
                     validation=shuffled.iloc[:num_validation].reset_index(drop=True))
+
+
+def hold_back_for_audit(site: SiteData, fraction: float, group_column: str | None = None) -> SiteData:
+    """Move ``fraction`` of ``site``'s training records into ``audit_holdout`` (deterministic).
+
+    The training records are already shuffled by the split seed, so their first rows are a
+    seeded random sample of the site's own distribution. With ``group_column`` (QA: the
+    context) whole groups move, so no non-member shares its passage with a member.
+    """
+    if fraction <= 0:
+        return site
+    train = site.train
+    wanted = max(1, int(round(len(train) * fraction)))
+    if group_column is None:
+        held = pd.Series(train.index < wanted, index=train.index)
+    else:
+        sizes = train.groupby(group_column, sort=False).size()
+        groups = sizes.index[(sizes.cumsum() - sizes) < wanted]  # groups in first-seen order, until enough
+        held = train[group_column].isin(set(groups))
+    if held.all():
+        raise DataError(f"site {site.site_id} has {len(train)} training records: too few to hold back "
+                        f"`privacy.audit_holdout_fraction` {fraction:g} for the membership audit and still "
+                        "train; lower it or turn `privacy.membership_audit` off")
+    return SiteData(site_id=site.site_id, train=train[~held].reset_index(drop=True),
+                    validation=site.validation, audit_holdout=train[held].reset_index(drop=True))
