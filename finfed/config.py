@@ -97,6 +97,9 @@ class PrivacySettings:
                                            "0 = `target_epsilon`", 0.0)
     membership_audit: bool = _opt(True, "simulation: after the run, attack the final model with site 0's "
                                         "training records (loss-threshold membership inference)")
+    reproducible: bool = _opt(False, "tests and benchmarks only: DP sampling and noise derived from `seed`, so a "
+                                      "run repeats bit for bit; NOT private against the coordinator (it knows "
+                                      "the seed), labelled in every report and export, refused by `finfed deploy`")
 
 
 @dataclass(frozen=True)

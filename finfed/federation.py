@@ -21,6 +21,7 @@ from finfed.models.adapters import (count_parameters, frozen_adapter_fingerprint
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.models.persistence import save_model
 from finfed.privacy.client_level import client_level_epsilon
+from finfed.privacy.randomness import REPRODUCIBLE_LABEL, randomness_record, warn_if_reproducible
 from finfed.report import write_report
 from finfed.run_outputs import MODEL, RunOutputs
 from finfed.site import federation_labels
@@ -62,6 +63,9 @@ class FederatedRun:
         print(f"[finfed] run {self.config.name}: {self.config.federation.num_sites} sites, "
               f"{self.config.federation.rounds} rounds, {trainable:,} of {total:,} parameters trained "
               f"({self.config.lora.method}), DP {'on' if self.config.privacy.enabled else 'off'}", flush=True)
+        if self.config.privacy.enabled and self.config.privacy.reproducible:
+            warn_if_reproducible(True, f"run {self.config.name}")
+            print(f"[finfed] WARNING: {REPRODUCIBLE_LABEL}", flush=True)
 
     @property
     def sites_per_round(self) -> int:
@@ -167,11 +171,15 @@ class FederatedRun:
                 if keys.EPSILON in metrics:
                     site["epsilon_by_round"][str(server_round)] = metrics[keys.EPSILON]
                     site["epsilon"] = metrics[keys.EPSILON]
+                    # the delta the site computed its epsilon at: its own budget's, which may not be the run's
+                    site["delta"] = metrics.get(keys.DELTA, site["delta"])
         for server_round, refused in sorted(self.refusals.items()):
             for site_id in refused:
                 sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
         trained_rounds = sum(1 for r in self.site_train.values() if r)
         return {"dp_enabled": privacy.enabled, "unit": "record",
+                "run_delta": privacy.target_delta if privacy.enabled else None,
+                **randomness_record(privacy.enabled, privacy.reproducible),
                 "client_level": self.client_level_summary(trained_rounds),
                 "guarantee": ("record-level (epsilon, delta)-DP with respect to each site's own dataset"
                               if privacy.enabled else "none: privacy.enabled is false"),
