@@ -128,8 +128,10 @@ def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> Si
 
 
 def is_deployed(node_config: Mapping[str, Any]) -> bool:
-    """A real site: Flower's simulation always gives a `partition-id`; a deployed SuperNode never does."""
-    return keys.NODE_PARTITION_ID not in node_config
+    """A site with its own data (`data-path`, as `finfed deploy` sets), or any node without the
+    `partition-id` Flower's simulation gives every simulated site. A SuperNode started by hand with
+    a `partition-id` and no `data-path` trains on the run's own dataset, held by the coordinator too."""
+    return keys.NODE_DATA_PATH in node_config or keys.NODE_PARTITION_ID not in node_config
 
 
 def refuse_reproducible_when_deployed(config: ExperimentConfig, node_config: Mapping[str, Any],

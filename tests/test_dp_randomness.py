@@ -108,6 +108,8 @@ def test_a_deployed_site_refuses_reproducible_mode_from_the_coordinator(tiny_con
     deployed = {"site-id": 1, "data-path": str(tmp_path / "bank.csv"), "budget-epsilon": 8.0}
     with pytest.raises(PrivacyError, match=r"site 1: the run sets `privacy.reproducible`.*refuses"):
         site_context(config, deployed)
+    with pytest.raises(PrivacyError, match=r"site 1: the run sets `privacy.reproducible`"):
+        site_context(config, {**deployed, "partition-id": 1})  # its own data: deployed, whatever else it says
     site_context(config, {"partition-id": 1})  # a simulated site (Flower gives it a partition id) accepts it
 
 
