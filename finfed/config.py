@@ -101,6 +101,9 @@ class PrivacySettings:
     audit_holdout_fraction: float = _opt(0.2, "simulation, with membership_audit: share of site 0's training "
                                               "records held back (never trained on) as the audit's non-members",
                                          0.0, 0.9, True)
+    reproducible: bool = _opt(False, "tests and benchmarks only: DP sampling and noise derived from `seed`, so a "
+                                      "run repeats bit for bit; NOT private against the coordinator (it knows "
+                                      "the seed), labelled in every report and export, refused by `finfed deploy`")
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,8 @@ class ExperimentConfig:
     name: str = _opt("default", "run name; outputs go to <output_dir>/<name>")
     task: Literal["classification", "qa"] = _opt(
         "classification", "what the federation learns: sentence classification or extractive QA")
-    seed: int = _opt(0, "seed of training randomness", 0)
+    seed: int = _opt(0, "seed of non-private training randomness (dropout, the non-DP baseline's shuffling); DP "
+                        "sampling and noise follow it only with `privacy.reproducible`", 0)
     output_dir: str = _opt("runs", "folder that receives run directories")
     run_dir: str = _opt("", "explicit run directory; empty = <output_dir>/<name>")
     resume_from: str = _opt("", "coordinator: run directory of an interrupted run to continue from its last "

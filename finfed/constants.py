@@ -10,6 +10,7 @@ NUM_EXAMPLES = "num-examples"  # FedAvg weighting key
 SITE_ID = "site-id"
 TRAIN_LOSS = "train-loss"
 EPSILON = "epsilon"
+DELTA = "delta"  # the delta the site's epsilon was computed at (its own budget delta, maybe not the run's)
 STEPS = "steps"
 NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"

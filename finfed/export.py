@@ -39,6 +39,7 @@ from finfed.models.hf_pooled_classifier import (
     FinfedPooledClassifierConfig,
 )
 from finfed.models.persistence import load_run_model
+from finfed.privacy.randomness import REPRODUCIBLE_LABEL
 from finfed.run_outputs import CONFIG, MODEL, MODEL_INFO, read_privacy, require_complete
 
 EXPORT_INFO = "finfed_export.json"
@@ -191,8 +192,10 @@ def ship_qa_pipeline(model: PreTrainedModel, spec: ExportSpec, folder: Path) -> 
 def export_manifest(run_dir: Path, name: str, info: dict[str, Any], spec: ExportSpec,
                     privacy: dict[str, Any], *, merged: bool) -> dict[str, Any]:
     """``finfed_export.json``: where the model came from, how to load it, and its privacy record."""
+    warning = {"warning": REPRODUCIBLE_LABEL} if privacy.get("reproducible_dp") else {}
     return {
         "format": EXPORT_FORMAT,
+        **warning,
         "run": {"name": name, "dir": str(run_dir.resolve()), "config": str((run_dir / CONFIG).resolve())},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "task": spec.task,
@@ -207,14 +210,20 @@ def export_manifest(run_dir: Path, name: str, info: dict[str, Any], spec: Export
 
 
 def privacy_summary(privacy: dict[str, Any]) -> dict[str, Any]:
-    """The run's privacy parameters, per site: what anyone using the model must know."""
+    """The run's privacy parameters, per site: what anyone using the model must know.
+
+    Each site's ``delta`` is the one its epsilon was computed at (its own budget's, which may
+    differ from the run's ``run_delta``); the top-level ``delta`` is that of ``max_epsilon``.
+    """
     sites = {site_id: {key: site.get(key) for key in
                        ("epsilon", "target_epsilon", "delta", "noise_multiplier", "max_grad_norm", "accountant")}
              for site_id, site in sorted(privacy.get("sites", {}).items(), key=lambda item: int(item[0]))}
-    spent = [site["epsilon"] for site in sites.values() if site["epsilon"] is not None]
+    spent = [site for site in sites.values() if site["epsilon"] is not None]
+    worst = max(spent, key=lambda site: site["epsilon"], default=None)
     return {"dp_enabled": bool(privacy.get("dp_enabled")), "unit": privacy.get("unit"),
-            "guarantee": privacy.get("guarantee"), "max_epsilon": max(spent) if spent else None,
-            "delta": max((site["delta"] for site in sites.values() if site["delta"] is not None), default=None),
+            "guarantee": privacy.get("guarantee"), "max_epsilon": worst["epsilon"] if worst else None,
+            "delta": worst["delta"] if worst else None, "run_delta": privacy.get("run_delta"),
+            "reproducible_dp": privacy.get("reproducible_dp"), "dp_randomness": privacy.get("dp_randomness"),
             "sites": sites, "client_level": privacy.get("client_level")}
 
 
@@ -239,9 +248,24 @@ def privacy_line(manifest: dict[str, Any]) -> str:
     privacy = manifest["privacy"]
     if not privacy["dp_enabled"]:
         return "Differential privacy was OFF for this run: no privacy guarantee."
-    sites = ", ".join(f"site {sid} ε={site['epsilon']:.3f}" if site["epsilon"] is not None
-                      else f"site {sid} did not train" for sid, site in privacy["sites"].items())
-    return f"{sites}. {privacy['guarantee']}"  # the guarantee names the accountant and δ (finfed.guarantee)
+    run_delta = privacy.get("run_delta")
+    deltas = {site["delta"] for site in privacy["sites"].values() if site["epsilon"] is not None}
+    mixed = len(deltas) > 1 or (run_delta is not None and bool(deltas) and deltas != {run_delta})
+
+    def site_text(site_id: str, site: dict[str, Any]) -> str:
+        if site["epsilon"] is None:
+            return f"site {site_id} did not train"
+        return f"site {site_id} ε={site['epsilon']:.3f}" + (f" at δ={site['delta']:g}" if mixed else "")
+
+    if mixed:
+        label = "each ε at its site's own δ" + (f" (the run's δ={run_delta:g})" if run_delta is not None else "")
+    else:
+        delta = next(iter(deltas), run_delta)
+        label = f"δ={delta:g}" if delta is not None else "δ not recorded"
+    sites = ", ".join(site_text(sid, site) for sid, site in privacy["sites"].items())
+    warning = f"WARNING: {REPRODUCIBLE_LABEL}. " if privacy.get("reproducible_dp") else ""
+    # the guarantee text names each site's accountant and δ (finfed.guarantee)
+    return f"{warning}{label}: {sites}. {privacy['guarantee']}"
 
 
 def export_readme(manifest: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
 from finfed.data.partition import load_federated_data, simulated_site
-from finfed.guarantee import guarantee_text, reproducible_mode
+from finfed.guarantee import guarantee_text
 from finfed.membership_audit import AUDITED_SITE, audit_holdout_fraction, ceiling_for, loss_threshold_auc
 from finfed.errors import RunError
 from finfed.models.adapters import (count_parameters, frozen_adapter_fingerprint, load_trainable_state,
@@ -22,6 +22,7 @@ from finfed.models.adapters import (count_parameters, frozen_adapter_fingerprint
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.models.persistence import save_model
 from finfed.privacy.client_level import ACCOUNTANT, client_level_epsilon, default_count_stddev
+from finfed.privacy.randomness import REPRODUCIBLE_LABEL, randomness_record, warn_if_reproducible
 from finfed.report import write_report
 from finfed.run_outputs import MODEL, RunOutputs
 from finfed.site import federation_labels
@@ -64,6 +65,9 @@ class FederatedRun:
         print(f"[finfed] run {self.config.name}: {self.config.federation.num_sites} sites, "
               f"{self.config.federation.rounds} rounds, {trainable:,} of {total:,} parameters trained "
               f"({self.config.lora.method}), DP {'on' if self.config.privacy.enabled else 'off'}", flush=True)
+        if self.config.privacy.enabled and self.config.privacy.reproducible:
+            warn_if_reproducible(True, f"run {self.config.name}")
+            print(f"[finfed] WARNING: {REPRODUCIBLE_LABEL}", flush=True)
 
     @property
     def sites_per_round(self) -> int:
@@ -190,15 +194,19 @@ class FederatedRun:
                 if keys.EPSILON in metrics:
                     site["epsilon_by_round"][str(server_round)] = metrics[keys.EPSILON]
                     site["epsilon"] = metrics[keys.EPSILON]
+                    # the delta the site computed its epsilon at: its own budget's, which may not be the run's
+                    site["delta"] = metrics.get(keys.DELTA, site["delta"])
         for server_round, refused in sorted(self.refusals.items()):
             for site_id in refused:
                 sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
         summary = {"dp_enabled": privacy.enabled, "unit": "record",
+                   "run_delta": privacy.target_delta if privacy.enabled else None,
+                   **randomness_record(privacy.enabled, privacy.reproducible),
                    "client_level": self.client_level_summary(), "sites": sites}
         loss_sites = {int(m[keys.SITE_ID]) for replies in self.site_train.values() for m in replies
                       if keys.TRAIN_LOSS in m}
         summary["guarantee"] = guarantee_text(summary, train_loss_sites=loss_sites,
-                                              reproducible=reproducible_mode(self.config))
+                                              reproducible=privacy.reproducible)
         return summary
 
     def finish(self, arrays: Mapping[str, np.ndarray]) -> None:

@@ -59,11 +59,6 @@ def guarantee_text(privacy: Mapping[str, Any], *, reproducible: bool = False,
     return f"{text} {REPRODUCIBLE}" if reproducible else text
 
 
-def reproducible_mode(config) -> bool:
-    """Whether the run used ``privacy.reproducible`` (PLAN decision 6; absent = the secure default)."""
-    return bool(getattr(config.privacy, "reproducible", False))
-
-
 def sites_that_sent(rounds: Iterable[Mapping[str, Any]], key: str) -> list[int]:
     """Sites whose recorded training replies (metrics.jsonl's per-site entries) carried ``key``."""
     return sorted({int(site["site"]) for record in rounds for site in record.get("sites", []) if key in site})

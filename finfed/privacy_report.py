@@ -16,9 +16,10 @@ from typing import Any
 
 from finfed.config import load_config
 from finfed.constants import TRAIN_LOSS
-from finfed.guarantee import guarantee_text, reproducible_mode, sites_that_sent
+from finfed.guarantee import guarantee_text, sites_that_sent
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger_report import ledger_summary, render_ledger  # noqa: F401  (`finfed report --ledger`)
+from finfed.privacy.randomness import randomness_warning
 from finfed.report import QA_UNIT, audit_text, privacy_table, round_table
 from finfed.run_outputs import CONFIG, read_metrics, read_privacy, read_status, require_complete
 
@@ -51,6 +52,8 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
     return {"run": config.name, "synthetic_data": config.data.source == "synthetic",
             "task": config.task, "dp_enabled": privacy.get("dp_enabled", False),
             "guarantee": stated_guarantee(privacy, config, rounds), "unit": privacy.get("unit", "record"),
+            "run_delta": privacy.get("run_delta"), "reproducible_dp": privacy.get("reproducible_dp"),
+            "dp_randomness": privacy.get("dp_randomness"),
             "client_level": privacy.get("client_level"),
             "sites": sites, "rounds": rounds, "final": final, "baseline": status.get("baseline", {}),
             "budget_exhausted_at_round": status.get("budget_exhausted_at_round"),
@@ -70,7 +73,7 @@ def _shared_ledgers(config) -> bool:
 
 def stated_guarantee(privacy: dict[str, Any], config, rounds: list[dict[str, Any]]) -> str:
     """The run's guarantee, rebuilt by the same function that wrote privacy.json's (finfed.guarantee)."""
-    return guarantee_text(privacy, reproducible=reproducible_mode(config),
+    return guarantee_text(privacy, reproducible=config.privacy.reproducible,
                           train_loss_sites=sites_that_sent(rounds, TRAIN_LOSS))
 
 
@@ -113,8 +116,10 @@ def _plot(series: dict[str, dict[int, float]], ylabel: str, title: str) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    privacy = {"dp_enabled": report["dp_enabled"], "sites": report["sites"]}
+    privacy = {"dp_enabled": report["dp_enabled"], "sites": report["sites"], "run_delta": report.get("run_delta")}
     lines = [f"# Privacy-budget report: run `{report['run']}`", ""]
+    if randomness_warning(report):
+        lines += [randomness_warning(report), ""]
     if report["synthetic_data"]:
         lines += ["**Data: synthetic** (finfed's generated financial news).", ""]
     lines += ["## Privacy-utility summary", "", utility_summary(report), ""]
@@ -128,7 +133,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             recomputed = check.get(site.get("accountant"), site["epsilon"])
             if abs(recomputed - site["epsilon"]) > 0.01 * max(site["epsilon"], 1e-9):
                 lines.append(f"  - **MISMATCH**: the stated epsilon {site['epsilon']:.3f} differs from the "
-                             f"{site['accountant']} recomputation {recomputed:.3f} of this run's steps")
+                             f"{site['accountant']} recomputation {recomputed:.3f} of this run's steps "
+                             f"at delta {site['delta']:g}")
     lines += ["", report["cross_check_note"], ""]
     lines += ["## Client-level DP", "", client_level_text(report.get("client_level")), ""]
     lines += ["## Utility of the global model", "",
@@ -146,10 +152,22 @@ def utility_summary(report: dict[str, Any]) -> str:
     if not report["dp_enabled"]:
         return f"Without differential privacy the global model reached {final} (trivial baseline: {baseline})."
     spent = [s["epsilon"] for s in report["sites"].values() if "epsilon" in s]
-    deltas = {s["delta"] for s in report["sites"].values() if "delta" in s}
     worst = f"{max(spent):.3f}" if spent else "0"
-    return (f"With every site at epsilon <= {worst} (delta {', '.join(f'{d:g}' for d in sorted(deltas))}), "
+    return (f"With every site at epsilon <= {worst} ({deltas_text(report)}), "
             f"the global model reached {final} (trivial baseline: {baseline}).")
+
+
+def deltas_text(report: dict[str, Any]) -> str:
+    """The delta of every site's epsilon; each site's own where a site's budget delta is not the run's."""
+    run_delta = report.get("run_delta")
+    sites = {sid: s["delta"] for sid, s in sorted(report["sites"].items()) if s.get("delta") is not None}
+    if not sites:
+        return "no delta recorded"
+    if run_delta is None or set(sites.values()) == {run_delta}:
+        return "delta " + ", ".join(f"{d:g}" for d in sorted(set(sites.values())))
+    own = [f"site {sid} at its own delta {d:g}" for sid, d in sites.items() if d != run_delta]
+    rest = "the other sites at the run's delta" if len(own) < len(sites) else "the run's delta is"
+    return "; ".join(own) + f"; {rest} {run_delta:g}"
 
 
 def client_level_text(summary: dict[str, Any] | None) -> str:

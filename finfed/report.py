@@ -6,6 +6,7 @@ from typing import Any
 
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
+from finfed.privacy.randomness import randomness_warning
 
 
 def round_table(history: list[dict[str, Any]]) -> str:
@@ -35,13 +36,21 @@ def privacy_table(privacy: dict[str, Any]) -> str:
             continue
         lines.append("| " + " | ".join([
             site_id, str(site["records"]), f"{site['target_epsilon']:g}", f"{site['epsilon']:.3f}",
-            f"{site['delta']:g}", f"{site['noise_multiplier']:.4f}", f"{site['max_grad_norm']:g}",
+            delta_text(site["delta"], privacy.get("run_delta")), f"{site['noise_multiplier']:.4f}",
+            f"{site['max_grad_norm']:g}",
             f"{site['sample_rate']:.4f}", str(site["steps"]), site["accountant"]]) + " |")
     refusals = [f"site {sid}: rounds {site['refused_rounds']}" for sid, site in sorted(privacy["sites"].items())
                 if site.get("refused_rounds")]
     if refusals:
         lines.append("\nRefused to train (own privacy budget reached): " + "; ".join(refusals) + ".")
     return "\n".join(lines)
+
+
+def delta_text(site_delta: float, run_delta: float | None) -> str:
+    """A site's delta (the one its epsilon is computed at), with the run's beside it where they differ."""
+    if run_delta is None or site_delta == run_delta:
+        return f"{site_delta:g}"
+    return f"{site_delta:g} (site's own; run: {run_delta:g})"
 
 
 def audit_text(audit: dict[str, Any] | None) -> str:
@@ -68,8 +77,9 @@ def write_report(outputs, config: ExperimentConfig, history: list[dict[str, Any]
     data_note = (f"**Data: synthetic.** These figures come from finfed's generated {generated}, "
                  "not from real institutions' data." if config.data.source == "synthetic"
                  else f"Data: `{config.data.path}` ({config.data.partitioner} partitioning).")
+    warning = randomness_warning(privacy)
     text = f"""# finfed run `{config.name}`
-
+{chr(10) + warning + chr(10) if warning else ""}
 {data_note}
 
 Task: {config.task}. Backbone: `{config.model.backbone}`, adapters: {config.lora.method} (r={config.lora.r}),

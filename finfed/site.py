@@ -24,6 +24,7 @@ from finfed.membership_audit import audit_holdout_fraction
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_round
 from finfed.privacy.ledger import PrivacyLedger, new_entry
+from finfed.privacy.randomness import warn_if_reproducible
 from finfed.site_log import site_log
 from finfed.tasks import Task, get_task
 from finfed.training import train_locally
@@ -126,6 +127,7 @@ def site_folder(config: ExperimentConfig, node_config: Mapping[str, Any], site_i
 @functools.lru_cache(maxsize=2)
 def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy: SitePolicy) -> SiteContext:
     quiet_transformers()
+    warn_if_reproducible(config.privacy.reproducible and config.privacy.enabled, f"site {site_id}")
     labels = federation_labels(config)
     task = get_task(config, labels)
     if data_path:
@@ -143,9 +145,26 @@ def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy
 def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> SiteContext:
     """Resolve a site from Flower's node config (partition id in simulation, data path in deployment)."""
     site_id = int(node_config.get(keys.NODE_PARTITION_ID, node_config.get(keys.NODE_SITE_ID, 0)))
+    refuse_reproducible_when_deployed(config, node_config, site_id)
     data_path = str(node_config.get(keys.NODE_DATA_PATH, ""))
     return _site_context(with_site_columns(config, node_config), site_id, data_path,
                          site_policy(config, node_config, site_id))
+
+
+def is_deployed(node_config: Mapping[str, Any]) -> bool:
+    """A site with its own data (`data-path`, as `finfed deploy` sets), or any node without the
+    `partition-id` Flower's simulation gives every simulated site. A SuperNode started by hand with
+    a `partition-id` and no `data-path` trains on the run's own dataset, held by the coordinator too."""
+    return keys.NODE_DATA_PATH in node_config or keys.NODE_PARTITION_ID not in node_config
+
+
+def refuse_reproducible_when_deployed(config: ExperimentConfig, node_config: Mapping[str, Any],
+                                      site_id: int) -> None:
+    """The coordinator writes the run config: a deployed site must not let it choose known DP randomness."""
+    if config.privacy.reproducible and is_deployed(node_config):
+        raise PrivacyError(f"site {site_id}: the run sets `privacy.reproducible`, which derives DP sampling and "
+                           "noise from the run's seed, known to the coordinator, so the site's epsilon would not "
+                           "hold against it; a deployed site refuses such a run (test/benchmark use only)")
 
 
 def with_site_columns(config: ExperimentConfig, node_config: Mapping[str, Any]) -> ExperimentConfig:
@@ -224,7 +243,7 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
         model, site.train_examples, site.task.collate, site.task.loss,
         loss_reduction=site.task.loss_reduction, settings=config.train, steps=steps,
         seed=config.seed * 100_003 + server_round * 1_009 + site.data.site_id,
-        plan=plan, accountant=accountant, progress=progress)
+        plan=plan, accountant=accountant, progress=progress, reproducible_dp=config.privacy.reproducible)
     metrics = {keys.SITE_ID: site.data.site_id, keys.NUM_EXAMPLES: len(site.train_examples),
                keys.TRAIN_LOSS: outcome.mean_loss, keys.STEPS: outcome.steps}
     if plan is not None:
@@ -238,7 +257,7 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
                                     steps=outcome.steps, max_grad_norm=plan.max_grad_norm, delta=delta,
                                     epsilon_after=epsilon, dataset=site.policy.dataset,
                                     budget_epsilon=site.policy.budget_epsilon))
-        metrics.update({keys.EPSILON: epsilon, keys.NOISE_MULTIPLIER: plan.noise_multiplier,
+        metrics.update({keys.EPSILON: epsilon, keys.DELTA: delta, keys.NOISE_MULTIPLIER: plan.noise_multiplier,
                         keys.SAMPLE_RATE: plan.sample_rate})
     new_arrays = {name: tensor.numpy() for name, tensor in trainable_state(model).items()}
     return SiteUpdate(arrays=new_arrays, metrics=metrics,

@@ -21,6 +21,7 @@ from finfed.errors import PrivacyError, TrainingError
 from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan
+from finfed.privacy.randomness import dp_randomness
 
 # Opacus rescales per-sample gradients assuming this reduction; the task's loss must match.
 LOSS_REDUCTION = "mean"
@@ -95,10 +96,15 @@ def _noise_only_step(optimizer: DPOptimizer) -> None:
 def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, loss_fn: LossFn, *,
                   loss_reduction: str, settings: TrainSettings, steps: int, seed: int,
                   plan: PrivacyPlan | None = None, accountant: SiteAccountant | None = None,
-                  progress: Callable[[int, int, float], None] | None = None) -> TrainOutcome:
-    """Train ``model`` in place for ``steps`` steps; with ``plan``, under DP-SGD."""
+                  progress: Callable[[int, int, float], None] | None = None,
+                  reproducible_dp: bool = False) -> TrainOutcome:
+    """Train ``model`` in place for ``steps`` steps; with ``plan``, under DP-SGD.
+
+    ``seed`` drives only non-private randomness (dropout, the baseline's shuffling). DP sampling
+    and noise are secret unless ``reproducible_dp`` (tests and benchmarks: see finfed.privacy.randomness).
+    """
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout and DP noise
+    torch.manual_seed(seed)  # dropout
     before = trainable_state(model)
     model.train()
     optimizer = make_optimizer(model, settings)
@@ -107,12 +113,15 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
             raise PrivacyError("DP training needs an accountant: every step must be accounted for")
         _check_private_setup(model, loss_reduction)
         module = GradSampleModule(model, batch_first=True, loss_reduction=LOSS_REDUCTION, strict=True)
+        randomness = dp_randomness(seed, reproducible=reproducible_dp)
+        # secure_mode: noise as the sum of four Gaussians (Opacus' defence against floating-point attacks
+        # on the noise's low bits); it needs no extra package in DPOptimizer, only in PrivacyEngine.
         optimizer = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier,
                                 max_grad_norm=plan.max_grad_norm,
                                 expected_batch_size=plan.expected_batch_size,
-                                loss_reduction=LOSS_REDUCTION)
+                                loss_reduction=LOSS_REDUCTION, generator=randomness.noise, secure_mode=True)
         optimizer.attach_step_hook(accountant.accountant.get_optimizer_hook_fn(sample_rate=plan.sample_rate))
-        batches = poisson_batches(len(dataset), plan.sample_rate, steps, generator)
+        batches = poisson_batches(len(dataset), plan.sample_rate, steps, randomness.sampling)
     else:
         module = model
         batches = shuffled_batches(len(dataset), settings.batch_size, steps, generator)

@@ -10,7 +10,7 @@ travel in the config), and keeps the results. Everything else about a round (rec
 evaluation, checkpoints) is the shared loop in ``server/rounds.py``.
 
 What the coordinator still sees per site: the plain-text metrics of its ``FitRes`` (site
-id, example count, training loss, steps, epsilon, noise multiplier, sampling rate, or a
+id, example count, training loss, steps, epsilon and its delta, noise multiplier, sampling rate, or a
 refusal), its public keys, encrypted key shares it forwards, and its masked vector.
 """
 

@@ -155,8 +155,9 @@ def test_physical_batches_give_the_same_step_as_one_batch(private):
             plan = plan_privacy(num_records=len(dataset), train=config.train, privacy=config.privacy, rounds=1)
             plan = type(plan)(**{**plan.__dict__, "noise_multiplier": 0.0})  # no noise: sums must match exactly
             accountant = SiteAccountant("rdp")
+        # reproducible_dp: both runs must sample the same Poisson batches
         train_locally(model, dataset, collate, loss, loss_reduction="mean", settings=config.train, steps=2,
-                      seed=3, plan=plan, accountant=accountant)
+                      seed=3, plan=plan, accountant=accountant, reproducible_dp=True)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
         if accountant is not None:
             steps_recorded.append(accountant.total_steps)

@@ -116,7 +116,9 @@ def _stop_then_resume(config):
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_config, tmp_path):
-    settings = ["federation.rounds=3", "privacy.membership_audit=false", f"privacy.ledger_dir={tmp_path / 'ledgers'}"]
+    # privacy.reproducible: the resumed run must repeat the reference's DP sampling and noise bit for bit
+    settings = ["federation.rounds=3", "privacy.membership_audit=false", f"privacy.ledger_dir={tmp_path / 'ledgers'}",
+                "privacy.reproducible=true"]
     reference = tiny_config(*settings, f"run_dir={tmp_path / 'reference'}",
                             f"privacy.ledger_dir={tmp_path / 'reference-ledgers'}")
     serve(reference)

@@ -42,7 +42,9 @@ def _train_replies(grid):
 
 
 def test_secagg_sum_equals_plain_fedavg_and_no_site_update_reaches_the_coordinator(tiny_config, tmp_path):
-    common = ["federation.num_sites=3", "federation.rounds=1", "privacy.membership_audit=false"]
+    # privacy.reproducible: both runs must draw the same DP sampling and noise for their sums to agree
+    common = ["federation.num_sites=3", "federation.rounds=1", "privacy.membership_audit=false",
+              "privacy.reproducible=true"]
     plain_grid = serve(tiny_config(*common, f"run_dir={tmp_path / 'plain'}"))
     secure_grid = serve(tiny_config(*common, SECURE, f"run_dir={tmp_path / 'secure'}"))
 

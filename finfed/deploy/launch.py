@@ -277,6 +277,10 @@ def deployment_config(consortium: Consortium, path: Path | None, overrides: list
         config = config_from_dict(apply_overrides(values, overrides))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    if config.privacy.reproducible:
+        raise ConfigError(f"{path or 'the run'}: `privacy.reproducible` is for tests and benchmarks only: it derives "
+                          "each site's DP sampling and noise from the run's seed, which the coordinator knows, so "
+                          "no site's epsilon would hold against it; remove it (deployed sites refuse it too)")
     if config.task == "classification" and not config.data.labels:
         raise ConfigError("sites hold their own data, so the labels must be listed: set `data.labels` "
                           "(e.g. --set data.labels=negative,neutral,positive)")
