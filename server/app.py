@@ -8,6 +8,7 @@ Message API) or SecAgg+ (``federation.secure_aggregation``: Flower's legacy work
 
 from __future__ import annotations
 
+import numpy as np
 from flwr.app import Context, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
@@ -49,7 +50,8 @@ class RecordingFedAvg(FedAvg):
 def with_client_dp(strategy: RecordingFedAvg, run: FederatedRun) -> Strategy:
     """Client-level DP (``finfed.privacy.client_level``) around FedAvg's messaging, if configured.
 
-    The update noise and the site sampling come from one generator seeded by ``secrets``.
+    The update noise and the site sampling come from one generator seeded by ``secrets``, or by
+    ``seed`` in the labelled test-only mode ``privacy.reproducible``.
     """
     settings, federation = run.config.client_dp, run.config.federation
     if settings.mode == "off":
@@ -59,7 +61,8 @@ def with_client_dp(strategy: RecordingFedAvg, run: FederatedRun) -> Strategy:
     mechanism = ClientLevelMechanism(
         noise_multiplier=settings.noise_multiplier, clipping_norm=settings.clipping_norm, expected_sites=expected,
         adaptive=settings.mode == "adaptive", target_quantile=settings.target_quantile,
-        count_stddev=settings.count_stddev or default_count_stddev(settings.noise_multiplier, expected))
+        count_stddev=settings.count_stddev or default_count_stddev(settings.noise_multiplier, expected),
+        rng=np.random.default_rng(run.config.seed) if run.config.privacy.reproducible else None)
     return ClientLevelDP(strategy, strategy.sampler, mechanism, rate)
 
 
