@@ -170,26 +170,53 @@ class FederatedRun:
         for server_round, refused in sorted(self.refusals.items()):
             for site_id in refused:
                 sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
-        trained_rounds = sum(1 for r in self.site_train.values() if r)
+        trained_rounds = len(self.trained_rounds)
         return {"dp_enabled": privacy.enabled, "unit": "record",
                 "client_level": self.client_level_summary(trained_rounds),
                 "guarantee": ("record-level (epsilon, delta)-DP with respect to each site's own dataset"
                               if privacy.enabled else "none: privacy.enabled is false"),
                 "sites": sites}
 
+    @property
+    def trained_rounds(self) -> list[int]:
+        """Rounds in which at least one site's update reached the model."""
+        return sorted(r for r, updates in self.site_train.items() if updates)
+
     def finish(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The rounds are over: ``complete``, or ``budget-exhausted`` if the sites' budgets ended the run.
+
+        A run in which no round trained saves no model: the initial adapters would pass for a trained one.
+        """
+        trained = self.trained_rounds
+        outcome = {"rounds": self.config.federation.rounds, "trained_rounds": len(trained),
+                   "model_round": trained[-1] if trained else None,
+                   "budget_exhausted_at_round": self.exhausted_round,
+                   "site_failures": {str(r): f for r, f in sorted(self.failures.items())},
+                   "resumed_from_rounds": self.resumed_from,
+                   "baseline": self.task.baseline(self.test_examples),
+                   "baseline_description": self.task.baseline_description}
+        if self.exhausted and not trained:
+            self.outputs.set_status("budget-exhausted", **outcome)
+            print(f"[finfed] run ended without training: every site refused round {self.exhausted_round} "
+                  "(privacy budget reached); no model saved", flush=True)
+            return
         load_trainable_state(self.model, arrays)
         save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
-        baseline = self.task.baseline(self.test_examples)
         audit = self.membership_audit()
-        write_report(self.outputs, self.config, self.history, self.privacy_summary(), baseline, audit,
+        write_report(self.outputs, self.config, self.history, self.privacy_summary(), outcome["baseline"], audit,
                      self.task.baseline_description)
-        self.outputs.set_status("complete", rounds=self.config.federation.rounds, baseline=baseline,
-                                baseline_description=self.task.baseline_description,
-                                budget_exhausted_at_round=self.exhausted_round, membership_audit=audit,
+        state = "budget-exhausted" if self.exhausted else "complete"
+        self.outputs.set_status(state, membership_audit=audit, **outcome)
+        print(f"[finfed] run {state}: {self.outputs.run_dir}", flush=True)
+
+    def interrupt(self, last_completed_round: int) -> None:
+        """Stopped on request or by a signal; a resumed run continues after ``last_completed_round``."""
+        self.outputs.set_status("interrupted", rounds=self.config.federation.rounds,
+                                last_completed_round=last_completed_round,
                                 site_failures={str(r): f for r, f in sorted(self.failures.items())},
                                 resumed_from_rounds=self.resumed_from)
-        print(f"[finfed] run complete: {self.outputs.run_dir}", flush=True)
+        print(f"[finfed] run interrupted after round {last_completed_round} of {self.config.federation.rounds}",
+              flush=True)
 
     def membership_audit(self) -> dict[str, Any] | None:
         """Simulation only: the coordinator can see site 0's records because they are all on this machine."""
