@@ -91,7 +91,7 @@ def require_finished(run_dir: Path) -> dict[str, Any]:
         raise RunError(f"run directory {run_dir} holds a run interrupted after round "
                        f"{status.get('last_completed_round', 0)}; resume it first "
                        f"(finfed simulate --resume {run_dir})")
-    raise RunError(f"run directory {run_dir} is not a finished run (status: {state}"
+    raise RunError(f"run directory {run_dir} is not a completed run (status: {state}"
                    f"{'; ' + status['error'] if status.get('error') else ''})")
 
 

@@ -269,7 +269,7 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_sigterm_during_training_stops_spending_records_interrupted_and_resumes(tiny_backbone, tmp_path):
     run_dir = tmp_path / "run"
-    command = _simulate_command(tiny_backbone, run_dir, "federation.rounds=3", "train.local_epochs=8")
+    command = _simulate_command(tiny_backbone, run_dir, "federation.rounds=3", "train.local_epochs=40")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     output, family = _Output(process), []
@@ -297,17 +297,23 @@ def test_sigterm_during_training_stops_spending_records_interrupted_and_resumes(
     assert "recorded_by" not in status  # the ServerApp recorded it, not the CLI's fallback
     decided = json.loads((run_dir / ".stop").read_text())["requested_at"]
     assert signalled <= decided < signalled + 2
-    entries = [e for ledger in (run_dir / "ledgers").glob("*.json") for e in json.loads(ledger.read_text())["entries"]]
-    assert sorted(e["round"] for e in entries) == [1, 1]
-    assert all(e["time"] < decided for e in entries)  # no site spent epsilon after the stop was decided
+    spent = _ledger_entries(run_dir)
+    assert all(e["time"] < decided for e in spent)  # no site spent epsilon after the stop was decided
+    # Both sites trained round 1; round 2 was cut short (a site that finished it before the stop keeps
+    # that spend in its ledger: it happened; the sites here train one at a time, so at most one did).
+    assert sorted(e["round"] for e in spent if e["round"] == 1) == [1, 1] and len(spent) <= 3
     psutil.wait_procs(family, timeout=10)
     assert not _alive(family), [p.cmdline() for p in _alive(family)]
 
     assert main(["simulate", "--resume", str(run_dir)]) == 0
     status = read_status(run_dir)
     assert status["state"] == "complete" and status["resumed_from_rounds"] == [1]
-    entries = [e for ledger in (run_dir / "ledgers").glob("*.json") for e in json.loads(ledger.read_text())["entries"]]
-    assert sorted(e["round"] for e in entries) == [1, 1, 2, 2, 3, 3]
+    resumed = [e for e in _ledger_entries(run_dir) if e["time"] > decided]
+    assert sorted(e["round"] for e in resumed) == [2, 2, 3, 3]
+
+
+def _ledger_entries(run_dir: Path) -> list[dict]:
+    return [e for ledger in (run_dir / "ledgers").glob("*.json") for e in json.loads(ledger.read_text())["entries"]]
 
 
 @pytest.mark.slow
