@@ -31,7 +31,6 @@ from finfed.export import export_run
 from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import plan_privacy
-from finfed.privacy_report import write_reports
 from finfed.run_outputs import read_metrics, read_status
 from finfed.site import site_context, train_round
 from finfed.stop import clear_stop, request_stop, stop_path, stop_time
@@ -140,6 +139,7 @@ def _stop_when(kind: str, server_round: int):
     return hook
 
 
+@pytest.mark.slow  # five in-process rounds
 def test_a_stop_during_training_abandons_the_round_and_the_run_resumes_from_the_last_one(tiny_config, tmp_path):
     config = tiny_config(*_settings(tmp_path))
     run_dir = config.resolved_run_dir
