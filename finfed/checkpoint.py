@@ -101,6 +101,14 @@ def read_checkpoint(run_dir: str | Path) -> Checkpoint:
         raise RunError(f"checkpoint {path} is unreadable ({exc}); the run cannot be resumed from it") from exc
 
 
+def last_checkpoint_round(run_dir: str | Path) -> int:
+    """The round of the run's checkpoint (its last completed round); 0 if it has none yet."""
+    try:
+        return int(json.loads(checkpoint_path(run_dir).read_text(encoding="utf-8"))["round"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _read_arrays(path: Path, sha256: str, names: list[str]) -> dict[str, np.ndarray]:
     payload = path.read_bytes()
     if hashlib.sha256(payload).hexdigest() != sha256:
@@ -130,6 +138,9 @@ def resume_point(run_dir: str | Path, run_config: Mapping[str, Any] | None) -> C
     state = read_status(run_dir).get("state")
     if state == "complete":
         raise RunError(f"run directory {run_dir} holds a complete run; there is nothing to resume")
+    if state == "budget-exhausted":
+        raise RunError(f"run directory {run_dir} holds a run that ended because every site refused to train "
+                       "(privacy budget reached); resuming it cannot train further")
     checkpoint = read_checkpoint(run_dir)
     saved_dir = Path(str(checkpoint.run_config.get("run_dir", "")) or run_dir)
     if saved_dir.resolve() != run_dir.resolve():

@@ -37,3 +37,7 @@ class TrainingError(FinfedError, RuntimeError):
 
 class RunError(FinfedError, RuntimeError):
     """A federated run failed or its outputs are incomplete."""
+
+
+class RunInterrupted(FinfedError, RuntimeError):
+    """The run was asked to stop (``RUN/.stop``, a signal): the work in progress is abandoned, nothing sent."""

@@ -132,13 +132,19 @@ class FederatedRun:
             self.refusals[server_round] = sorted(int(r[keys.SITE_ID]) for r in refusals)
             print(f"[finfed] round {server_round}: site(s) {self.refusals[server_round]} refused to train "
                   "(privacy budget reached)", flush=True)
-        if refusals and not metrics and not errors:
+        if refusals and not metrics and not errors and self._every_site_refused():
             self.exhausted, self.exhausted_round = True, server_round  # the run ends cleanly
             return
         needed = self.config.federation.min_sites or len(metrics) + len(errors)
         if len(metrics) < needed:
             raise RunError(f"round {server_round}: {len(metrics)} site(s) returned an update, "
                            f"{needed} needed; failures: {'; '.join(errors) or 'none'}")
+
+    def _every_site_refused(self) -> bool:
+        """A refusal is final (the site's projected spend only grows), but a round may ask only some
+        sites (`fraction_train`, Poisson sampling): the run is exhausted once all have refused."""
+        refused = {site for sites in self.refusals.values() for site in sites}
+        return len(refused) >= self.config.federation.num_sites
 
     def record_evaluation(self, server_round: int, metrics: list[Mapping[str, Any]]) -> None:
         self.site_eval[server_round] = [dict(m) for m in metrics]
@@ -209,19 +215,46 @@ class FederatedRun:
                                               reproducible=privacy.reproducible)
         return summary
 
+    @property
+    def trained_rounds(self) -> list[int]:
+        """Rounds in which at least one site's update reached the model."""
+        return sorted(r for r, updates in self.site_train.items() if updates)
+
     def finish(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The rounds are over: ``complete``, or ``budget-exhausted`` if the sites' budgets ended the run.
+
+        A run in which no round trained saves no model: the initial adapters would pass for a trained one.
+        """
+        trained = self.trained_rounds
+        outcome = {"rounds": self.config.federation.rounds, "trained_rounds": len(trained),
+                   "model_round": trained[-1] if trained else None,
+                   "budget_exhausted_at_round": self.exhausted_round,
+                   "site_failures": {str(r): f for r, f in sorted(self.failures.items())},
+                   "resumed_from_rounds": self.resumed_from,
+                   "baseline": self.task.baseline(self.test_examples),
+                   "baseline_description": self.task.baseline_description}
+        if self.exhausted and not trained:
+            self.outputs.set_status("budget-exhausted", **outcome)
+            print(f"[finfed] run ended without training: every site refused round {self.exhausted_round} "
+                  "(privacy budget reached); no model saved", flush=True)
+            return
         load_trainable_state(self.model, arrays)
         save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
-        baseline = self.task.baseline(self.test_examples)
         audit = self.membership_audit()
-        write_report(self.outputs, self.config, self.history, self.privacy_summary(), baseline, audit,
+        write_report(self.outputs, self.config, self.history, self.privacy_summary(), outcome["baseline"], audit,
                      self.task.baseline_description)
-        self.outputs.set_status("complete", rounds=self.config.federation.rounds, baseline=baseline,
-                                baseline_description=self.task.baseline_description,
-                                budget_exhausted_at_round=self.exhausted_round, membership_audit=audit,
+        state = "budget-exhausted" if self.exhausted else "complete"
+        self.outputs.set_status(state, membership_audit=audit, **outcome)
+        print(f"[finfed] run {state}: {self.outputs.run_dir}", flush=True)
+
+    def interrupt(self, last_completed_round: int) -> None:
+        """Stopped on request or by a signal; a resumed run continues after ``last_completed_round``."""
+        self.outputs.set_status("interrupted", rounds=self.config.federation.rounds,
+                                last_completed_round=last_completed_round,
                                 site_failures={str(r): f for r, f in sorted(self.failures.items())},
                                 resumed_from_rounds=self.resumed_from)
-        print(f"[finfed] run complete: {self.outputs.run_dir}", flush=True)
+        print(f"[finfed] run interrupted after round {last_completed_round} of {self.config.federation.rounds}",
+              flush=True)
 
     def membership_audit(self) -> dict[str, Any] | None:
         """Simulation only: the coordinator can see the audited site's records because all are on this machine.

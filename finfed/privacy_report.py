@@ -21,7 +21,7 @@ from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger_report import ledger_summary, render_ledger  # noqa: F401  (`finfed report --ledger`)
 from finfed.privacy.randomness import randomness_warning
 from finfed.report import QA_UNIT, audit_text, privacy_table, round_table
-from finfed.run_outputs import CONFIG, read_metrics, read_privacy, read_status, require_complete
+from finfed.run_outputs import CONFIG, read_metrics, read_privacy, require_finished
 
 # PRV's epsilon is an upper bound computed to within eps_error; RDP is looser but analytic.
 CROSS_CHECK_NOTE = ("PRV (privacy random variables) and RDP (Rényi DP) are two sound accountants for the same "
@@ -38,9 +38,9 @@ def recompute_epsilon(site: dict[str, Any], mechanism: str, delta: float) -> flo
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    require_complete(run_dir)
+    status = require_finished(run_dir)
     config = load_config(run_dir / CONFIG)
-    privacy, rounds, status = read_privacy(run_dir), read_metrics(run_dir), read_status(run_dir)
+    privacy, rounds = read_privacy(run_dir), read_metrics(run_dir)
     sites = {}
     for site_id, site in privacy.get("sites", {}).items():
         entry = dict(site)
@@ -58,11 +58,28 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
             "sites": sites, "rounds": rounds, "final": final, "baseline": status.get("baseline", {}),
             "budget_exhausted_at_round": status.get("budget_exhausted_at_round"),
             "membership_audit": status.get("membership_audit"),
+            "state": status["state"], "trained_rounds": status.get("trained_rounds"),
+            "model_round": status.get("model_round"), "outcome": outcome_text(status),
             "cross_check_note": CROSS_CHECK_NOTE + (
                 " Sites kept a privacy ledger: their stated epsilon includes earlier runs on the same data, "
                 "while the cross-check recomputes this run's steps only." if _shared_ledgers(config) else ""),
             "baseline_description": status.get("baseline_description", "a trivial predictor"),
             "explanation": plain_language(privacy, config, rounds)}
+
+
+def outcome_text(status: dict[str, Any]) -> str:
+    """How the run ended, in words; empty for a run that completed every round."""
+    if status["state"] != "budget-exhausted":
+        return ""
+    refused_at, rounds = status.get("budget_exhausted_at_round"), status.get("rounds")
+    if not status.get("trained_rounds"):
+        return (f"**No round trained.** Every site refused round {refused_at} of {rounds}: training it would have "
+                "taken the site past its own privacy budget (its lifetime epsilon on this dataset, counted in its "
+                "ledger). No model was saved; the utility figures below are those of the untrained initial model. "
+                "A site trains again only with a larger budget, or on data it has not spent budget on.")
+    return (f"**Ended early.** Every site refused round {refused_at} of {rounds} (its privacy budget reached). "
+            f"{status['trained_rounds']} round(s) trained; the saved model is the one after round "
+            f"{status.get('model_round')}.")
 
 
 def _shared_ledgers(config) -> bool:
@@ -122,6 +139,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [randomness_warning(report), ""]
     if report["synthetic_data"]:
         lines += ["**Data: synthetic** (finfed's generated financial news).", ""]
+    if report.get("outcome"):
+        lines += ["## Outcome", "", report["outcome"], ""]
     lines += ["## Privacy-utility summary", "", utility_summary(report), ""]
     lines += ["## Privacy per site", "", privacy_table(privacy), "", "### Epsilon after each round", ""]
     for site_id, site in sorted(report["sites"].items()):
@@ -151,7 +170,10 @@ def utility_summary(report: dict[str, Any]) -> str:
     baseline = ", ".join(f"{k} {v:.4f}" for k, v in report["baseline"].items())
     if not report["dp_enabled"]:
         return f"Without differential privacy the global model reached {final} (trivial baseline: {baseline})."
-    spent = [s["epsilon"] for s in report["sites"].values() if "epsilon" in s]
+    spent = [s["epsilon"] for s in report["sites"].values() if s.get("epsilon") is not None]
+    if not spent:
+        return (f"No site trained in this run, so it spent no privacy budget; the global model is the untrained "
+                f"initial one ({final}; trivial baseline: {baseline}).")
     worst = f"{max(spent):.3f}" if spent else "0"
     return (f"With every site at epsilon <= {worst} ({deltas_text(report)}), "
             f"the global model reached {final} (trivial baseline: {baseline}).")

@@ -1,7 +1,15 @@
 """The run directory: what a finished federated run leaves behind.
 
-``status.json`` says ``running`` until the very end, then ``complete`` (or
-``failed`` with the reason), so a half-written directory never looks valid.
+``status.json`` says ``running`` until the run ends, then what happened, so a
+half-written directory never looks valid:
+
+- ``complete``: every round ran; the model is saved.
+- ``budget-exhausted``: every site refused a round (its privacy budget reached), so the run
+  ended early. ``trained_rounds`` says how many rounds trained; with none, no model is saved.
+  With some, the model is the one after round ``model_round``.
+- ``interrupted``: stopped on request (``RUN/.stop``, a signal); ``last_completed_round`` is the
+  round of the checkpoint a resumed run continues from (0: nothing to resume).
+- ``failed``: with the reason (``error``).
 """
 
 from __future__ import annotations
@@ -63,11 +71,60 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+RUNNING, COMPLETE, INTERRUPTED, FAILED, BUDGET_EXHAUSTED = (
+    "running", "complete", "interrupted", "failed", "budget-exhausted")
+
+
 def require_complete(run_dir: Path) -> None:
     status = read_status(Path(run_dir))
     if status.get("state") != "complete":
         raise RunError(f"run directory {run_dir} is not a completed run (status: {status.get('state')}"
                        f"{'; ' + status['error'] if status.get('error') else ''})")
+
+
+def require_finished(run_dir: Path) -> dict[str, Any]:
+    """The status of a run that ended by itself (complete, or ended by the sites' budgets); others refused."""
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    state = status.get("state")
+    if state in (COMPLETE, BUDGET_EXHAUSTED):
+        return status
+    if state == INTERRUPTED:
+        raise RunError(f"run directory {run_dir} holds a run interrupted after round "
+                       f"{status.get('last_completed_round', 0)}; resume it first "
+                       f"(finfed simulate --resume {run_dir})")
+    raise RunError(f"run directory {run_dir} is not a completed run (status: {state}"
+                   f"{'; ' + status['error'] if status.get('error') else ''})")
+
+
+def require_model(run_dir: Path) -> dict[str, Any]:
+    """The status of a finished run that saved a trained model; a run whose sites never trained is refused."""
+    status = require_finished(run_dir)
+    if status["state"] == BUDGET_EXHAUSTED and not status.get("trained_rounds"):
+        raise RunError(f"run directory {run_dir} has no model: every site refused round "
+                       f"{status.get('budget_exhausted_at_round')} because it would have exceeded its privacy "
+                       "budget, so no round trained (see `finfed report`)")
+    if not (Path(run_dir) / MODEL).is_dir():
+        raise RunError(f"run directory {run_dir} has no saved model ({MODEL}/)")
+    return status
+
+
+def mark_interrupted(run_dir: Path, last_completed_round: int, **extra: Any) -> dict[str, Any]:
+    """Record ``interrupted`` for a run the ServerApp could not record itself (the CLI stopped it).
+
+    Only a run still ``running`` (or never started) is changed: a state the ServerApp wrote is kept.
+    """
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    if status.get("state") not in (RUNNING, "missing") or not run_dir.is_dir():
+        return status
+    now = time.time()
+    started = status.get("started", now)
+    status = {**{k: v for k, v in status.items() if k != "error"}, "state": INTERRUPTED,
+              "last_completed_round": last_completed_round, "updated": now,
+              "elapsed_s": round(now - started, 1), "started": started, **extra}
+    write_json_atomic(run_dir / STATUS, status)
+    return status
 
 
 class RunOutputs:

@@ -17,7 +17,7 @@ import torch
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
 from finfed.data.partition import SiteData, load_federated_data, local_site, simulated_site
-from finfed.errors import BudgetExhausted, ConfigError, PrivacyError, TrainingError
+from finfed.errors import BudgetExhausted, ConfigError, PrivacyError, RunInterrupted, TrainingError
 from finfed.models.adapters import frozen_adapter_fingerprint, load_trainable_state, trainable_state
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.membership_audit import audit_holdout_fraction
@@ -26,6 +26,7 @@ from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_roun
 from finfed.privacy.ledger import PrivacyLedger, new_entry
 from finfed.privacy.randomness import warn_if_reproducible
 from finfed.site_log import site_log
+from finfed.stop import stop_path
 from finfed.tasks import Task, get_task
 from finfed.training import train_locally
 
@@ -41,6 +42,8 @@ class SiteContext:
     validation_examples: list
     fingerprint: str
     policy: "SitePolicy"
+    # Simulation only: the coordinator's RUN/.stop, which a simulated site can see (finfed.stop).
+    stop_request: str = ""
 
 
 @dataclass(frozen=True)
@@ -147,8 +150,11 @@ def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> Si
     site_id = int(node_config.get(keys.NODE_PARTITION_ID, node_config.get(keys.NODE_SITE_ID, 0)))
     refuse_reproducible_when_deployed(config, node_config, site_id)
     data_path = str(node_config.get(keys.NODE_DATA_PATH, ""))
-    return _site_context(with_site_columns(config, node_config), site_id, data_path,
+    site = _site_context(with_site_columns(config, node_config), site_id, data_path,
                          site_policy(config, node_config, site_id))
+    if keys.NODE_PARTITION_ID in node_config:  # Flower sets it in simulation only
+        site = replace(site, stop_request=str(stop_path(config.resolved_run_dir)))
+    return site
 
 
 def is_deployed(node_config: Mapping[str, Any]) -> bool:
@@ -239,11 +245,15 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
         delta = check_budget(site, plan, accountant)
     model = _model_with(site, arrays, expected_fingerprint)
     steps = plan.steps_per_round if plan else steps_per_round(len(site.train_examples), config.train)
+    should_stop = Path(site.stop_request).exists if site.stop_request else None
     outcome = train_locally(
         model, site.train_examples, site.task.collate, site.task.loss,
         loss_reduction=site.task.loss_reduction, settings=config.train, steps=steps,
         seed=config.seed * 100_003 + server_round * 1_009 + site.data.site_id,
-        plan=plan, accountant=accountant, progress=progress, reproducible_dp=config.privacy.reproducible)
+        plan=plan, accountant=accountant, progress=progress, should_stop=should_stop,
+        reproducible_dp=config.privacy.reproducible)
+    if should_stop is not None and should_stop():  # the stop came after the last step: still nothing recorded
+        raise RunInterrupted(f"site {site.data.site_id}: the run was asked to stop; round {server_round} abandoned")
     metrics = {keys.SITE_ID: site.data.site_id, keys.NUM_EXAMPLES: len(site.train_examples),
                keys.TRAIN_LOSS: outcome.mean_loss, keys.STEPS: outcome.steps}
     if plan is not None:

@@ -17,7 +17,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from finfed.config import TrainSettings
-from finfed.errors import PrivacyError, TrainingError
+from finfed.errors import PrivacyError, RunInterrupted, TrainingError
 from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan
@@ -97,11 +97,14 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
                   loss_reduction: str, settings: TrainSettings, steps: int, seed: int,
                   plan: PrivacyPlan | None = None, accountant: SiteAccountant | None = None,
                   progress: Callable[[int, int, float], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None,
                   reproducible_dp: bool = False) -> TrainOutcome:
     """Train ``model`` in place for ``steps`` steps; with ``plan``, under DP-SGD.
 
     ``seed`` drives only non-private randomness (dropout, the baseline's shuffling). DP sampling
     and noise are secret unless ``reproducible_dp`` (tests and benchmarks: see finfed.privacy.randomness).
+    ``should_stop`` is asked before every step; once it says yes, RunInterrupted is raised and
+    the round is abandoned (the caller records no spend and sends nothing).
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
@@ -127,7 +130,7 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
         batches = shuffled_batches(len(dataset), settings.batch_size, steps, generator)
     try:
         outcome = _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
-                             settings.physical_batch_size)
+                             settings.physical_batch_size, should_stop)
     finally:
         if isinstance(module, GradSampleModule):
             module.remove_hooks()
@@ -137,9 +140,11 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
 
 
 def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
-               physical_batch_size: int = 0) -> TrainOutcome:
+               physical_batch_size: int = 0, should_stop: Callable[[], bool] | None = None) -> TrainOutcome:
     total_loss, seen, empty = 0.0, 0, 0
     for step, indices in enumerate(batches, start=1):
+        if should_stop is not None and should_stop():
+            raise RunInterrupted(f"the run was asked to stop before step {step} of {steps}: round abandoned")
         optimizer.zero_grad(set_to_none=True)
         if not indices:
             empty += 1

@@ -16,9 +16,11 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from finfed import constants as keys
 from finfed.checkpoint import resume_point
 from finfed.config import from_run_config, to_run_config
+from finfed.errors import RunInterrupted
 from finfed.federation import FederatedRun
 from finfed.privacy.client_level import ClientLevelMechanism, default_count_stddev
 from server.client_dp import ClientLevelDP
+from finfed.stop import stop_requested
 from server.rounds import Coordinator, PlainTraining
 from server.sampling import SiteNames, SiteSampler
 from server.secure import SecureTraining
@@ -89,6 +91,7 @@ def main(grid: Grid, context: Context) -> None:
     # A bad resume target is refused before anything is written into it.
     checkpoint = resume_point(config.resume_from, to_run_config(config)) if config.resume_from else None
     run = FederatedRun(config)
+    coordinator = None
     try:
         if checkpoint is None:
             run.start()
@@ -98,5 +101,11 @@ def main(grid: Grid, context: Context) -> None:
                                         checkpoint.strategy_state.get("site_names") if checkpoint else None)
         run.finish(coordinator.run_rounds(checkpoint))
     except BaseException as error:
-        run.fail(error)
-        raise
+        # Asked to stop, or stopped by a signal (Flower turns SIGTERM into SystemExit): interrupted, not failed.
+        if not (isinstance(error, (RunInterrupted, SystemExit, KeyboardInterrupt))
+                or stop_requested(run.outputs.run_dir)):
+            run.fail(error)
+            raise
+        run.interrupt(coordinator.completed_round if coordinator else checkpoint.round if checkpoint else 0)
+        if not isinstance(error, RunInterrupted):
+            raise

@@ -4,6 +4,12 @@ Flower's ``Strategy.start`` always runs rounds 1..N; a resumed run must start at
 round after its checkpoint, so the loop lives here. Each round: train (a pluggable step:
 plain Message-API FedAvg or SecAgg+), record every site's reply, refusal, error or
 silence, federated evaluation, central evaluation, then a checkpoint.
+
+A stop request (``RUN/.stop``, see ``finfed.stop``) is honoured before each round and once a
+round's training replies are in: a round every asked site answered is finished (recorded,
+centrally evaluated, checkpointed; the spend it cost is kept), one that the stop cut short is
+abandoned. Either way RunInterrupted ends the loop, naming the last checkpointed round. A run
+whose sites have all refused for budget reasons ends after that round: no later round could train.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from flwr.app import ConfigRecord, Message
 from finfed import constants as keys
 from finfed.checkpoint import Checkpoint, write_checkpoint
 from finfed.config import to_run_config
+from finfed.errors import RunInterrupted
 from finfed.federation import FederatedRun
+from finfed.stop import stop_requested
 from finfed.records import from_array_record, to_array_record
 from server.sampling import SiteNames
 
@@ -109,6 +117,7 @@ class Coordinator:
         self.run, self.grid, self.training, self.evaluation = run, grid, training, evaluation
         self.names, self.timeout = names, timeout
         self.resumed_at = 0
+        self.completed_round = 0  # the round of the last checkpoint written (or resumed from)
 
     def run_rounds(self, checkpoint: Checkpoint | None) -> Arrays:
         if checkpoint is None:
@@ -116,24 +125,41 @@ class Coordinator:
             self.run.central_evaluate(0, arrays)
         else:
             arrays, first = dict(checkpoint.arrays), checkpoint.round + 1
-            self.resumed_at = checkpoint.round
+            self.resumed_at = self.completed_round = checkpoint.round
             self.training.restore(checkpoint.strategy_state.get("training", {}))
         for server_round in range(first, self.run.config.federation.rounds + 1):
+            self.check_stop(f"before round {server_round}")
             arrays = self.one_round(server_round, arrays)
             self.save(server_round, arrays)
+            if self.run.exhausted:
+                break  # every site refused for budget reasons: asking again cannot change their answer
+            self.check_stop(f"after round {server_round}")
         return arrays
+
+    def check_stop(self, when: str) -> None:
+        if self.stop_requested():
+            print(f"[finfed] stop requested: no new round ({when})", flush=True)
+            raise RunInterrupted(f"the run was asked to stop {when}")
+
+    def stop_requested(self) -> bool:
+        return stop_requested(self.run.outputs.run_dir)
 
     def one_round(self, server_round: int, arrays: Arrays) -> Arrays:
         config = {**self.run.train_config(), keys.RESUMED_AT_ROUND: self.resumed_at}
         # Once every site has refused for budget reasons, asking again cannot change their answer.
         outcome = RoundOutcome() if self.run.exhausted else self.training.train(server_round, arrays, config)
+        stopping = self.stop_requested()
+        if stopping and outcome.failures:
+            # The stop reached sites mid-round: those that finished before it keep their spend in their
+            # ledgers; a resumed run trains this round again.
+            self.check_stop(f"during round {server_round}: round abandoned")
         self.run.record_training(server_round, outcome.updates, outcome.failures, outcome.refusals,
                                  offline=self.offline(outcome.failures))
         if outcome.private_release:
             self.run.record_client_level_release(server_round)
         if outcome.arrays is not None and (outcome.updates or outcome.private_release):
             arrays = outcome.arrays
-        if not self.run.exhausted:
+        if not (self.run.exhausted or stopping):
             self.evaluate(server_round, arrays)
         self.run.central_evaluate(server_round, arrays)
         return arrays
@@ -162,3 +188,4 @@ class Coordinator:
             round=server_round, total_rounds=run.config.federation.rounds,
             run_config=to_run_config(run.config), arrays=arrays, run_state=run.snapshot(),
             strategy_state={"training": self.training.state(), "site_names": self.names.state()}))
+        self.completed_round = server_round

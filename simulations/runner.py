@@ -229,9 +229,11 @@ def _stream(command: list[str], env: Mapping[str, str], log_path: Path,
             on_line: Callable[[str], None], append_log: bool = False) -> str:
     run_id = ""
     # Line-buffered: if this process is killed, the log still holds everything up to that moment.
+    # Its own session: a terminal's Ctrl-C reaches finfed only, which asks the run to stop (finfed.stop)
+    # instead of `flwr run` dying at once and the run going on unwatched.
     with open(log_path, "a" if append_log else "w", encoding="utf-8", buffering=1) as log, subprocess.Popen(
             command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            cwd=str(app_dir())) as process:
+            cwd=str(app_dir()), start_new_session=True) as process:
         try:
             for line in process.stdout:
                 log.write(line)

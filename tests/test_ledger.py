@@ -92,7 +92,8 @@ def test_sites_refuse_mid_run_and_the_run_ends_cleanly(tiny_simulate, tmp_path):
                          f"privacy.ledger_dir={tmp_path / 'ledgers'}")
     assert code == 0
     status = read_status(run_dir)
-    assert status["state"] == "complete" and status["budget_exhausted_at_round"] == 2
+    assert status["state"] == "budget-exhausted" and status["budget_exhausted_at_round"] == 2
+    assert status["trained_rounds"] == 1 and status["model_round"] == 1 and (run_dir / "model").is_dir()
     rounds = read_metrics(run_dir)
     assert len(rounds[1]["sites"]) == 2 and rounds[1]["refusals"] == []
     assert rounds[2]["refusals"] == [0, 1] and rounds[2]["sites"] == []

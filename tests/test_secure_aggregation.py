@@ -150,7 +150,8 @@ def test_under_secagg_a_site_refusing_for_budget_adds_nothing_to_the_sum(tiny_co
     captured = []
     serve(config, InProcessGrid(_capturing_client_app(captured), config, budgets))
     status = read_status(config.resolved_run_dir)
-    assert status["state"] == "complete" and status["budget_exhausted_at_round"] == 3
+    assert status["state"] == "budget-exhausted" and status["budget_exhausted_at_round"] == 3
+    assert status["trained_rounds"] == 2 and status["model_round"] == 2
     rounds = read_metrics(config.resolved_run_dir)
     assert [s["site"] for s in rounds[2]["sites"]] == [0, 1] and rounds[2]["refusals"] == [2]
     assert rounds[3]["sites"] == [] and rounds[3]["refusals"] == [0, 1, 2]

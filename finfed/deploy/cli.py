@@ -6,6 +6,7 @@ Each step runs Flower's own tools; ``--dry-run`` prints them instead.
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
@@ -128,7 +129,7 @@ def _site(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from finfed.cli import _show, finish_run
+    from finfed.cli import _show, finish_run, submit_stoppable
     from finfed.deploy.commands import DEPLOY_ENV, run_command
     from finfed.deploy.consortium import load_consortium
     from finfed.deploy.launch import deployment_config, plan_summary, start_run
@@ -149,5 +150,10 @@ def _run(args: argparse.Namespace) -> int:
     started = time.time()
     print(f"[finfed] run {config.name} on {consortium.address}: {config.federation.num_sites} site(s), "
           f"{config.federation.rounds} round(s); results in {run_dir}")
-    result = start_run(consortium, config, on_line=_show(args.verbose))
-    return finish_run(run_dir, result, started)
+    # SIGINT/SIGTERM: RUN/.stop on this (the coordinator's) disk; its ServerApp stops after the round in
+    # progress (deployed sites cannot see the file: each finishes the round it is training).
+    result = submit_stoppable(run_dir, lambda: start_run(consortium, config, on_line=_show(args.verbose)))
+    hint = shlex.join(["finfed", "deploy", "run", str(args.folder), "--resume",
+                       *(["--config", str(args.config)] if args.config else []),
+                       *(arg for item in args.overrides for arg in ("--set", item))])
+    return finish_run(run_dir, result, started, resume_hint=hint)

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from finfed.config import ExperimentConfig, load_config
 from finfed.models.backbone import load_tokenizer, quiet_transformers, resolve_backbone
-from finfed.run_outputs import CONFIG, MODEL, MODEL_INFO, require_complete
+from finfed.run_outputs import CONFIG, MODEL, MODEL_INFO, require_model
 
 
 def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], folder: Path) -> None:
@@ -32,7 +32,7 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, PeftModel, Any]:
 
     quiet_transformers()
     run_dir = Path(run_dir)
-    require_complete(run_dir)
+    require_model(run_dir)
     config = load_config(run_dir / CONFIG)
     folder = run_dir / MODEL
     info = json.loads((folder / MODEL_INFO).read_text(encoding="utf-8"))
