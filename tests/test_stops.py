@@ -327,3 +327,17 @@ def test_simulate_of_a_run_every_site_refuses_exits_non_zero_without_a_model(tin
     assert not (run_dir / "model").exists()
     assert main(["export", str(run_dir), str(tmp_path / "out")]) == 2
     assert "has no model" in capsys.readouterr().err
+
+
+def test_a_round_whose_sampled_sites_all_refuse_does_not_end_the_run_while_other_sites_may_train(tiny_config):
+    """Rounds that ask only some sites (`fraction_train`, client-level Poisson sampling) end the run
+    only once every configured site has refused: an unasked site may still have budget."""
+    from finfed.federation import FederatedRun
+
+    run = FederatedRun(tiny_config("federation.num_sites=3"))
+    run.record_training(1, [], [], refusals=[{"site-id": 0, "refused": 1}])
+    assert not run.exhausted
+    run.record_training(2, [], [], refusals=[{"site-id": 1, "refused": 1}, {"site-id": 0, "refused": 1}])
+    assert not run.exhausted
+    run.record_training(3, [], [], refusals=[{"site-id": 2, "refused": 1}])
+    assert run.exhausted and run.exhausted_round == 3
