@@ -28,7 +28,7 @@ from finfed.errors import RunError
 from finfed.run_outputs import RUN_LEDGERS
 from finfed.runtime.engine_home import clean_stale_engine_homes, make_engine_home
 from finfed.runtime.guard import start_guard
-from finfed.runtime.loopback import RAY_LOOPBACK_ENV
+from finfed.runtime.loopback import private_ray_env
 from finfed.runtime.processes import stop_process_tree
 
 CONNECTION = "finfed-local"
@@ -139,8 +139,8 @@ def flower_env(home: Path) -> dict[str, str]:
 
 
 def simulation_env(home: Path) -> dict[str, str]:
-    """A simulation's environment: Flower's, plus Ray kept on 127.0.0.1 (see finfed.runtime.loopback)."""
-    return {**flower_env(home), **RAY_LOOPBACK_ENV}
+    """A simulation's environment: Flower's, plus Ray on 127.0.0.1 with a token (see finfed.runtime.loopback)."""
+    return {**flower_env(home), **private_ray_env()}
 
 
 def simulation_config(config: ExperimentConfig) -> ExperimentConfig:

@@ -215,27 +215,55 @@ def _listening(processes: dict[int, psutil.Process]) -> set[tuple[str, str, int,
     return sockets
 
 
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("0.0.0.0", False), ("::", False), ("192.0.2.2", False), ("::ffff:192.0.2.2", False)])
+def test_the_socket_check_tells_loopback_from_every_interface_and_external_addresses(address, loopback):
+    assert _is_loopback(address) is loopback
+
+
+def _gcs_answer_without_a_token(port: int) -> str:
+    """The status of a gRPC call to gcs_server that carries no token (``OK`` if it answered)."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetAllNodeInfo(
+                gcs_service_pb2.GetAllNodeInfoRequest(), timeout=10)
+        except grpc.RpcError as error:
+            return error.code().name
+    return "OK"
+
+
 @pytest.mark.slow
 def test_every_engine_socket_of_a_simulation_listens_on_loopback_only(tiny_backbone, tmp_path, engine_root):
     run_dir = tmp_path / "run"
     cli = _start_simulate(tiny_backbone, run_dir, 2, engine_root, tmp_path / "cli.log")
     seen: set[tuple[str, str, int, str]] = set()
+    refused: list[str] = []
     try:
         deadline = time.monotonic() + 600
         while cli.poll() is None and time.monotonic() < deadline:
             seen |= _listening(_run_processes(cli, engine_root))
+            gcs_ports = sorted(port for name, _, port, _ in seen if name == "gcs_server")
+            if gcs_ports and not refused and cli.poll() is None:
+                refused.append(_gcs_answer_without_a_token(gcs_ports[0]))
             time.sleep(0.5)
         assert cli.wait(timeout=5) == 0, (tmp_path / "cli.log").read_text()[-3000:]
     finally:
         if cli.poll() is None:
             stop_process_tree(cli, grace=5.0)
+    print("listening:", *sorted(seen), sep="\n  ")
+    print("gcs_server called without the token:", refused)
     names = {name for name, *_ in seen}
     # Not vacuous: Ray's core servers, a Ray worker and the SuperLink were all seen listening.
     assert {"gcs_server", "raylet"} <= names, sorted(seen)
     assert any(name.startswith("ray::") for name in names), sorted(seen)
-    assert any("superlink" in name for name in names), sorted(seen)
+    assert any(name.startswith("flower-superlin") for name in names), sorted(seen)  # names stop at 15 chars
     exposed = sorted(entry for entry in seen if not _is_loopback(entry[1]))
     assert not exposed, f"listening beyond loopback: {exposed}"
+    assert refused == ["UNAUTHENTICATED"], f"gcs_server, called without Ray's token, answered {refused}"
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ from finfed.runtime.engine_home import owner_alive, stop_engine
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.25
+# The owner is gone and nobody waits for the run's results: a short SIGTERM grace, then SIGKILL.
+GRACE_S = 2.0
 
 
 def start_guard(home: Path) -> subprocess.Popen:
@@ -46,7 +48,7 @@ def watch(home: Path, poll: float = POLL_S) -> int:
     """Wait while the owner runs; then stop the run's processes and remove ``home``."""
     while home.is_dir():
         if owner_alive(home) is False:
-            stopped = stop_engine(home)
+            stopped = stop_engine(home, grace=GRACE_S)
             shutil.rmtree(home, ignore_errors=True)
             return 0 if stopped else 1
         time.sleep(poll)

@@ -14,9 +14,16 @@ uses the loopback address as the node IP (``ray._private.services.get_node_ip_ad
 Every server above then listens on 127.0.0.1 (measured with psutil: see
 tests/test_engine.py), which is all a one-machine simulation needs. The processes inherit
 the variable from the SuperLink through SuperExec and ``flwr-simulation``.
+
+Loopback still lets any other account on the machine connect, so Ray's token
+authentication is switched on too (``RAY_AUTH_MODE=token``), with a fresh random token
+per run handed to Ray's processes in their environment (readable only by this account):
+a gRPC call to gcs_server without it is refused (tests/test_engine.py checks that).
 """
 
 from __future__ import annotations
+
+import secrets
 
 RAY_LOOPBACK_ENV = {
     # Node IP = loopback: every Ray server listens on 127.0.0.1 (see the module text).
@@ -30,3 +37,8 @@ RAY_LOOPBACK_ENV = {
 # "minimal" dashboard head Ray still starts serves nothing), ray.init starts no Ray Client
 # server, and with the node IP on loopback the dashboard and runtime-env agents' servers
 # follow it to 127.0.0.1.
+
+
+def private_ray_env() -> dict[str, str]:
+    """The environment of one simulation's Ray: loopback only, and its own authentication token."""
+    return {**RAY_LOOPBACK_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
