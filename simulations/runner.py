@@ -178,12 +178,12 @@ def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per
     of it and removes that folder if this process dies (even by SIGKILL) before the run ends.
     """
     clean_stale_engine_homes()
-    home = make_engine_home()
-    guard = start_guard(home)
-    (home / "ray").mkdir()
-    env = simulation_env(home)
+    home, guard = make_engine_home(), None
     total_cpus = max(cpus_per_site, os.cpu_count() or 1)
     try:
+        guard = start_guard(home)
+        (home / "ray").mkdir()
+        env = simulation_env(home)
         with LocalSuperLink(home, env):
             write_run_config(run_config, home / "run-config.toml")
             command = [_tool("flwr"), "run", str(app_dir()), CONNECTION, "--stream",
@@ -195,7 +195,8 @@ def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per
             status, details = _final_status(run_id, env)
     finally:
         shutil.rmtree(home, ignore_errors=True)
-        stop_process_tree(guard, grace=2.0)  # it exits by itself once the home is gone
+        if guard is not None:
+            stop_process_tree(guard, grace=2.0)  # it exits by itself once the home is gone
     return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
 
 
