@@ -13,7 +13,9 @@ What Ray does offer is an environment variable read when it picks the node IP:
 uses the loopback address as the node IP (``ray._private.services.get_node_ip_address``).
 Every server above then listens on 127.0.0.1 (measured with psutil: see
 tests/test_engine.py), which is all a one-machine simulation needs. The processes inherit
-the variable from the SuperLink through SuperExec and ``flwr-simulation``.
+the variable from the SuperLink through SuperExec and ``flwr-simulation``. This leans on how
+Ray 2.55 picks the node IP, not on a documented promise: the socket test in
+tests/test_engine.py is what tells whether a Ray upgrade keeps it.
 
 Loopback still lets any other account on the machine connect, so Ray's token
 authentication is switched on too (``RAY_AUTH_MODE=token``), with a fresh random token
