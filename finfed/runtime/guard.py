@@ -12,7 +12,6 @@ Run as ``python -m finfed.runtime.guard HOME``; HOME's ``owner.json`` names the 
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import subprocess
@@ -22,7 +21,6 @@ from pathlib import Path
 
 from finfed.runtime.engine_home import owner_alive, stop_engine
 
-logger = logging.getLogger(__name__)
 
 POLL_S = 0.25
 # The owner is gone and nobody waits for the run's results: a short SIGTERM grace, then SIGKILL.
