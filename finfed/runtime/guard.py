@@ -21,7 +21,6 @@ from pathlib import Path
 
 from finfed.runtime.engine_home import owner_alive, stop_engine
 
-
 POLL_S = 0.25
 # The owner is gone and nobody waits for the run's results: a short SIGTERM grace, then SIGKILL.
 GRACE_S = 2.0
