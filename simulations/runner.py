@@ -13,23 +13,23 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-import psutil
-
 from finfed.checkpoint import resume_point
 from finfed.config import ExperimentConfig, from_run_config
 from finfed.errors import RunError
 from finfed.run_outputs import RUN_LEDGERS
+from finfed.runtime.engine_home import clean_stale_engine_homes, make_engine_home
+from finfed.runtime.guard import start_guard
+from finfed.runtime.loopback import private_ray_env
+from finfed.runtime.processes import stop_process_tree
 
 CONNECTION = "finfed-local"
 
@@ -125,44 +125,6 @@ class LocalSuperLink:
             stop_process_tree(self.process)
 
 
-def stop_process_tree(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM then SIGKILL the process and every process group below it.
-
-    Flower's SuperExec, the simulation process and Ray live in their own process
-    group and survive a SuperLink stopped mid-run, so their groups are signalled too.
-    """
-    groups = {process.pid}
-    try:
-        groups |= {os.getpgid(child.pid) for child in psutil.Process(process.pid).children(recursive=True)}
-    except (psutil.Error, ProcessLookupError):
-        pass
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        for group in groups:
-            try:
-                os.killpg(group, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.time() + wait
-        while time.time() < deadline and any(_group_alive(g) for g in groups):
-            time.sleep(0.1)
-        if not any(_group_alive(g) for g in groups):
-            break
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
 def _tool(name: str) -> str:
     """Flower's executables from this interpreter's environment."""
     candidate = Path(sys.executable).parent / name
@@ -174,6 +136,11 @@ def flower_env(home: Path) -> dict[str, str]:
     # SuperExec finds flwr-simulation on PATH: put this environment's bin first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def simulation_env(home: Path) -> dict[str, str]:
+    """A simulation's environment: Flower's, plus Ray on 127.0.0.1 with a token (see finfed.runtime.loopback)."""
+    return {**flower_env(home), **private_ray_env()}
 
 
 def simulation_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -205,12 +172,18 @@ def resume_config(run_dir: Path) -> ExperimentConfig:
 def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per_site: int,
                    log_path: Path, on_line: Callable[[str], None] = lambda line: None,
                    append_log: bool = False) -> FlowerRunResult:
-    """Submit finfed's app to a private local SuperLink and wait for it to finish."""
-    home = Path(tempfile.mkdtemp(prefix="finfed-flwr-"))
-    (home / "ray").mkdir()
-    env = flower_env(home)
+    """Submit finfed's app to a private local SuperLink and wait for it to finish.
+
+    Everything it starts runs with this process's private ``FLWR_HOME``; a guard stops all
+    of it and removes that folder if this process dies (even by SIGKILL) before the run ends.
+    """
+    clean_stale_engine_homes()
+    home, guard = make_engine_home(), None
     total_cpus = max(cpus_per_site, os.cpu_count() or 1)
     try:
+        guard = start_guard(home)
+        (home / "ray").mkdir()
+        env = simulation_env(home)
         with LocalSuperLink(home, env):
             write_run_config(run_config, home / "run-config.toml")
             command = [_tool("flwr"), "run", str(app_dir()), CONNECTION, "--stream",
@@ -222,6 +195,8 @@ def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per
             status, details = _final_status(run_id, env)
     finally:
         shutil.rmtree(home, ignore_errors=True)
+        if guard is not None:
+            stop_process_tree(guard, grace=2.0)  # it exits by itself once the home is gone
     return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
 
 

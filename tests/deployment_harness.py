@@ -24,7 +24,8 @@ from finfed.deploy.consortium import (
     site_template,
 )
 from finfed.deploy.launch import deploy_env, registered_nodes, write_flower_config
-from simulations.runner import free_port, stop_process_tree
+from finfed.runtime.processes import stop_process_tree
+from simulations.runner import free_port
 
 LABELS = "negative,neutral,positive"
 SITE_BUDGET = 10.0

@@ -41,6 +41,7 @@ from finfed.deploy import commands
 from finfed.deploy.consortium import Consortium, check_coordinator_files
 from finfed.deploy.site_config import SiteConfig
 from finfed.errors import ConfigError, RunError
+from finfed.runtime.processes import stop_process_tree
 from simulations.runner import (
     FlowerRunResult,
     _final_status,
@@ -48,7 +49,6 @@ from simulations.runner import (
     _tool,
     app_dir,
     flower_env,
-    stop_process_tree,
     write_run_config,
 )
 

@@ -1,0 +1,304 @@
+"""The local engine's processes: bound to loopback, stopped promptly, gone with the CLI, no stale folders."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from finfed.run_outputs import read_metrics
+from finfed.runtime.engine_home import (
+    OWNER_FILE,
+    PREFIX,
+    clean_stale_engine_homes,
+    make_engine_home,
+    processes_using,
+    stop_engine,
+)
+from finfed.runtime.processes import is_running, process_tree, stop_process_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
+
+def _wait_until(condition, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def _start_engine_like(home: Path) -> subprocess.Popen:
+    """A process with the run's FLWR_HOME in its own session, with a child in another session
+    (as the SuperLink has SuperExec and Ray below it)."""
+    code = ("import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],"
+            " start_new_session=True); time.sleep(600)")
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "FLWR_HOME": str(home)},
+                            start_new_session=True)
+
+
+@pytest.fixture
+def engine_root():
+    """A private temporary root (short: Ray's socket paths must stay under 108 characters)."""
+    root = Path(tempfile.mkdtemp(prefix="fe-", dir="/tmp"))
+    yield root
+    for home in root.glob(f"{PREFIX}*"):
+        stop_engine(home, grace=1.0)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- stopping
+
+def test_stopping_a_tree_ends_when_its_processes_are_gone_not_after_the_grace_period():
+    code = ("import subprocess, sys; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'],"
+            " start_new_session=True); subprocess.Popen(['true']); import time; time.sleep(600)")
+    process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    assert _wait_until(lambda: len(process_tree(process.pid)) >= 2, 20)
+    family = process_tree(process.pid)
+    started = time.monotonic()
+    stop_process_tree(process, grace=10.0)
+    elapsed = time.monotonic() - started
+    assert not any(is_running(member) for member in family)
+    assert process.returncode is not None  # reaped: no zombie of ours left behind
+    assert elapsed < 3.0, f"teardown waited {elapsed:.1f}s on processes already gone"
+
+
+def test_stopping_never_signals_the_callers_own_process_group():
+    child = subprocess.Popen(SLEEPER)  # same process group as this test
+    try:
+        stop_process_tree(child, grace=5.0)
+        assert child.returncode == -signal.SIGTERM  # stopped, and this process is still here to see it
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+# --------------------------------------------------------------------------- guard
+
+def test_guard_stops_the_engine_and_removes_its_home_when_the_owner_is_killed(engine_root):
+    owner_code = textwrap.dedent(f"""
+        import json, os, subprocess, sys, time
+        from pathlib import Path
+        from finfed.runtime.engine_home import make_engine_home
+        from finfed.runtime.guard import start_guard
+        home = make_engine_home(Path({str(engine_root)!r}))
+        guard = start_guard(home)
+        code = ("import subprocess, sys, time; "
+                "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True); "
+                "time.sleep(600)")
+        engine = subprocess.Popen([sys.executable, '-c', code], env={{**os.environ, 'FLWR_HOME': str(home)}},
+                                  start_new_session=True)
+        print(json.dumps({{'home': str(home), 'guard': guard.pid, 'engine': engine.pid}}), flush=True)
+        time.sleep(600)
+    """)
+    owner = subprocess.Popen([sys.executable, "-c", owner_code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    try:
+        started = json.loads(owner.stdout.readline())
+        home = Path(started["home"])
+        assert _wait_until(lambda: len(process_tree(started["engine"])) == 2, 20)
+        engine = process_tree(started["engine"])
+        guard = psutil.Process(started["guard"])
+        assert (home / OWNER_FILE).is_file() and is_running(guard)
+
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=10)
+
+        assert _wait_until(lambda: not any(is_running(p) for p in [*engine, guard]), 20), \
+            [p.pid for p in engine if is_running(p)]
+        assert not home.exists()
+    finally:
+        if owner.poll() is None:
+            stop_process_tree(owner, grace=1.0)
+
+
+# --------------------------------------------------------------------------- stale homes
+
+def test_stale_homes_are_removed_and_live_ones_kept(engine_root):
+    def home(name: str, owner: dict | None, age_s: float = 0.0) -> Path:
+        folder = engine_root / f"{PREFIX}{name}"
+        folder.mkdir()
+        if owner is not None:
+            (folder / OWNER_FILE).write_text(json.dumps(owner))
+        if age_s:
+            os.utime(folder, (time.time() - age_s, time.time() - age_s))
+        return folder
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead_owner = home("dead", {"pid": gone.pid, "create_time": 1.0})
+    orphan = _start_engine_like(dead_owner)  # an engine process its killed guard left running
+    assert _wait_until(lambda: len(process_tree(orphan.pid)) == 2, 20)
+    orphan_family = process_tree(orphan.pid)
+    reused_pid = home("reused", {"pid": os.getpid(), "create_time": 1.0})  # our pid, another process's time
+    live = make_engine_home(engine_root)
+    unowned_old = home("old", None, age_s=3600)
+    unowned_young = home("young", None)
+    unowned_in_use = home("inuse", None, age_s=3600)
+    user = _start_engine_like(unowned_in_use)
+    try:
+        assert _wait_until(lambda: len(process_tree(user.pid)) == 2, 20)
+        removed = clean_stale_engine_homes(engine_root)
+        orphan.wait(timeout=5)
+        assert sorted(removed) == sorted([dead_owner, reused_pid, unowned_old])
+        assert not any(is_running(p) for p in orphan_family)
+        assert live.is_dir() and unowned_young.is_dir() and unowned_in_use.is_dir()
+        assert is_running(psutil.Process(user.pid))
+    finally:
+        for process in (orphan, user):
+            stop_process_tree(process, grace=1.0)
+
+
+# --------------------------------------------------------------------------- whole runs (Flower + Ray)
+
+def _simulate_command(backbone: str, run_dir: Path, rounds: int) -> list[str]:
+    settings = [f"model.backbone={backbone}", f"run_dir={run_dir}", "data.synthetic_size=400",
+                "federation.num_sites=2", f"federation.rounds={rounds}", "train.batch_size=16", "lora.r=4",
+                "privacy.membership_audit=false"]
+    return [sys.executable, "-m", "finfed.cli", "simulate", *[a for s in settings for a in ("--set", s)]]
+
+
+def _start_simulate(backbone: str, run_dir: Path, rounds: int, tmp: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": str(ROOT)}
+    with open(log, "w") as out:
+        return subprocess.Popen(_simulate_command(backbone, run_dir, rounds), env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=str(ROOT))
+
+
+def _run_processes(cli: subprocess.Popen, tmp: Path) -> dict[int, psutil.Process]:
+    """The CLI's descendants, and every process started with its private Flower home."""
+    found = {p.pid: p for p in process_tree(cli.pid)}
+    for home in tmp.glob(f"{PREFIX}*"):
+        found.update({p.pid: p for p in processes_using(home)})
+    return found
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:
+        return "?"
+
+
+def _is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.is_loopback
+
+
+def _listening(processes: dict[int, psutil.Process]) -> set[tuple[str, str, int, str]]:
+    """(process name, address, port, tcp/udp) of every listening TCP socket and bound UDP socket."""
+    sockets = set()
+    for process in processes.values():
+        try:
+            connections = process.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        for conn in connections:
+            udp = conn.type == socket.SOCK_DGRAM
+            if (conn.status == psutil.CONN_LISTEN or (udp and not conn.raddr)) and conn.laddr:
+                sockets.add((_name(process), conn.laddr.ip, conn.laddr.port, "udp" if udp else "tcp"))
+    return sockets
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1", True), ("::1", True), ("::ffff:127.0.0.1", True),
+    ("0.0.0.0", False), ("::", False), ("192.0.2.2", False), ("::ffff:192.0.2.2", False)])
+def test_the_socket_check_tells_loopback_from_every_interface_and_external_addresses(address, loopback):
+    assert _is_loopback(address) is loopback
+
+
+def _gcs_answer_without_a_token(port: int) -> str:
+    """The status of a gRPC call to gcs_server that carries no token (``OK`` if it answered)."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetAllNodeInfo(
+                gcs_service_pb2.GetAllNodeInfoRequest(), timeout=10)
+        except grpc.RpcError as error:
+            return error.code().name
+    return "OK"
+
+
+@pytest.mark.slow
+def test_every_engine_socket_of_a_simulation_listens_on_loopback_only(tiny_backbone, tmp_path, engine_root):
+    run_dir = tmp_path / "run"
+    cli = _start_simulate(tiny_backbone, run_dir, 2, engine_root, tmp_path / "cli.log")
+    seen: set[tuple[str, str, int, str]] = set()
+    refused: list[str] = []
+    try:
+        deadline = time.monotonic() + 600
+        while cli.poll() is None and time.monotonic() < deadline:
+            seen |= _listening(_run_processes(cli, engine_root))
+            gcs_ports = sorted(port for name, _, port, _ in seen if name == "gcs_server")
+            if gcs_ports and not refused and cli.poll() is None:
+                refused.append(_gcs_answer_without_a_token(gcs_ports[0]))
+            time.sleep(0.5)
+        assert cli.wait(timeout=5) == 0, (tmp_path / "cli.log").read_text()[-3000:]
+    finally:
+        if cli.poll() is None:
+            stop_process_tree(cli, grace=5.0)
+    print("listening:", *sorted(seen), sep="\n  ")
+    print("gcs_server called without the token:", refused)
+    names = {name for name, *_ in seen}
+    # Not vacuous: Ray's core servers, a Ray worker and the SuperLink were all seen listening.
+    assert {"gcs_server", "raylet"} <= names, sorted(seen)
+    assert any(name.startswith("ray::") for name in names), sorted(seen)
+    assert any(name.startswith("flower-superlin") for name in names), sorted(seen)  # names stop at 15 chars
+    exposed = sorted(entry for entry in seen if not _is_loopback(entry[1]))
+    assert not exposed, f"listening beyond loopback: {exposed}"
+    assert refused == ["UNAUTHENTICATED"], f"gcs_server, called without Ray's token, answered {refused}"
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_cli_leaves_no_process_and_its_next_start_removes_stale_homes(
+        tiny_backbone, tmp_path, engine_root):
+    # A home left by an earlier run killed together with its guard, one of its processes still running.
+    stale = engine_root / f"{PREFIX}stale"
+    stale.mkdir()
+    (stale / OWNER_FILE).write_text(json.dumps({"pid": 1, "create_time": 0.0}))  # pid 1 did not make it
+    orphan = _start_engine_like(stale)
+    run_dir = tmp_path / "run"
+    cli = _start_simulate(tiny_backbone, run_dir, 4, engine_root, tmp_path / "cli.log")
+    family: dict[int, psutil.Process] = {}
+    try:
+        assert _wait_until(lambda: not stale.exists(), 120), "the next start did not remove the stale home"
+        orphan.wait(timeout=10)
+
+        def training() -> bool:
+            assert cli.poll() is None, (tmp_path / "cli.log").read_text()[-3000:]
+            actors = [p for p in _run_processes(cli, engine_root).values() if "ClientAppActor" in _name(p)]
+            return bool(actors) and (run_dir / "metrics.jsonl").is_file() and bool(read_metrics(run_dir))
+        assert _wait_until(training, 600, interval=0.2)
+        family = _run_processes(cli, engine_root)
+        homes = list(engine_root.glob(f"{PREFIX}*"))
+        assert len(homes) == 1 and len(family) > 5, sorted(map(_name, family.values()))
+
+        killed = time.monotonic()
+        os.kill(cli.pid, signal.SIGKILL)
+        cli.wait(timeout=10)
+        assert _wait_until(lambda: not any(is_running(p) for p in family.values()), 60), \
+            sorted((p.pid, _name(p)) for p in family.values() if is_running(p))
+        assert _wait_until(lambda: not homes[0].exists(), 10)
+        print(f"engine gone {time.monotonic() - killed:.1f}s after SIGKILL; {len(family)} processes")
+    finally:
+        stop_process_tree(orphan, grace=1.0)
+        for process in family.values():
+            if is_running(process):
+                stop_process_tree(process.pid, grace=1.0)
