@@ -97,6 +97,9 @@ class PrivacySettings:
                                            "0 = `target_epsilon`", 0.0)
     membership_audit: bool = _opt(True, "simulation: after the run, attack the final model with site 0's "
                                         "training records (loss-threshold membership inference)")
+    share_train_loss: bool = _opt(True, "simulation: sites send each round's training loss, a non-private statistic "
+                                        "of their sampled records, disclosed beside epsilon; a deployed site sends "
+                                        "it only if its own site.toml sets [privacy] share_train_loss = true")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_round
 from finfed.privacy.ledger import PrivacyLedger, new_entry
+from finfed.site_local import site_folder  # noqa: F401  (re-exported: it lived here)
 from finfed.tasks import Task, get_task
 from finfed.training import train_locally
 
@@ -87,17 +88,6 @@ def site_policy(config: ExperimentConfig, node_config: Mapping[str, Any], site_i
                           f"got epsilon={budget}, delta={delta}")
     return SitePolicy(budget_epsilon=budget, budget_delta=delta, ledger_path=ledger,
                       folder=site_folder(config, node_config, site_id))
-
-
-def site_folder(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> str:
-    """The site's own folder: node config `site-dir` in deployment, ``RUN/sites/site-<id>`` in simulation.
-
-    In simulation every site lives on the coordinator's machine, so its side-files sit in the
-    run directory's ``sites/`` folder, which stands for the bank's own disk: nothing the
-    coordinator writes reads from it.
-    """
-    folder = str(node_config.get(keys.NODE_SITE_DIR, ""))
-    return folder or str(config.resolved_run_dir / "sites" / f"site-{site_id}")
 
 
 @functools.lru_cache(maxsize=2)
