@@ -49,9 +49,10 @@ def check_history_kept(site: SiteContext, config: Mapping[str, Any], stored: Any
     cannot know what it spent before the coordinator restarted, and would under-report epsilon."""
     resumed_at = int(config.get(keys.RESUMED_AT_ROUND, 0))
     if site.config.privacy.enabled and resumed_at > 0 and not site.policy.ledger_path and stored is None:
-        raise PrivacyError(f"site {site.data.site_id}: the run resumed after round {resumed_at}, and this site keeps "
-                           f"no privacy ledger (node config `{keys.NODE_LEDGER_PATH}`), so its spend before the "
-                           "restart is unknown; refusing rather than under-reporting epsilon")
+        message = (f"site {site.data.site_id}: the run resumed after round {resumed_at}, and this site keeps "
+                   f"no privacy ledger (node config `{keys.NODE_LEDGER_PATH}`), so its spend before the "
+                   "restart is unknown; refusing rather than under-reporting epsilon")
+        raise PrivacyError(message, public_reason=message)  # names a setting, nothing of the records
 
 
 @app.train()
