@@ -172,10 +172,20 @@ class FederatedRun:
                 sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
         trained_rounds = sum(1 for r in self.site_train.values() if r)
         return {"dp_enabled": privacy.enabled, "unit": "record",
+                "non_private_statistics": self.disclosed_losses(),
                 "client_level": self.client_level_summary(trained_rounds),
                 "guarantee": ("record-level (epsilon, delta)-DP with respect to each site's own dataset"
                               if privacy.enabled else "none: privacy.enabled is false"),
                 "sites": sites}
+
+    def disclosed_losses(self) -> dict[str, Any]:
+        """Sites that sent their training loss (their opt-in): a statistic of sampled records outside epsilon."""
+        sites = sorted({int(m[keys.SITE_ID]) for replies in self.site_train.values() for m in replies
+                        if keys.TRAIN_LOSS in m})
+        if not sites:
+            return {}
+        return {keys.TRAIN_LOSS: {"sites": sites, "note": "each round's mean training loss over the sampled records, "
+                                  "sent in the clear by sites that opted in; not covered by epsilon"}}
 
     def finish(self, arrays: Mapping[str, np.ndarray]) -> None:
         load_trainable_state(self.model, arrays)

@@ -62,6 +62,15 @@ QA_UNIT = ("For question answering the protected unit is one record: a question,
            "separate records: the passage itself is protected only as far as each of its records is.")
 
 
+def disclosed_text(privacy: dict[str, Any]) -> str:
+    """The non-private statistics sites sent beside their updates (opt-in), named so no one reads them as covered."""
+    losses = privacy.get("non_private_statistics", {}).get(keys.TRAIN_LOSS)
+    if not losses:
+        return ""
+    return (f"\n\n**Disclosed outside ε:** site(s) {losses['sites']} sent each round's training loss "
+            "(`train-loss`, a non-private statistic of their sampled records), by their own opt-in.")
+
+
 def write_report(outputs, config: ExperimentConfig, history: list[dict[str, Any]],
                  privacy: dict[str, Any], baseline: dict[str, float], audit: dict[str, Any] | None = None,
                  baseline_description: str = "a trivial predictor") -> None:
@@ -93,7 +102,7 @@ Guarantee: {privacy["guarantee"]}. Each site's noise multiplier was calibrated o
 so that its target ε covers every round of the run; ε above is cumulative over all rounds, from the
 Opacus accountant's full history. It protects each record of a site's training data from being inferred
 from the adapters that site sent; it does not protect facts shared by many records, nor data outside
-training.{" " + QA_UNIT if config.task == "qa" else ""}
+training.{" " + QA_UNIT if config.task == "qa" else ""}{disclosed_text(privacy)}
 
 {audit_text(audit)}
 """

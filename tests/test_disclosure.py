@@ -30,7 +30,7 @@ from finfed.errors import (BudgetExhausted, ConfigError, DataError, FinfedError,
                            TrainingError)
 from finfed.privacy.disclosure import (EVALUATE_METRICS, TRAIN_METRICS, disallowed_fields, error_reason,
                                        outgoing_train_metrics, reply_policy, shown_reason)
-from finfed.run_outputs import RUN_LEDGERS, read_metrics, read_status
+from finfed.run_outputs import RUN_LEDGERS, read_metrics, read_privacy, read_status
 from finfed.site_local import share_train_loss
 
 CANARY = "ZQXCANARY7731"
@@ -235,6 +235,9 @@ def test_canary_label_at_one_site_stays_at_that_site(tiny_config, tmp_path, capf
                                       for f in failures), failures
     assert_no_canary_at_the_coordinator(run_dir, grid, "".join(capfd.readouterr()))
     assert CANARY in site_log(run_dir, 1) and CANARY not in site_log(run_dir, 0)
+    # simulation's default: sites share their loss, and the run says so as a disclosure outside epsilon
+    assert read_privacy(run_dir)["non_private_statistics"][keys.TRAIN_LOSS]["sites"] == [0]
+    assert "Disclosed outside ε" in (run_dir / "report.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.slow
@@ -273,6 +276,8 @@ def test_canary_in_an_ordinary_training_record_and_train_loss_without_opt_in(tin
     assert read_status(run_dir)["state"] == "complete" and not _failures(run_dir)
     sites = [s for record in read_metrics(run_dir)[1:] for s in record["sites"]]
     assert len(sites) == 4 and all(keys.TRAIN_LOSS not in s and keys.EPSILON in s for s in sites)
+    assert read_privacy(run_dir)["non_private_statistics"] == {}
+    assert "Disclosed outside" not in (run_dir / "report.md").read_text(encoding="utf-8")
     assert_no_canary_at_the_coordinator(run_dir, grid, "".join(capfd.readouterr()))
     assert CANARY in paths[0].read_text() and "step" in site_log(run_dir, 0)  # trained on it, logged locally
 
