@@ -136,6 +136,19 @@ def test_train_loss_is_the_sites_choice_never_the_coordinators():
     assert not share_train_loss(load_config(None, ["privacy.share_train_loss=false"]), {keys.NODE_PARTITION_ID: 0})
 
 
+def test_a_deployed_site_opts_in_to_sending_its_loss_in_its_own_site_toml(tmp_path):
+    from deployment_harness import fill_site, make_consortium, site_data
+
+    from finfed.deploy.site_config import load_site_config
+
+    consortium = make_consortium(tmp_path)
+    path = fill_site(consortium, consortium.sites[0], site_data(tmp_path, 3, rows_per_site=40)[0])
+    assert load_site_config(path).node_config()[keys.NODE_SHARE_TRAIN_LOSS] is False  # the template's default
+    path.write_text(path.read_text().replace("share_train_loss = false", "share_train_loss = true"))
+    node_config = load_site_config(path).node_config()
+    assert node_config[keys.NODE_SHARE_TRAIN_LOSS] is True and share_train_loss(load_config(None, []), node_config)
+
+
 @pytest.fixture
 def request_message(monkeypatch):
     for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):
