@@ -9,9 +9,12 @@ class FinfedError(Exception):
     coordinator (see ``finfed/privacy/disclosure.py``); the full message stays in the site's log.
     """
 
+    public_reason: str | None = None  # a subclass may set one for all its instances
+
     def __init__(self, message: str = "", *, public_reason: str | None = None) -> None:
         super().__init__(message)
-        self.public_reason = public_reason
+        if public_reason is not None:
+            self.public_reason = public_reason
 
     def __reduce__(self):  # keep public_reason across pickling (Ray, multiprocessing)
         return _rebuild, (type(self), str(self), self.public_reason)
