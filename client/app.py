@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 # The audit mod is outermost: it records what actually leaves, i.e. after SecAgg+ masking and after
 # the disclosure guard turned any failure into a record-free error reply (client/guard.py).
 app = ClientApp(mods=[audit_mod, disclosure_mod, secure_aggregation_mod])
-logger = logging.getLogger(__name__)  # the site's own log while a message is handled (client/site_log.py)
+logger = logging.getLogger(__name__)  # the site's own log while a message is handled (client/site_logging.py)
 
 
 def _progress(site_id: int, server_round: int):

@@ -15,7 +15,7 @@ import logging
 from flwr.app import Context, Error, Message
 from flwr.common.constant import ErrorCode
 
-from client.site_log import site_log
+from client.site_logging import routed_to_site_log
 from finfed import constants as keys
 from finfed.config import from_run_config
 from finfed.privacy.disclosure import (CATEGORIES, INTERNAL_ERROR, SECAGG_RECORD, DisclosureError,
@@ -79,7 +79,7 @@ def disclosure_mod(message: Message, context: Context, call_next) -> Message:
     folder, share_loss = _site_settings(context)
     stage = secagg_stage(message)  # read first: SecAgg+'s mod consumes it
     tensor_names = request_tensor_names(message)
-    with site_log(folder):
+    with routed_to_site_log(folder):
         try:
             reply = call_next(message, context)
         except Exception as exc:  # every failure: full text here, a record-free reason on the wire

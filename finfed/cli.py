@@ -34,6 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write report.json/.md/.html (privacy budget and utility)")
     report.add_argument("run_dir", type=Path, nargs="?")
     report.add_argument("--ledger", type=Path, help="show a site's lifetime spend per dataset from its ledger")
+    report.add_argument("--site-dir", type=Path, help="the site folder holding the ledger's chain head "
+                        "(default: found beside the ledger, or RUN/sites/site-<id> for a simulated site)")
+
+    ledger = commands.add_parser("ledger", help="a site's privacy ledger: start a new one explicitly")
+    ledger_new = ledger.add_subparsers(dest="ledger_command", required=True).add_parser(
+        "new", help="start a new ledger for one dataset (its earlier rounds stay recorded, no longer compose)")
+    ledger_new.add_argument("ledger", type=Path, help="the site's ledger file")
+    ledger_new.add_argument("--reason", required=True, help="why, e.g. 'records replaced by a new cohort'")
+    ledger_new.add_argument("--dataset", default="", help="the dataset name (default: the only one recorded)")
+    ledger_new.add_argument("--site-dir", type=Path, help="the site folder holding the chain head")
 
     predict = commands.add_parser("predict", help="use a finished run's global model: label texts "
                                   "(classification) or answer a question about a passage (qa)")
@@ -143,13 +153,23 @@ def report(args: argparse.Namespace) -> int:
     from finfed.privacy_report import ledger_summary, render_ledger, write_reports
 
     if args.ledger:
-        print(render_ledger(ledger_summary(args.ledger)))
+        print(render_ledger(ledger_summary(args.ledger, args.site_dir)))
     if args.run_dir:
         for kind, path in write_reports(args.run_dir).items():
             print(f"{kind:>4}: {path}")
     if not (args.ledger or args.run_dir):
         print("finfed report: give a RUN_DIR, --ledger PATH, or both", file=sys.stderr)
         return 2
+    return 0
+
+
+def ledger(args: argparse.Namespace) -> int:
+    from finfed.privacy.ledger_report import start_new_ledger
+
+    started = start_new_ledger(args.ledger, args.site_dir, args.dataset, args.reason)
+    dataset = started.events[-1]["dataset"]
+    print(f"New ledger started for dataset {dataset!r} in {args.ledger}: its earlier rounds stay recorded "
+          "and are shown by `finfed report --ledger`, but no longer compose")
     return 0
 
 
@@ -166,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     _interrupt_on_sigterm()
     try:
         return {"simulate": simulate, "predict": predict, "report": report,
-                "export": export, "deploy": deploy}[args.command](args)
+                "export": export, "deploy": deploy, "ledger": ledger}[args.command](args)
     except FinfedError as error:
         print(f"finfed: error: {error}", file=sys.stderr)
         return 2

@@ -104,14 +104,28 @@ class PrivacySettings:
 
 @dataclass(frozen=True)
 class ClientDPSettings:
-    """Client-level DP on the coordinator (Flower's DP strategy wrappers), beside record-level DP."""
+    """Client-level DP on the coordinator (finfed.privacy.client_level), beside record-level DP.
+
+    Sites are Poisson-sampled at `federation.fraction_train`; the clipped updates are summed unweighted,
+    noised, and divided by the expected number of sampled sites.
+    """
 
     mode: Literal["off", "fixed", "adaptive"] = _opt(
-        "off", "off, or server-side clipping of each site's update: fixed norm or adaptive (quantile) norm")
-    noise_multiplier: float = _opt(1.0, "noise multiplier on the clipped sum of site updates", 0.0)
+        "off", "off, or clipping of each site's update on the coordinator: fixed norm or adaptive (quantile) norm")
+    noise_multiplier: float = _opt(1.0, "noise multiplier accounted per round (noise std = it x clipping norm on "
+                                        "the sum of clipped site updates; adaptive: covers the count too)", 0.0)
     clipping_norm: float = _opt(1.0, "clipping norm (fixed) or initial clipping norm (adaptive)", 0.0, None, True)
     target_quantile: float = _opt(0.5, "adaptive: share of updates left unclipped", 0.0, 1.0)
+    count_stddev: float = _opt(0.0, "adaptive: noise std on the count of unclipped updates; must exceed "
+                                    "noise_multiplier / 2; 0 = max(expected sites per round / 20, noise_multiplier)",
+                               0.0)
     delta: float = _opt(1e-5, "delta of the client-level guarantee", 0.0, 0.1, True)
+
+    def __post_init__(self) -> None:
+        if self.mode == "adaptive" and self.count_stddev and 2 * self.count_stddev <= self.noise_multiplier:
+            raise ConfigError(f"`client_dp.count_stddev` ({self.count_stddev:g}) must exceed half of "
+                              f"`client_dp.noise_multiplier` ({self.noise_multiplier:g}): the noisy count alone "
+                              "would spend more than the stated noise multiplier allows")
 
 
 @dataclass(frozen=True)
@@ -132,7 +146,8 @@ class TrainSettings:
 class FederationSettings:
     num_sites: int = _opt(3, "institutions in the simulated federation", 1, 1000)
     rounds: int = _opt(4, "federated rounds", 1, 10000)
-    fraction_train: float = _opt(1.0, "share of sites asked to train each round", 0.0, 1.0, True)
+    fraction_train: float = _opt(1.0, "share of sites asked to train each round (with client-level DP: each "
+                                      "site's independent sampling probability)", 0.0, 1.0, True)
     min_sites: int = _opt(0, "fewest site updates a round needs; 0 = every sampled site", 0)
     round_timeout: float = _opt(3600.0, "seconds to wait for sites' replies", 1.0)
     # Secure aggregation (Flower's SecAgg+): the coordinator only ever sees the sum of the sites' updates.
@@ -222,6 +237,10 @@ class ExperimentConfig:
         if self.federation.secure_aggregation and self.client_dp.mode != "off":
             raise ConfigError("`client_dp.mode` must be 'off' with `federation.secure_aggregation`: server-side "
                               "clipping needs each site's own update, which SecAgg+ hides from the coordinator")
+        if self.client_dp.mode != "off" and self.federation.min_sites:
+            raise ConfigError("`federation.min_sites` must be 0 with `client_dp.mode` on: sites are Poisson-sampled, "
+                              "so a round may ask fewer sites (or none), and stopping the run on that would "
+                              "reveal the sample size")
 
     @property
     def max_length(self) -> int:

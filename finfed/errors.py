@@ -36,6 +36,16 @@ class PrivacyError(FinfedError, RuntimeError):
     """A privacy guard tripped: training would be silently non-private or unaccounted."""
 
 
+class LedgerIntegrityError(PrivacyError):
+    """A site's privacy ledger or its chain head is unreadable, edited, truncated or deleted.
+
+    The message names the file and the fault, for the site; ``public_reason`` says the same
+    without the site's paths, for anything that leaves the site.
+    """
+
+    public_reason = "the site's privacy ledger failed its integrity check; the site refuses to train"
+
+
 class BudgetExhausted(PrivacyError):
     """A site refuses a round that would take it past its own privacy budget."""
 

@@ -20,7 +20,7 @@ from finfed.models.adapters import (count_parameters, frozen_adapter_fingerprint
                                     trainable_state)
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.models.persistence import save_model
-from finfed.privacy.client_level import client_level_epsilon
+from finfed.privacy.client_level import ACCOUNTANT, client_level_epsilon, default_count_stddev
 from finfed.report import write_report
 from finfed.run_outputs import MODEL, RunOutputs
 from finfed.site import federation_labels
@@ -46,6 +46,7 @@ class FederatedRun:
         self.resumed_from: list[int] = []  # rounds of the checkpoints this run was resumed from
         self.exhausted = False
         self.exhausted_round: int | None = None
+        self.client_level_rounds: list[int] = []  # rounds whose client-level DP release was applied
         self.history: list[dict[str, Any]] = []
         self.round_started = time.time()
 
@@ -68,19 +69,40 @@ class FederatedRun:
         federation = self.config.federation
         return max(int(federation.num_sites * federation.fraction_train), federation.min_sites, 1)
 
-    def client_level_summary(self, rounds_done: int) -> dict[str, Any] | None:
-        settings = self.config.client_dp
+    def client_level_summary(self) -> dict[str, Any] | None:
+        """What the client-level guarantee covers, with every parameter its epsilon is computed from."""
+        settings, federation = self.config.client_dp, self.config.federation
         if settings.mode == "off":
             return None
-        rate = self.sites_per_round / self.config.federation.num_sites
-        return {"mode": f"server-side {settings.mode} clipping (Flower)", "unit": "site",
-                "noise_multiplier": settings.noise_multiplier, "clipping_norm": settings.clipping_norm,
-                "sites_per_round": self.sites_per_round, "sample_rate": rate, "rounds": rounds_done,
-                "delta": settings.delta, "accountant": "rdp",
+        rate, rounds = federation.fraction_train, len(self.client_level_rounds)
+        expected = rate * federation.num_sites
+        adaptive = settings.mode == "adaptive"
+        return {"mode": f"{settings.mode} clipping", "unit": "site",
+                "mechanism": ("Gaussian on the sum of clipped site updates, divided by the expected number of "
+                              "sampled sites (DP-FedAvg, fixed denominator)"
+                              + ("; the clipping norm adapts from a noisy count of unclipped updates, "
+                                 "covered by the same noise multiplier" if adaptive else "")),
+                "sampling": f"Poisson: each of the {federation.num_sites} configured sites independently with "
+                            f"probability {rate:g} per round; a sampled site that is offline, fails or refuses "
+                            "contributes nothing",
+                "weighting": f"unweighted: each sampled site's clipped update counts once, divided by "
+                             f"{expected:g} (not by example counts)",
+                "noise_multiplier": settings.noise_multiplier,
+                "clipping_norm": settings.clipping_norm,
+                "count_stddev": (settings.count_stddev or default_count_stddev(settings.noise_multiplier, expected))
+                if adaptive else None,
+                "num_sites": federation.num_sites, "sample_rate": rate, "expected_sites_per_round": expected,
+                "rounds": rounds, "delta": settings.delta, "accountant": ACCOUNTANT,
                 "epsilon": client_level_epsilon(noise_multiplier=settings.noise_multiplier, sample_rate=rate,
-                                                rounds=rounds_done, delta=settings.delta),
-                "guarantee": ("client-level (epsilon, delta)-DP: bounds what the global model reveals about "
-                              "whether any one site took part, separate from each site's record-level guarantee")}
+                                                rounds=rounds, delta=settings.delta),
+                "guarantee": ("client-level (epsilon, delta)-DP under adding or removing one site: bounds what "
+                              "the released global models reveal about whether any one site took part; the "
+                              "coordinator, which sees each site's update, is trusted; separate from each "
+                              "site's record-level guarantee")}
+
+    def record_client_level_release(self, server_round: int) -> None:
+        if server_round not in self.client_level_rounds:
+            self.client_level_rounds.append(server_round)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return {name: tensor.numpy() for name, tensor in trainable_state(self.model).items()}
@@ -170,10 +192,9 @@ class FederatedRun:
         for server_round, refused in sorted(self.refusals.items()):
             for site_id in refused:
                 sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
-        trained_rounds = sum(1 for r in self.site_train.values() if r)
         return {"dp_enabled": privacy.enabled, "unit": "record",
                 "non_private_statistics": self.disclosed_losses(),
-                "client_level": self.client_level_summary(trained_rounds),
+                "client_level": self.client_level_summary(),
                 "guarantee": ("record-level (epsilon, delta)-DP with respect to each site's own dataset"
                               if privacy.enabled else "none: privacy.enabled is false"),
                 "sites": sites}
@@ -221,7 +242,7 @@ class FederatedRun:
         return {"started": self.outputs.started, "history": self.history, "resumed_from": self.resumed_from,
                 "site_train": by_round(self.site_train), "site_eval": by_round(self.site_eval),
                 "failures": by_round(self.failures), "refusals": by_round(self.refusals),
-                "exhausted_round": self.exhausted_round}
+                "exhausted_round": self.exhausted_round, "client_level_rounds": self.client_level_rounds}
 
     def resume(self, snapshot: Mapping[str, Any], from_round: int) -> None:
         """Continue from a checkpoint: records restored, metrics.jsonl and privacy.json rewritten to match."""
@@ -232,6 +253,8 @@ class FederatedRun:
         self.exhausted_round = snapshot["exhausted_round"]
         self.exhausted = self.exhausted_round is not None
         self.history = list(snapshot["history"])
+        # A checkpoint from before this record: count every round up to it as released (an upper bound).
+        self.client_level_rounds = [int(r) for r in snapshot.get("client_level_rounds", range(1, from_round + 1))]
         self.resumed_from = [*snapshot["resumed_from"], from_round]
         self.outputs.resume(self.history, float(snapshot["started"]), from_round)
         self.outputs.write_privacy(self.privacy_summary())

@@ -16,6 +16,7 @@ from typing import Any
 
 from finfed.config import load_config
 from finfed.privacy.accounting import SiteAccountant
+from finfed.privacy.ledger_report import ledger_summary, render_ledger  # noqa: F401  (`finfed report --ledger`)
 from finfed.report import QA_UNIT, audit_text, privacy_table, round_table
 from finfed.run_outputs import CONFIG, read_metrics, read_privacy, read_status, require_complete
 
@@ -149,10 +150,17 @@ def utility_summary(report: dict[str, Any]) -> str:
 def client_level_text(summary: dict[str, Any] | None) -> str:
     if not summary:
         return "Off (`client_dp.mode: off`): no guarantee about a site's participation as a whole."
-    return (f"{summary['mode']}: noise multiplier {summary['noise_multiplier']:g}, clipping norm "
-            f"{summary['clipping_norm']:g}, {summary['sites_per_round']} site(s) per round (sampling rate "
-            f"{summary['sample_rate']:g}), {summary['rounds']} round(s): epsilon {summary['epsilon']:.3f} at delta "
-            f"{summary['delta']:g} ({summary['accountant']}). Guarantee: {summary['guarantee']}.")
+    if "mechanism" not in summary:
+        return ("Recorded by an earlier finfed whose client-level DP weighted sites by example counts under noise "
+                f"calibrated for equal weights: its stated epsilon ({summary.get('epsilon', float('nan')):.3f}) "
+                "does not hold for the largest site, and none is claimed here.")
+    count = (f"; the count of unclipped updates has noise std {summary['count_stddev']:g}"
+             if summary.get("count_stddev") else "")
+    return (f"{summary['mode']}: {summary['mechanism']}. Sampling: {summary['sampling']}. Weighting: "
+            f"{summary['weighting']}. Noise multiplier {summary['noise_multiplier']:g} on clipping norm "
+            f"{summary['clipping_norm']:g}{count}; {summary['rounds']} release(s): epsilon "
+            f"{summary['epsilon']:.3f} at delta {summary['delta']:g} ({summary['accountant']}). "
+            f"Guarantee: {summary['guarantee']}.")
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -197,38 +205,6 @@ def markdown_to_html(text: str) -> str:
         elif line.strip():
             out.append(f"<p>{html.escape(line).replace('**', '')}</p>")
     return "\n".join(out)
-
-
-def ledger_summary(path: str | Path) -> dict[str, Any]:
-    """A site's lifetime spend per dataset, across every run its ledger recorded."""
-    from finfed.privacy.ledger import PrivacyLedger
-
-    ledger = PrivacyLedger(path)
-    datasets: dict[str, Any] = {}
-    for entry in ledger.entries:
-        data = datasets.setdefault(entry.dataset_fingerprint, {
-            "runs": [], "rounds": 0, "steps": 0, "accountant": entry.accountant, "delta": entry.delta})
-        if entry.run_id not in data["runs"]:
-            data["runs"].append(entry.run_id)
-        data["rounds"] += 1
-        data["steps"] += entry.steps
-        data["epsilon"] = entry.epsilon_after
-    for fingerprint, data in datasets.items():
-        accountant = ledger.accountant(fingerprint, data["accountant"])
-        data["epsilon_recomputed"] = accountant.epsilon(data["delta"])
-    return {"ledger": str(path), "datasets": datasets}
-
-
-def render_ledger(summary: dict[str, Any]) -> str:
-    lines = [f"Privacy ledger {summary['ledger']}", ""]
-    if not summary["datasets"]:
-        lines.append("(no DP rounds recorded)")
-    for fingerprint, data in summary["datasets"].items():
-        lines.append(f"dataset {fingerprint[:16]}: epsilon {data['epsilon']:.3f} (recomputed "
-                     f"{data['epsilon_recomputed']:.3f}, {data['accountant']}, delta {data['delta']:g}) over "
-                     f"{data['rounds']} round(s), {data['steps']} steps, {len(data['runs'])} run(s): "
-                     + ", ".join(data["runs"]))
-    return "\n".join(lines)
 
 
 def write_reports(run_dir: str | Path) -> dict[str, Path]:

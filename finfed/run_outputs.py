@@ -24,6 +24,7 @@ REPORT = "report.md"
 MODEL_INFO = "finfed_model.json"
 CHECKPOINT = "checkpoint"
 RUN_LEDGERS = "ledgers"  # `finfed simulate` keeps sites' ledgers here when `privacy.ledger_dir` is unset
+RUN_SITES = "sites"  # simulated sites' own folders (finfed/site.py `site_folder`)
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -41,8 +42,9 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
                            "(--set name=...) or pass --overwrite")
         for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT, "report.json", "report.html", "flower.log"):
             (run_dir / name).unlink(missing_ok=True)
-        # The run's own checkpoint and the ledgers `finfed simulate` keeps in it belong to the run replaced.
-        for folder in (MODEL, CHECKPOINT, RUN_LEDGERS):
+        # The run's own checkpoint, and the ledgers and site folders (ledger heads, site logs) that
+        # `finfed simulate` keeps in it, belong to the run replaced.
+        for folder in (MODEL, CHECKPOINT, RUN_LEDGERS, RUN_SITES):
             _remove_tree(run_dir / folder)
     run_dir.mkdir(parents=True, exist_ok=True)
 

@@ -24,6 +24,7 @@ from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_round
 from finfed.privacy.ledger import PrivacyLedger, new_entry
 from finfed.site_local import site_folder  # noqa: F401  (re-exported: it lived here)
+from finfed.site_log import site_log
 from finfed.tasks import Task, get_task
 from finfed.training import train_locally
 
@@ -49,6 +50,7 @@ class SitePolicy:
     budget_delta: float
     ledger_path: str
     folder: str  # site-side files (site log, ledger chain head): never read by the coordinator
+    dataset: str = ""  # the name its ledger composes spend under (see `dataset_name`)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,27 @@ def site_policy(config: ExperimentConfig, node_config: Mapping[str, Any], site_i
         raise ConfigError(f"site {site_id}: budget epsilon must be > 0 and delta in (0, 1), "
                           f"got epsilon={budget}, delta={delta}")
     return SitePolicy(budget_epsilon=budget, budget_delta=delta, ledger_path=ledger,
-                      folder=site_folder(config, node_config, site_id))
+                      folder=site_folder(config, node_config, site_id),
+                      dataset=dataset_name(config, node_config, site_id))
+
+
+def dataset_name(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> str:
+    """What the site's ledger composes spend under: node config `dataset-name` (site.toml `[data] name`),
+    else the data file's name (deployment) or the simulated site's partition.
+
+    A name, not a content hash: one record added must not make a fresh dataset with zero spend.
+    """
+    named = str(node_config.get(keys.NODE_DATASET_NAME, "")).strip()
+    if named:
+        return named
+    data_path = str(node_config.get(keys.NODE_DATA_PATH, ""))
+    if data_path:
+        return Path(data_path).name
+    if config.data.source == "synthetic":
+        source = "synthetic-qa" if config.task == "qa" else "synthetic"
+    else:
+        source = Path(config.data.path).name if config.data.source == "file" else config.data.path
+    return f"{source}/site-{site_id}"
 
 
 @functools.lru_cache(maxsize=2)
@@ -145,9 +167,11 @@ def _model_with(site: SiteContext, arrays: Mapping[str, np.ndarray], expected_fi
 def _site_accountant(site: SiteContext, accountant_state: Mapping[str, Any] | None):
     """Prior spend: the ledger's (all runs on this dataset) if the site keeps one, else this run's."""
     mechanism = site.config.privacy.accountant
-    if site.policy.ledger_path:
-        ledger = PrivacyLedger(site.policy.ledger_path)
-        return ledger, ledger.accountant(site.fingerprint, mechanism)
+    policy = site.policy
+    if policy.ledger_path:
+        ledger = PrivacyLedger(policy.ledger_path, head_dir=policy.folder, log=site_log(policy.folder))
+        ledger.warn_if_changed(policy.dataset, site.fingerprint)
+        return ledger, ledger.accountant(policy.dataset, mechanism)
     return None, SiteAccountant.from_plain(accountant_state, mechanism)
 
 
@@ -200,7 +224,8 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
                                     accountant=config.privacy.accountant,
                                     noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
                                     steps=outcome.steps, max_grad_norm=plan.max_grad_norm, delta=delta,
-                                    epsilon_after=epsilon))
+                                    epsilon_after=epsilon, dataset=site.policy.dataset,
+                                    budget_epsilon=site.policy.budget_epsilon))
         metrics.update({keys.EPSILON: epsilon, keys.NOISE_MULTIPLIER: plan.noise_multiplier,
                         keys.SAMPLE_RATE: plan.sample_rate})
     new_arrays = {name: tensor.numpy() for name, tensor in trainable_state(model).items()}

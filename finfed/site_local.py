@@ -8,9 +8,6 @@ from typing import Any, Mapping
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
 
-SITE_LOG = "site.log"  # the site's own log: full error messages, tracebacks, per-step losses
-
-
 def site_id_of(node_config: Mapping[str, Any]) -> int:
     """The site's number: partition id in simulation, node config ``site-id`` in deployment."""
     return int(node_config.get(keys.NODE_PARTITION_ID, node_config.get(keys.NODE_SITE_ID, 0)))

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from flwr.app import Context, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import (DifferentialPrivacyServerSideAdaptiveClipping,
-                                     DifferentialPrivacyServerSideFixedClipping, FedAvg, Strategy)
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from finfed import constants as keys
 from finfed.checkpoint import resume_point
 from finfed.config import from_run_config, to_run_config
 from finfed.federation import FederatedRun
+from finfed.privacy.client_level import ClientLevelMechanism, default_count_stddev
+from server.client_dp import ClientLevelDP
 from server.rounds import Coordinator, PlainTraining
 from server.sampling import SiteNames, SiteSampler
 from server.secure import SecureTraining
@@ -32,41 +33,43 @@ class RecordingFedAvg(FedAvg):
                          configrecord_key=keys.CONFIG, min_available_nodes=1, **kwargs)
         self.sampler = sampler
 
-    def _ask(self, nodes: list[int], arrays, config, server_round: int, message_type: str):
+    def ask(self, nodes: list[int], arrays, config, server_round: int, message_type: str):
         config["server-round"] = server_round
         return self._construct_messages(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), nodes,
                                         message_type)
 
     def configure_train(self, server_round, arrays, config, grid):
-        return self._ask(self.sampler.train_nodes(grid), arrays, config, server_round, MessageType.TRAIN)
+        return self.ask(self.sampler.train_nodes(grid), arrays, config, server_round, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round, arrays, config, grid):
         # Every site online evaluates; a dead one is not waited for.
-        return self._ask(sorted(grid.get_node_ids()), arrays, config, server_round, MessageType.EVALUATE)
+        return self.ask(sorted(grid.get_node_ids()), arrays, config, server_round, MessageType.EVALUATE)
 
 
-def with_client_dp(strategy: Strategy, run: FederatedRun) -> Strategy:
-    """Wrap FedAvg in Flower's server-side client-level DP, if configured."""
-    settings, sampled = run.config.client_dp, run.sites_per_round
-    if settings.mode == "fixed":
-        return DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise_multiplier=settings.noise_multiplier, clipping_norm=settings.clipping_norm,
-            num_sampled_clients=sampled)
-    if settings.mode == "adaptive":
-        # The noisy count of clipped updates must be noisier than sigma / 2 for the update noise to
-        # compensate (Andrew et al., 2021); sigma itself keeps the combined mechanism at sigma.
-        return DifferentialPrivacyServerSideAdaptiveClipping(
-            strategy, noise_multiplier=settings.noise_multiplier, num_sampled_clients=sampled,
-            initial_clipping_norm=settings.clipping_norm, target_clipped_quantile=settings.target_quantile,
-            clipped_count_stddev=max(sampled / 20, settings.noise_multiplier))
-    return strategy
+def with_client_dp(strategy: RecordingFedAvg, run: FederatedRun) -> Strategy:
+    """Client-level DP (``finfed.privacy.client_level``) around FedAvg's messaging, if configured.
+
+    The update noise and the site sampling come from one generator seeded by ``secrets``.
+    """
+    settings, federation = run.config.client_dp, run.config.federation
+    if settings.mode == "off":
+        return strategy
+    rate = federation.fraction_train
+    expected = rate * federation.num_sites
+    mechanism = ClientLevelMechanism(
+        noise_multiplier=settings.noise_multiplier, clipping_norm=settings.clipping_norm, expected_sites=expected,
+        adaptive=settings.mode == "adaptive", target_quantile=settings.target_quantile,
+        count_stddev=settings.count_stddev or default_count_stddev(settings.noise_multiplier, expected))
+    return ClientLevelDP(strategy, strategy.sampler, mechanism, rate)
 
 
 def build_coordinator(run: FederatedRun, grid: Grid, context: Context, site_names: dict | None = None):
     """The round loop with the training step the configuration asks for."""
     federation = run.config.federation
     secure = federation.secure_aggregation
-    sampler = SiteSampler(federation, minimum=2 if secure else 1)
+    # Client-level DP goes on with any site online: an offline site is one that contributes nothing.
+    sampler = SiteSampler(federation, minimum=2 if secure else 1,
+                          needed=1 if run.config.client_dp.mode != "off" else None)
     names = SiteNames(site_names)
     fedavg = RecordingFedAvg(sampler, fraction_train=federation.fraction_train, fraction_evaluate=1.0,
                              min_train_nodes=sampler.needed, min_evaluate_nodes=1)

@@ -34,6 +34,8 @@ class RoundOutcome:
     updates: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # A client-level DP release: applied (and accounted) even when no sampled site sent an update.
+    private_release: bool = False
 
 
 class TrainingStep(Protocol):
@@ -85,11 +87,12 @@ class PlainTraining:
             self.names.learn(reply.metadata.src_node_id, reply.content[keys.METRICS])
         updates = [m for m in answered if keys.ARRAYS in m.content]
         refusals = [m for m in answered if keys.ARRAYS not in m.content]
-        # Error replies go on to the strategy: Flower's client-level DP wrappers skip a round with errors.
+        # Error replies go on to the strategy: a client-level DP strategy releases its noise regardless.
         aggregated, _ = self.strategy.aggregate_train(server_round, updates + errors)
         return RoundOutcome(arrays=from_array_record(aggregated) if aggregated is not None else None,
                             updates=_metrics(updates), refusals=_metrics(refusals),
-                            failures=failure_lines(messages, replies, self.names, self.timeout))
+                            failures=failure_lines(messages, replies, self.names, self.timeout),
+                            private_release=getattr(self.strategy, "releases_every_round", False))
 
     def state(self) -> dict[str, Any]:
         # Adaptive client-level clipping adapts its norm each round: a resumed run must start from it.
@@ -129,7 +132,9 @@ class Coordinator:
         outcome = RoundOutcome() if self.run.exhausted else self.training.train(server_round, arrays, config)
         self.run.record_training(server_round, outcome.updates, outcome.failures, outcome.refusals,
                                  offline=self.offline(outcome.failures))
-        if outcome.arrays is not None and outcome.updates:
+        if outcome.private_release:
+            self.run.record_client_level_release(server_round)
+        if outcome.arrays is not None and (outcome.updates or outcome.private_release):
             arrays = outcome.arrays
         if not self.run.exhausted:
             self.evaluate(server_round, arrays)

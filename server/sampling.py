@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from finfed import constants as keys
 from finfed.config import FederationSettings
 from finfed.errors import RunError
@@ -24,11 +26,13 @@ class SiteSampler:
     """Chooses each round's sites from the SuperNodes online."""
 
     def __init__(self, federation: FederationSettings, *, minimum: int = 1, poll_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 needed: int | None = None):
         self.federation = federation
         per_round = max(int(federation.num_sites * federation.fraction_train), 1)
-        # The fewest replies a round may go on with: `min_sites`, or every site a round samples.
-        self.needed = max(federation.min_sites or per_round, minimum)
+        # The fewest sites online a round may go on with: `needed` if given, else `min_sites`, or every
+        # site a round samples.
+        self.needed = max(needed or federation.min_sites or per_round, minimum)
         self.poll_s, self.clock, self.sleep = poll_s, clock, sleep
         self.started = False
 
@@ -44,6 +48,21 @@ class SiteSampler:
         nodes = self.online(grid)
         size = min(len(nodes), max(int(len(nodes) * self.federation.fraction_train), self.needed))
         return sorted(random.sample(nodes, size))
+
+    def poisson_nodes(self, grid, rate: float, rng: np.random.Generator) -> list[int]:
+        """Client-level DP's sample: every site independently with probability ``rate``.
+
+        Coins are flipped for the sites online only: a configured site that is offline would
+        contribute nothing if sampled, so the output is distributed as if every configured site had
+        its coin (see finfed.privacy.client_level). More SuperNodes than configured sites would let
+        one site be sampled (and counted) twice, so that is refused.
+        """
+        nodes = self.online(grid)
+        if len(nodes) > self.federation.num_sites:
+            raise RunError(f"{len(nodes)} SuperNodes are online but `federation.num_sites` is "
+                           f"{self.federation.num_sites}: with client-level DP each site must be one node, "
+                           "or a site could be sampled more often than the accountant assumes")
+        return [node for node in nodes if rng.random() < rate]
 
     def _wait(self, grid, wanted: int, timeout: float, *, settle: bool) -> list[int]:
         deadline = self.clock() + timeout

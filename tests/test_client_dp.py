@@ -1,18 +1,19 @@
-"""Client-level DP through Flower's server-side clipping wrappers, with its own accounting."""
+"""Client-level DP on the coordinator (finfed.privacy.client_level), with its own accounting."""
 
 import pytest
 from opacus.accountants import RDPAccountant
 
 from finfed.cli import main
-from finfed.privacy.client_level import client_level_epsilon
+from finfed.privacy.client_level import ORDERS, client_level_epsilon
 from finfed.run_outputs import read_privacy, read_status
 
 
 def test_client_level_epsilon_is_opacus_rdp_over_rounds():
+    # At integer orders only, where Opacus and dp-accounting agree exactly (tests/test_client_level_dp.py).
     accountant = RDPAccountant()
     accountant.history = [(1.2, 0.5, 10)]
     assert client_level_epsilon(noise_multiplier=1.2, sample_rate=0.5, rounds=10, delta=1e-5) == pytest.approx(
-        accountant.get_epsilon(delta=1e-5))
+        accountant.get_epsilon(delta=1e-5, alphas=list(ORDERS)))
     assert client_level_epsilon(noise_multiplier=1.2, sample_rate=1.0, rounds=10, delta=1e-5) > \
         client_level_epsilon(noise_multiplier=1.2, sample_rate=0.5, rounds=10, delta=1e-5)
 
@@ -25,7 +26,8 @@ def test_simulation_with_client_level_dp_reports_both_guarantees(tiny_simulate, 
     assert code == 0 and read_status(run_dir)["state"] == "complete"
     privacy = read_privacy(run_dir)
     client = privacy["client_level"]
-    assert client["rounds"] == 2 and client["sites_per_round"] == 2 and client["unit"] == "site"
+    assert client["rounds"] == 2 and client["num_sites"] == 2 and client["unit"] == "site"
+    assert client["sample_rate"] == 1.0 and client["expected_sites_per_round"] == 2.0
     assert client["epsilon"] == pytest.approx(
         client_level_epsilon(noise_multiplier=0.8, sample_rate=1.0, rounds=2, delta=1e-5))
     assert all(site["epsilon"] <= 8.0 for site in privacy["sites"].values())  # record-level, separate

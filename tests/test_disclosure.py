@@ -69,6 +69,14 @@ def test_each_finfed_error_kind_gets_its_category_and_a_record_free_reason():
         assert reason.startswith(f"{category}: ") and CANARY not in reason, reason
 
 
+def test_a_reason_declared_by_an_error_class_is_kept():
+    from finfed.errors import LedgerIntegrityError
+
+    error = LedgerIntegrityError(f"privacy ledger /banks/{CANARY}/ledger.json is unreadable")
+    assert error_reason(error) == f"privacy refusal: {LedgerIntegrityError.public_reason}"
+    assert CANARY not in error_reason(error)
+
+
 def test_a_missing_data_file_reason_holds_no_path(tmp_path):
     missing = _raised(read_table, tmp_path / f"bank-{CANARY}" / "data.csv")
     assert CANARY in str(missing) and error_reason(missing) == "data error: the data file does not exist"

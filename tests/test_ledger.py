@@ -33,10 +33,12 @@ def test_ledger_composes_spend_across_runs(tiny_config, tmp_path):
     # A different dataset at the same site starts from zero spend.
     assert ledger.accountant("another-dataset", "rdp").epsilon(1e-5) == 0.0
 
-    summary = ledger_summary(tmp_path / "ledgers" / "site-0.json")["datasets"][site.fingerprint]
+    assert all(e.dataset == "synthetic/site-0" for e in ledger.entries)  # keyed by the site's dataset name
+
+    summary = ledger_summary(tmp_path / "ledgers" / "site-0.json")["datasets"]["synthetic/site-0"]
     assert summary["runs"] == ["run-a", "run-b"] and summary["rounds"] == 3
     assert summary["epsilon"] == pytest.approx(second.metrics["epsilon"])
-    assert summary["epsilon_recomputed"] == pytest.approx(summary["epsilon"], rel=1e-6)
+    assert summary["epsilon_stored"] == pytest.approx(summary["epsilon"], rel=1e-6)
     assert main(["report", "--ledger", str(tmp_path / "ledgers" / "site-0.json")]) == 0
 
 

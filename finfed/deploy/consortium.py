@@ -227,6 +227,7 @@ private_key = "{site.name}.key"   # EC P-384, OpenSSH format; the coordinator re
 path = {toml_value(data_path)}   # REQUIRED: CSV, JSONL or Parquet file with this bank's records
 text_column = {toml_value(text_column)}
 label_column = {toml_value(label_column)}
+# name = "loans"   # the dataset's name in the privacy ledger (default: the file's name); spend composes per name
 
 [privacy]
 {budget}

@@ -27,7 +27,7 @@ KNOWN_KEYS = {
     "site": {"name", "id"},
     "coordinator": {"address", "root_certificates"},
     "auth": {"private_key"},
-    "data": {"path", "text_column", "label_column"},
+    "data": {"path", "name", "text_column", "label_column"},
     "privacy": {"budget_epsilon", "budget_delta", "ledger_path", "audit_log", "require_secure_aggregation",
                 "share_train_loss"},
     "supernode": {"runtime_port"},
@@ -45,6 +45,7 @@ class SiteConfig:
     root_certificates: Path
     private_key: Path
     data_path: Path
+    dataset_name: str  # what the site's ledger composes spend under; "" = the data file's name
     text_column: str
     label_column: str
     budget_epsilon: float
@@ -74,6 +75,8 @@ class SiteConfig:
             keys.NODE_BUDGET_EPSILON: self.budget_epsilon, keys.NODE_BUDGET_DELTA: self.budget_delta,
             keys.NODE_LEDGER_PATH: str(self.ledger_path), keys.NODE_SITE_DIR: str(self.folder),
             keys.NODE_SHARE_TRAIN_LOSS: self.share_train_loss}
+        if self.dataset_name:
+            values[keys.NODE_DATASET_NAME] = self.dataset_name
         if self.text_column:
             values[keys.NODE_TEXT_COLUMN] = self.text_column
         if self.label_column:
@@ -142,6 +145,7 @@ def load_site_config(path: Path) -> SiteConfig:
         "root_certificates": get.path("coordinator.root_certificates"),
         "private_key": get.path("auth.private_key"),
         "data_path": get.path("data.path", hint="the path of this bank's data file (CSV, JSONL or Parquet)"),
+        "dataset_name": get.text("data.name", default=""),
         "text_column": get.text("data.text_column", default=""),
         "label_column": get.text("data.label_column", default=""),
         "budget_epsilon": get.number("privacy.budget_epsilon", exclusive_min=0.0,
@@ -239,7 +243,7 @@ def _check_files(values: dict[str, Any], problems: _Problems) -> None:
               ("auth.private_key", "private_key", _check_key),
               ("data.path", "data_path", lambda path: _check_data(path, values["text_column"],
                                                                  values["label_column"])),
-              ("privacy.ledger_path", "ledger_path", _check_ledger),
+              ("privacy.ledger_path", "ledger_path", lambda path: _check_ledger(path, values["file"].parent)),
               ("privacy.audit_log", "audit_log", _check_writable_parent))
     for dotted, field, check in checks:
         if values.get(field) is None:
@@ -265,9 +269,9 @@ def _check_data(path: Path, text_column: str, label_column: str) -> None:
                           "set [data] text_column / label_column")
 
 
-def _check_ledger(path: Path) -> None:
+def _check_ledger(path: Path, site_dir: Path) -> None:
     _check_writable_parent(path)
-    PrivacyLedger(path)  # an unreadable ledger stops the site now, not in round 1
+    PrivacyLedger(path, head_dir=site_dir)  # an unreadable or tampered ledger stops the site now, not in round 1
 
 
 def _check_writable_parent(path: Path) -> None:

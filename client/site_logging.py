@@ -1,5 +1,5 @@
-"""The site's own log (``<site folder>/site.log``): where full error messages, tracebacks and per-step
-losses go, instead of stdout/stderr.
+"""While a site handles a message, finfed's logging goes to the site's own log (``<site folder>/site.log``,
+see ``finfed/site_log.py``): full error messages, tracebacks and per-step losses, instead of stdout/stderr.
 
 In simulation Flower forwards a ClientApp's stdout and stderr into the coordinator's ``flower.log``;
 in deployment they reach the SuperNode's log. Neither may hold a record, so while a message is
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from finfed.site_local import SITE_LOG
+from finfed.site_log import SITE_LOG
 
 LOGGER_NAMES = ("finfed", "client")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -30,7 +30,7 @@ def open_site_log(folder: str | Path) -> Path:
 
 
 @contextmanager
-def site_log(folder: str | Path | None) -> Iterator[None]:
+def routed_to_site_log(folder: str | Path | None) -> Iterator[None]:
     """Route finfed's logging to the site's log for the duration of one message (nowhere if ``folder`` is
     None: a site whose folder cannot be resolved still must not print its errors)."""
     handler: logging.Handler = logging.NullHandler()
