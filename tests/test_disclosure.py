@@ -28,7 +28,7 @@ from finfed.data.synthetic_filings import generate_filings_qa
 from finfed.data.synthetic_news import generate_news
 from finfed.errors import (BudgetExhausted, ConfigError, DataError, FinfedError, PrivacyError, RunError,
                            TrainingError)
-from finfed.privacy.disclosure import (EVALUATE_METRICS, TRAIN_METRICS, disallowed_fields, error_reason,
+from finfed.privacy.disclosure import (EVALUATE_METRICS, TRAIN_METRICS, allow_list, disallowed_fields, error_reason,
                                        outgoing_train_metrics, reply_policy, shown_reason)
 from finfed.run_outputs import RUN_LEDGERS, read_metrics, read_privacy, read_status
 from finfed.site_local import share_train_loss
@@ -134,6 +134,14 @@ def test_the_allow_list_rejects_an_unknown_metric_key_and_train_loss_without_opt
     assert disallowed_fields({"secaggplus_configs": {"pk1": b"", "pk2": b""}},
                              reply_policy("train", "setup", False)) == []
     assert outgoing_train_metrics({keys.TRAIN_LOSS: 0.2, keys.STEPS: 3}, False) == {keys.STEPS: 3}
+
+
+def test_the_whole_allow_list_names_train_loss_only_with_the_opt_in():
+    def with_loss(listing):
+        return sorted(f"{kind}/{record}" for kind, records in listing.items()
+                      for record, allowed in records.items() if keys.TRAIN_LOSS in allowed)
+    assert with_loss(allow_list(False)) == []
+    assert with_loss(allow_list(True)) == ["train/metrics", "train/secagg+:collect_masked_vectors/fitres.metrics"]
 
 
 def test_train_loss_is_the_sites_choice_never_the_coordinators():

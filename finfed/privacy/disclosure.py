@@ -108,7 +108,7 @@ def reply_policy(message_type: str, secagg_stage: str | None, share_train_loss: 
 
 
 def allow_list(share_train_loss: bool) -> dict[str, dict[str, list[str]]]:
-    """The whole allow-list as plain JSON (for the audit log, privacy.json and docs)."""
+    """The whole allow-list as plain JSON, one entry per reply kind (the names audit lines cite in ``allowed_by``)."""
     policies = [reply_policy("train", None, share_train_loss), reply_policy("evaluate", None, share_train_loss),
                 *(reply_policy("train", stage, share_train_loss) for stage in SECAGG_STAGE_KEYS)]
     return {p.name: {record: sorted(allowed) for record, allowed in p.records.items()} for p in policies}
