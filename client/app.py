@@ -1,6 +1,7 @@
 """Flower ClientApp: one institution trains the global adapter on its own data.
 
-Replies carry only the trained tensors and numbers (example count, loss, epsilon); under
+Replies carry only the trained tensors and the numbers ``finfed/privacy/disclosure.py`` allows (example
+count, epsilon; the training loss only if the site opted in); under
 SecAgg+ (``federation.secure_aggregation``) the tensors leave only masked (``client/secure.py``).
 The site's accountant history lives in ``context.state`` (and in its ledger, if it keeps
 one) so epsilon is cumulative.
@@ -8,6 +9,7 @@ one) so epsilon is cumulative.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -15,25 +17,30 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.audit import audit_mod
+from client.guard import disclosure_mod
 from client.secure import check_secure_range, check_secure_weight, secure_aggregation_mod
 from client.wire import read_train_request, refusal_reply, train_reply
 from finfed import constants as keys
 from finfed.config import from_run_config
 from finfed.errors import BudgetExhausted, PrivacyError
+from finfed.privacy.disclosure import outgoing_train_metrics
 from finfed.records import from_array_record
+from finfed.site_local import share_train_loss
 
 if TYPE_CHECKING:
     from finfed.site import SiteContext
 
-# The audit mod is outermost: it records what actually leaves, i.e. after SecAgg+ masking.
-app = ClientApp(mods=[audit_mod, secure_aggregation_mod])
+# The audit mod is outermost: it records what actually leaves, i.e. after SecAgg+ masking and after
+# the disclosure guard turned any failure into a record-free error reply (client/guard.py).
+app = ClientApp(mods=[audit_mod, disclosure_mod, secure_aggregation_mod])
+logger = logging.getLogger(__name__)  # the site's own log while a message is handled (client/site_logging.py)
 
 
 def _progress(site_id: int, server_round: int):
+    """Per-step losses describe the sampled records: they go to the site's log, never to stdout."""
     def report(step: int, total: int, loss: float) -> None:
         if step == total or step % max(1, total // 4) == 0:
-            print(f"[finfed] round {server_round} site {site_id}: step {step}/{total} loss {loss:.4f}",
-                  flush=True)
+            logger.info("round %d site %d: step %d/%d loss %.4f", server_round, site_id, step, total, loss)
     return report
 
 
@@ -42,9 +49,10 @@ def check_history_kept(site: SiteContext, config: Mapping[str, Any], stored: Any
     cannot know what it spent before the coordinator restarted, and would under-report epsilon."""
     resumed_at = int(config.get(keys.RESUMED_AT_ROUND, 0))
     if site.config.privacy.enabled and resumed_at > 0 and not site.policy.ledger_path and stored is None:
-        raise PrivacyError(f"site {site.data.site_id}: the run resumed after round {resumed_at}, and this site keeps "
-                           f"no privacy ledger (node config `{keys.NODE_LEDGER_PATH}`), so its spend before the "
-                           "restart is unknown; refusing rather than under-reporting epsilon")
+        message = (f"site {site.data.site_id}: the run resumed after round {resumed_at}, and this site keeps "
+                   f"no privacy ledger (node config `{keys.NODE_LEDGER_PATH}`), so its spend before the "
+                   "restart is unknown; refusing rather than under-reporting epsilon")
+        raise PrivacyError(message, public_reason=message)  # names a setting, nothing of the records
 
 
 @app.train()
@@ -68,14 +76,14 @@ def train(message: Message, context: Context) -> Message:
                              run_id=str(context.run_id), progress=_progress(site.data.site_id, server_round))
     except BudgetExhausted as refusal:
         # The site declines: no update leaves, only the fact of the refusal.
-        print(f"[finfed] round {server_round} site {site.data.site_id} refused: {refusal}", flush=True)
+        logger.info("round %d site %d refused: %s", server_round, site.data.site_id, refusal)
         return refusal_reply(message, request, {keys.SITE_ID: site.data.site_id, keys.REFUSED: 1})
     if update.accountant_state is not None:
         context.state[keys.ACCOUNTANT_STATE] = ConfigRecord(update.accountant_state)
     if request.secure:
         check_secure_range(update.arrays, federation, site.data.site_id)
-    return train_reply(message, request, update.arrays, update.metrics,
-                       weight=int(update.metrics[keys.NUM_EXAMPLES]))
+    metrics = outgoing_train_metrics(update.metrics, share_train_loss(site.config, context.node_config))
+    return train_reply(message, request, update.arrays, metrics, weight=int(update.metrics[keys.NUM_EXAMPLES]))
 
 
 @app.evaluate()

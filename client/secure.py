@@ -32,18 +32,19 @@ def secure_aggregation_mod(message: Message, context: Context, call_next) -> Mes
     if RECORD_KEY_CONFIGS in message.content.config_records:
         return secaggplus_mod(message, context, call_next)
     if _truthy(context.node_config.get(keys.NODE_REQUIRE_SECAGG, False)):
-        raise PrivacyError(f"this site's node config sets `{keys.NODE_REQUIRE_SECAGG}`, but the coordinator asked "
-                           "for a plain update; it sends updates only under SecAgg+ "
-                           "(`federation.secure_aggregation = true`)")
+        message = (f"this site's node config sets `{keys.NODE_REQUIRE_SECAGG}`, but the coordinator asked "
+                   "for a plain update; it sends updates only under SecAgg+ (`federation.secure_aggregation = true`)")
+        raise PrivacyError(message, public_reason=message)
     return call_next(message, context)
 
 
 def check_secure_weight(num_examples: int, federation: FederationSettings, site_id: int) -> None:
     """Before training: an example count above SecAgg+'s maximum weight would overflow its quantization."""
     if num_examples > federation.secagg_max_weight:
-        raise TrainingError(f"site {site_id}: {num_examples} training records exceed "
-                            f"`federation.secagg_max_weight` ({federation.secagg_max_weight:g}); SecAgg+ would "
-                            "corrupt this site's weighted update. Raise the setting for the whole federation")
+        message = (f"site {site_id}: {num_examples} training records exceed "
+                   f"`federation.secagg_max_weight` ({federation.secagg_max_weight:g}); SecAgg+ would "
+                   "corrupt this site's weighted update. Raise the setting for the whole federation")
+        raise TrainingError(message, public_reason=message)  # the count is sent anyway (num-examples)
 
 
 def check_secure_range(arrays: Mapping[str, np.ndarray], federation: FederationSettings, site_id: int) -> None:
@@ -53,4 +54,6 @@ def check_secure_range(arrays: Mapping[str, np.ndarray], federation: FederationS
         largest = float(np.max(np.abs(value))) if value.size else 0.0
         if largest > limit:
             raise TrainingError(f"site {site_id}: tensor {name} holds a value of magnitude {largest:.4g}, outside "
-                                f"`federation.secagg_clipping_range` ({limit:g}); SecAgg+ would clip it")
+                                f"`federation.secagg_clipping_range` ({limit:g}); SecAgg+ would clip it",
+                                public_reason=f"an updated tensor holds a value outside "
+                                              f"`federation.secagg_clipping_range` ({limit:g})")

@@ -104,6 +104,9 @@ class PrivacySettings:
     reproducible: bool = _opt(False, "tests and benchmarks only: DP sampling and noise derived from `seed`, so a "
                                       "run repeats bit for bit; NOT private against the coordinator (it knows "
                                       "the seed), labelled in every report and export, refused by `finfed deploy`")
+    share_train_loss: bool = _opt(True, "simulation: sites send each round's training loss, a non-private statistic "
+                                        "of their sampled records, disclosed beside epsilon; a deployed site sends "
+                                        "it only if its own site.toml sets [privacy] share_train_loss = true")
 
 
 @dataclass(frozen=True)

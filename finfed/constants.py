@@ -38,6 +38,7 @@ NODE_BUDGET_EPSILON = "budget-epsilon"
 NODE_BUDGET_DELTA = "budget-delta"
 NODE_AUDIT_LOG = "audit-log"
 NODE_REQUIRE_SECAGG = "require-secure-aggregation"  # the site sends updates only masked
+NODE_SHARE_TRAIN_LOSS = "share-train-loss"  # the site opts in to sending its (non-private) training loss
 NODE_SITE_ID = "site-id"  # deployment: the site's number in the run's records (finfed deploy)
 NODE_DATASET_NAME = "dataset-name"  # the name a site's ledger composes spend under (site.toml [data] name)
 NODE_SITE_DIR = "site-dir"  # the site's own folder: its log, its ledger's chain head (never the coordinator's)

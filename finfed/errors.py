@@ -2,7 +2,26 @@
 
 
 class FinfedError(Exception):
-    """Base class of every error finfed raises on purpose."""
+    """Base class of every error finfed raises on purpose.
+
+    ``public_reason``: where the full message may hold a site's records (a label, a text, an
+    answer, a file path), a record-free summary of the same problem that a site may send to the
+    coordinator (see ``finfed/privacy/disclosure.py``); the full message stays in the site's log.
+    """
+
+    public_reason: str | None = None  # a subclass may set one for all its instances
+
+    def __init__(self, message: str = "", *, public_reason: str | None = None) -> None:
+        super().__init__(message)
+        if public_reason is not None:
+            self.public_reason = public_reason
+
+    def __reduce__(self):  # keep public_reason across pickling (Ray, multiprocessing)
+        return _rebuild, (type(self), str(self), self.public_reason)
+
+
+def _rebuild(kind: type, message: str, public_reason: str | None) -> FinfedError:
+    return kind(message, public_reason=public_reason)
 
 
 class ConfigError(FinfedError, ValueError):
@@ -41,3 +60,6 @@ class RunError(FinfedError, RuntimeError):
 
 class RunInterrupted(FinfedError, RuntimeError):
     """The run was asked to stop (``RUN/.stop``, a signal): the work in progress is abandoned, nothing sent."""
+
+    category = "interrupted"  # what the coordinator is told (finfed.privacy.disclosure)
+    public_reason = "the run was asked to stop; the round was abandoned and nothing was spent or sent"

@@ -208,6 +208,7 @@ class FederatedRun:
         summary = {"dp_enabled": privacy.enabled, "unit": "record",
                    "run_delta": privacy.target_delta if privacy.enabled else None,
                    **randomness_record(privacy.enabled, privacy.reproducible),
+                   "non_private_statistics": self.disclosed_losses(),
                    "client_level": self.client_level_summary(), "sites": sites}
         loss_sites = {int(m[keys.SITE_ID]) for replies in self.site_train.values() for m in replies
                       if keys.TRAIN_LOSS in m}
@@ -219,6 +220,15 @@ class FederatedRun:
     def trained_rounds(self) -> list[int]:
         """Rounds in which at least one site's update reached the model."""
         return sorted(r for r, updates in self.site_train.items() if updates)
+
+    def disclosed_losses(self) -> dict[str, Any]:
+        """Sites that sent their training loss (their opt-in): a statistic of sampled records outside epsilon."""
+        sites = sorted({int(m[keys.SITE_ID]) for replies in self.site_train.values() for m in replies
+                        if keys.TRAIN_LOSS in m})
+        if not sites:
+            return {}
+        return {keys.TRAIN_LOSS: {"sites": sites, "note": "each round's mean training loss over the sampled records, "
+                                  "sent in the clear by sites that opted in; not covered by epsilon"}}
 
     def finish(self, arrays: Mapping[str, np.ndarray]) -> None:
         """The rounds are over: ``complete``, or ``budget-exhausted`` if the sites' budgets ended the run.

@@ -69,6 +69,15 @@ QA_UNIT = ("For question answering the protected unit is one record: a question,
            "separate records: the passage itself is protected only as far as each of its records is.")
 
 
+def disclosed_text(privacy: dict[str, Any]) -> str:
+    """The non-private statistics sites sent beside their updates (opt-in), named so no one reads them as covered."""
+    losses = privacy.get("non_private_statistics", {}).get(keys.TRAIN_LOSS)
+    if not losses:
+        return ""
+    return (f"\n\n**Disclosed outside ε:** site(s) {losses['sites']} sent each round's training loss "
+            "(`train-loss`, a non-private statistic of their sampled records), by their own opt-in.")
+
+
 def write_report(outputs, config: ExperimentConfig, history: list[dict[str, Any]],
                  privacy: dict[str, Any], baseline: dict[str, float], audit: dict[str, Any] | None = None,
                  baseline_description: str = "a trivial predictor") -> None:
@@ -100,7 +109,7 @@ Trivial baseline ({baseline_description}): {", ".join(f"{k} {v:.4f}" for k, v in
 Guarantee: {privacy["guarantee"]}{" " + QA_UNIT if config.task == "qa" else ""}
 
 Each site's noise multiplier was calibrated once, before round 1, so that its target ε covers every
-round of the run; ε above is cumulative over all rounds, from the Opacus accountant's full history.
+round of the run; ε above is cumulative over all rounds, from the Opacus accountant's full history.{disclosed_text(privacy)}
 
 {audit_text(audit)}
 """

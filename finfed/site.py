@@ -25,6 +25,7 @@ from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_round
 from finfed.privacy.ledger import PrivacyLedger, new_entry
 from finfed.privacy.randomness import warn_if_reproducible
+from finfed.site_local import site_folder  # noqa: F401  (re-exported: it lived here)
 from finfed.site_log import site_log
 from finfed.stop import stop_path
 from finfed.tasks import Task, get_task
@@ -114,17 +115,6 @@ def dataset_name(config: ExperimentConfig, node_config: Mapping[str, Any], site_
     else:
         source = Path(config.data.path).name if config.data.source == "file" else config.data.path
     return f"{source}/site-{site_id}"
-
-
-def site_folder(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> str:
-    """The site's own folder: node config `site-dir` in deployment, ``RUN/sites/site-<id>`` in simulation.
-
-    In simulation every site lives on the coordinator's machine, so its side-files sit in the
-    run directory's ``sites/`` folder, which stands for the bank's own disk: nothing the
-    coordinator writes reads from it.
-    """
-    folder = str(node_config.get(keys.NODE_SITE_DIR, ""))
-    return folder or str(config.resolved_run_dir / "sites" / f"site-{site_id}")
 
 
 @functools.lru_cache(maxsize=2)

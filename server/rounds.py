@@ -27,6 +27,7 @@ from finfed.config import to_run_config
 from finfed.errors import RunInterrupted
 from finfed.federation import FederatedRun
 from finfed.stop import stop_requested
+from finfed.privacy.disclosure import shown_reason
 from finfed.records import from_array_record, to_array_record
 from server.sampling import SiteNames
 
@@ -66,7 +67,9 @@ def failure_lines(sent: Iterable[Message], replies: Iterable[Message], names: Si
         node = destination.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         answered.add(node)
         if reply.has_error():
-            lines.append(f"{names.label(node)}: error {reply.error.code}: {reply.error.reason}")
+            # Only a record-free reason is kept (finfed/privacy/disclosure.py), whatever the site sent.
+            lines.append(f"{names.label(node)}: error {reply.error.code}: "
+                         f"{shown_reason(reply.error.code, reply.error.reason)}")
     lines += [f"{names.label(node)}: no reply within {timeout:g}s" for node in destination.values()
               if node not in answered]
     return lines

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, Error
 from flwr.common import FitIns, Parameters, parameters_to_ndarrays
 from flwr.server import ServerConfig
 from flwr.server.compat.grid_client_proxy import GridClientProxy
@@ -33,6 +33,7 @@ from flwr.server.workflow.constant import Key as WorkflowKey
 from finfed import constants as keys
 from finfed.config import FederationSettings
 from finfed.errors import RunError
+from finfed.privacy.disclosure import shown_reason
 from finfed.records import to_array_record
 from server.rounds import Arrays, RoundOutcome
 from server.sampling import SiteNames, SiteSampler
@@ -129,7 +130,7 @@ class SecureTraining:
         for node, metrics in replied.items():
             self.names.learn(node, metrics)
         updates = [m for m in replied.values() if not m.get(keys.REFUSED)]
-        reasons = "; ".join(str(f) for f in face.failures) or "no reply within the round timeout"
+        reasons = "; ".join(_failure_reason(f) for f in face.failures) or "no reply within the round timeout"
         outcome = RoundOutcome(updates=updates, refusals=[m for m in replied.values() if m.get(keys.REFUSED)],
                                failures=[f"{self.names.label(n)}: dropped out of SecAgg+ ({reasons})"
                                          for n in nodes if n not in replied])
@@ -142,6 +143,14 @@ class SecureTraining:
 
     def restore(self, state: dict[str, Any]) -> None:
         pass
+
+
+def _failure_reason(failure: BaseException) -> str:
+    """Flower's SecAgg+ workflow wraps a site's error reply as ``Exception(Error)``: keep its record-free reason."""
+    error = failure.args[0] if failure.args else None
+    if isinstance(error, Error):
+        return f"error {error.code}: {shown_reason(error.code, error.reason)}"
+    return f"{type(failure).__name__} in the SecAgg+ workflow"
 
 
 def _named(values: list[np.ndarray], names: list[str]) -> Arrays:

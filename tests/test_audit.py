@@ -50,6 +50,14 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
             assert train[1]["records"]["secaggplus_configs"]["values"]["ctxts"]["type"] == "bytes[]"
         evaluate = [e for e in entries if e["message_type"] == "evaluate"]
         assert len(evaluate) == 1 and evaluate[0]["sent_tensors"] == [] and evaluate[0]["epsilon"] is None
+        # metrics left: their keys and 8-byte numbers are counted (client/audit.py)
+        values = evaluate[0]["records"]["metrics"]["values"]
+        assert evaluate[0]["bytes_total"] == sum(len(k) + 8 for k in values) > 0
+        assert all(e["run_id"] == 42 for e in entries)
+        opted_in = " (with train-loss: the site opted in)"  # simulation's default, privacy.share_train_loss
+        assert [e["allowed_by"] for e in train] == (
+            [f"train/secagg+:{s}" + (opted_in if s == "collect_masked_vectors" else "") for s in SECAGG_STAGES]
+            if secure else ["train" + opted_in])
 
 
 @pytest.fixture
@@ -66,12 +74,13 @@ def test_a_message_that_fails_at_the_site_is_logged_with_the_reason_that_leaves(
                       state=RecordDict(), run_config={})
 
     def refuse(message, context):
-        raise PrivacyError("site 0: ledger unreadable")
+        raise PrivacyError("site 0: ledger /secret/ledger.json unreadable")
 
-    with pytest.raises(PrivacyError):
-        audit_mod(message, context, refuse)
+    reply = audit_mod(message, context, refuse)  # an error reply, never the exception's text
     entry = json.loads(path.read_text())
-    assert entry["has_error"] and entry["round"] == 3 and "site 0: ledger unreadable" in entry["error"]
+    assert reply.has_error() and entry["has_error"] and entry["round"] == 3 and entry["run_id"] == 1
+    assert entry["error"] == reply.error.reason and entry["error"].startswith("privacy refusal: ")
+    assert "secret" not in path.read_text() and entry["bytes_total"] == len(reply.error.reason)
     assert entry["sent_tensors"] == [] and "data-path" not in entry["node_config"]
 
 

@@ -39,6 +39,7 @@ from deployment_harness import (
 )
 from flwr.common.config import parse_config_args
 
+from finfed import constants as keys
 from finfed.cli import main
 from finfed.config import ExperimentConfig
 from finfed.deploy import pki
@@ -328,6 +329,51 @@ def test_e2e_three_banks_tls_node_auth_dp_and_secure_aggregation(deployment):
         assert "Secure aggregation completed" in (run_dir / "flower.log").read_text(encoding="utf-8")
     print(f"\n[timing] e2e deployment (3 sites, 2 rounds, SecAgg+ {SECURE_AGGREGATION}): "
           f"{time.time() - started:.0f}s")
+
+
+CANARY = "ZQXCANARY4409"  # planted in three banks' data: a record's text, a folder name, a label
+
+
+@pytest.mark.slow
+def test_canaries_in_the_banks_data_never_reach_the_coordinator(tmp_path, tiny_backbone):
+    """bank-a trains on a record holding the canary; bank-b's data file (in a folder named with the canary)
+    disappears after round 1; bank-c has a label outside the run's list, holding the canary. Nothing of
+    the canary reaches the coordinator's folder (runs, flower.log, SuperLink database, checkpoints) or its
+    console; the banks' own logs hold the details."""
+    processes, consortium = Processes(tmp_path), make_consortium(tmp_path)
+    try:
+        data = site_data(tmp_path, 3)
+        frame = pd.read_csv(data[0])
+        frame.loc[:, "text"] = frame["text"] + f" Client {CANARY}."
+        frame.to_csv(data[0], index=False)
+        hidden = tmp_path / f"bank-b-{CANARY}" / "data.csv"
+        hidden.parent.mkdir()
+        data[1].rename(hidden)
+        data[1] = hidden
+        frame = pd.read_csv(data[2])
+        frame.loc[5, "label"] = f"label-{CANARY}"
+        frame.to_csv(data[2], index=False)
+        for entry, path in zip(consortium.sites, data):
+            fill_site(consortium, entry, path)
+        start_coordinator(processes, consortium)
+        _start_sites(processes, consortium)
+        run = start_run(processes, consortium, run_overrides(tiny_backbone, "canary", **{"federation.min_sites": 1}))
+        run_dir = consortium.runs_dir / "canary"
+        wait_for(lambda: any(r["round"] == 1 for r in metrics(run_dir)), 600, "round 1", run)
+        hidden.unlink()
+        assert wait_exit(run, 900) == 0, run.text()[-4000:]
+        records = metrics(run_dir)
+        assert read_status(run_dir)["state"] == "complete" and records[-1]["round"] == 2
+        failures = " | ".join(records[2]["failures"])
+        assert "data error: the data file does not exist" in failures, failures
+        assert "data error: a label is not in the run's label list (row 6)" in failures, failures
+        assert all(keys.TRAIN_LOSS not in s for r in records[1:] for s in r["sites"])  # no bank opted in
+        coordinator = _text_under(consortium.coordinator_dir) + run.text()
+        assert CANARY not in coordinator
+        sites = {entry.name: (consortium.site_dir(entry.name) / "site.log").read_text() for entry in consortium.sites}
+        assert str(hidden) in sites["bank-b"] and f"label-{CANARY}" in sites["bank-c"]
+    finally:
+        processes.stop_all()
 
 
 @pytest.mark.slow

@@ -140,6 +140,8 @@ def test_in_flower_simulation_a_failing_site_is_recorded_and_the_others_finish(t
     rounds = read_metrics(run_dir)
     for record in rounds[1:]:
         assert [s["site"] for s in record["sites"]] == [0, 1]
-        assert len(record["failures"]) == 1 and "site-2.json is unreadable" in record["failures"][0]
+        # the ledger's error stays in site 2's log; the coordinator gets its category only
+        assert len(record["failures"]) == 1 and ": error 2: privacy refusal: " in record["failures"][0]
     assert rounds[2]["failures"][0].startswith("site 2 (node ")  # named once its evaluation replied
     assert (ledgers / "site-2.json").read_text() == "{not json"
+    assert "site-2.json is unreadable" in (run_dir / "sites" / "site-2" / "site.log").read_text()

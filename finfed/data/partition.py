@@ -122,7 +122,8 @@ def _partitions(settings: DataSettings, num_sites: int, task: str) -> tuple[pd.D
     if settings.partitioner == "column":
         if settings.partition_column not in data.train_pool.columns:
             raise DataError(f"{data.source}: `data.partition_column` {settings.partition_column!r} "
-                            f"is not a column; found {list(data.train_pool.columns)}")
+                            f"is not a column; found {list(data.train_pool.columns)}",
+                            public_reason="`data.partition_column` is not a column of the data")
         found = data.train_pool[settings.partition_column].nunique()
         if found != num_sites:
             raise ConfigError(f"`data.partition_column` {settings.partition_column!r} has {found} distinct "
@@ -143,9 +144,10 @@ def simulated_site(settings: DataSettings, site_id: int, num_sites: int,
         raise ConfigError(f"partition id {site_id} is outside 0..{num_sites - 1}")
     partition = _partitions(settings, num_sites, task)[site_id]
     if partition.empty:
-        raise DataError(f"site {site_id} received an empty partition from the {settings.partitioner!r} "
-                        f"partitioner over {num_sites} sites; raise `data.dirichlet_alpha`, lower "
-                        "`federation.num_sites` or use more data")
+        message = (f"site {site_id} received an empty partition from the {settings.partitioner!r} "
+                   f"partitioner over {num_sites} sites; raise `data.dirichlet_alpha`, lower "
+                   "`federation.num_sites` or use more data")
+        raise DataError(message, public_reason=message)
     site = split_validation(partition, settings, site_id)
     return hold_back_for_audit(site, audit_holdout, "context" if task == "qa" else None)
 
@@ -167,7 +169,8 @@ def split_validation(frame: pd.DataFrame, settings: DataSettings, site_id: int) 
     if settings.validation_fraction > 0:
         num_validation = max(1, num_validation)
     if len(shuffled) - num_validation < 1:
-        raise DataError(f"site {site_id} has {len(frame)} examples: too few to keep a validation split")
+        message = f"site {site_id} has {len(frame)} examples: too few to keep a validation split"
+        raise DataError(message, public_reason=message)
     return SiteData(site_id=site_id, train=shuffled.iloc[num_validation:].reset_index(drop=True),
                     validation=shuffled.iloc[:num_validation].reset_index(drop=True))
 

@@ -28,7 +28,8 @@ KNOWN_KEYS = {
     "coordinator": {"address", "root_certificates"},
     "auth": {"private_key"},
     "data": {"path", "name", "text_column", "label_column"},
-    "privacy": {"budget_epsilon", "budget_delta", "ledger_path", "audit_log", "require_secure_aggregation"},
+    "privacy": {"budget_epsilon", "budget_delta", "ledger_path", "audit_log", "require_secure_aggregation",
+                "share_train_loss"},
     "supernode": {"runtime_port"},
 }
 
@@ -53,6 +54,7 @@ class SiteConfig:
     audit_log: Path | None
     require_secure_aggregation: bool
     runtime_port: int
+    share_train_loss: bool = False  # send the (non-private) training loss each round: off unless the bank opts in
 
     @property
     def folder(self) -> Path:
@@ -71,7 +73,8 @@ class SiteConfig:
         values: dict[str, Any] = {
             keys.NODE_SITE_ID: self.site_id, keys.NODE_DATA_PATH: str(self.data_path),
             keys.NODE_BUDGET_EPSILON: self.budget_epsilon, keys.NODE_BUDGET_DELTA: self.budget_delta,
-            keys.NODE_LEDGER_PATH: str(self.ledger_path), keys.NODE_SITE_DIR: str(self.folder)}
+            keys.NODE_LEDGER_PATH: str(self.ledger_path), keys.NODE_SITE_DIR: str(self.folder),
+            keys.NODE_SHARE_TRAIN_LOSS: self.share_train_loss}
         if self.dataset_name:
             values[keys.NODE_DATASET_NAME] = self.dataset_name
         if self.text_column:
@@ -151,7 +154,8 @@ def load_site_config(path: Path) -> SiteConfig:
         "ledger_path": get.path("privacy.ledger_path", default="privacy-ledger.json"),
         "audit_log": get.path("privacy.audit_log", default="") or None,
         "require_secure_aggregation": get.boolean("privacy.require_secure_aggregation", default=False),
-        "runtime_port": get.integer("supernode.runtime_port", 1, 65535, default=9094)}
+        "runtime_port": get.integer("supernode.runtime_port", 1, 65535, default=9094),
+        "share_train_loss": get.boolean("privacy.share_train_loss", default=False)}
     _check_files(config, problems)
     problems.raise_if_any()
     return SiteConfig(**config)

@@ -1,0 +1,168 @@
+"""What a site may send: the one place that decides it.
+
+Two rules, read by the ClientApp (``client/guard.py``), its audit log (``client/audit.py``),
+the coordinator (``server/rounds.py``) and the tests:
+
+1. **The allow-list.** A reply may carry only the records and keys named here for its message
+   type (train, evaluate, each SecAgg+ stage). Metric values are numbers by construction
+   (Flower's MetricRecord); their *keys* are listed explicitly, so no key can be made of a
+   record's text. ``train-loss`` (a non-private statistic of the sampled records) is allowed only
+   when the site opted in (node config ``share-train-loss``). A reply holding anything else is
+   not sent: the site sends an ``internal error`` instead (tested in tests/test_disclosure.py).
+2. **Error reasons.** Any exception becomes ``<category>: <record-free reason>``. finfed's own
+   errors contribute their ``public_reason`` (set where they are raised, e.g. ``a label is not in
+   the run's label list (row 17)``) or a generic text for their kind; any other exception only its
+   type name, never its message, which may hold a label, a text, an answer or a file path. The
+   full message and traceback stay in the site's own log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from finfed import constants as keys
+from finfed.errors import (BudgetExhausted, ConfigError, DataError, FinfedError, PrivacyError, RunError,
+                           TrainingError)
+
+# Owned by the "dprng" change (constants.DELTA); spelled here too so this module stands alone.
+DELTA = getattr(keys, "DELTA", "delta")
+
+DATA_ERROR, CONFIG_ERROR, PRIVACY_REFUSAL = "data error", "config error", "privacy refusal"
+TRAINING_ERROR, INTERRUPTED, INTERNAL_ERROR = "training error", "interrupted", "internal error"
+CATEGORIES = (DATA_ERROR, CONFIG_ERROR, PRIVACY_REFUSAL, TRAINING_ERROR, INTERRUPTED, INTERNAL_ERROR)
+
+# Most specific first: BudgetExhausted is a PrivacyError.
+_CATEGORY_OF = ((BudgetExhausted, PRIVACY_REFUSAL), (DataError, DATA_ERROR), (ConfigError, CONFIG_ERROR),
+                (PrivacyError, PRIVACY_REFUSAL), (TrainingError, TRAINING_ERROR), (RunError, INTERNAL_ERROR))
+_GENERIC = {
+    DATA_ERROR: "the site's data could not be used (details in the site's log)",
+    CONFIG_ERROR: "a setting is missing or invalid (details in the site's log)",
+    PRIVACY_REFUSAL: "a privacy guard stopped the round (details in the site's log)",
+    TRAINING_ERROR: "local training failed (details in the site's log)",
+    INTERRUPTED: "the site stopped the round on request",
+    INTERNAL_ERROR: "unexpected failure (details in the site's log)",
+}
+MAX_REASON = 300  # characters: a reason is a sentence, never a dump
+
+# ---------------------------------------------------------------------------- the allow-list
+
+# Metric keys a train reply may carry (plain: record ``metrics``; SecAgg+: ``fitres.metrics``).
+TRAIN_METRICS = frozenset({keys.NUM_EXAMPLES, keys.SITE_ID, keys.EPSILON, DELTA, keys.STEPS,
+                           keys.NOISE_MULTIPLIER, keys.SAMPLE_RATE, keys.REFUSED})
+OPT_IN_TRAIN_METRICS = frozenset({keys.TRAIN_LOSS})  # only with node config `share-train-loss`
+# Metric keys an evaluate reply may carry: the tasks' validation metrics (classification, qa).
+EVALUATE_METRICS = frozenset({keys.NUM_EXAMPLES, keys.SITE_ID, keys.EVAL_LOSS, keys.EVAL_ACCURACY,
+                              keys.EVAL_MACRO_F1, "eval-exact-match", "eval-f1"})
+
+# SecAgg+ (Flower's secaggplus_mod): the protocol's own keys per stage, in record "secaggplus_configs".
+SECAGG_RECORD = "secaggplus_configs"
+SECAGG_STAGE_KEYS = {"setup": frozenset({"pk1", "pk2"}), "share_keys": frozenset({"dsts", "ctxts"}),
+                     "collect_masked_vectors": frozenset({"masked_params"}),
+                     "unmask": frozenset({"nids", "shares"})}
+# The legacy FitRes the train handler returns under SecAgg+; its tensors are cleared by the mod.
+FITRES_NUM_EXAMPLES, FITRES_METRICS, FITRES_STATUS, FITRES_PARAMETERS = (
+    "fitres.num_examples", "fitres.metrics", "fitres.status", "fitres.parameters")
+
+ANY_TENSOR = "<adapter tensors named in the request>"
+
+
+class DisclosureError(FinfedError):
+    """A reply held a record or key the allow-list does not name: it must not leave the site."""
+
+
+@dataclass(frozen=True)
+class ReplyPolicy:
+    """The records a reply may hold: record name -> allowed keys (``ANY_TENSOR``: the request's tensors)."""
+
+    name: str
+    records: Mapping[str, frozenset[str]]
+
+
+def train_metrics(share_train_loss: bool) -> frozenset[str]:
+    return TRAIN_METRICS | (OPT_IN_TRAIN_METRICS if share_train_loss else frozenset())
+
+
+def outgoing_train_metrics(metrics: Mapping[str, Any], share_train_loss: bool) -> dict[str, Any]:
+    """A train reply's metrics without the opt-in statistics the site did not opt in to."""
+    return {k: v for k, v in metrics.items() if share_train_loss or k not in OPT_IN_TRAIN_METRICS}
+
+
+def reply_policy(message_type: str, secagg_stage: str | None, share_train_loss: bool) -> ReplyPolicy:
+    """The allow-list for one reply: by message type and, under SecAgg+, by protocol stage."""
+    kind = message_type.split(".")[0]
+    if kind == "evaluate":
+        return ReplyPolicy("evaluate", {keys.METRICS: EVALUATE_METRICS})
+    if kind != "train":
+        return ReplyPolicy(kind, {})  # finfed answers train and evaluate only
+    metrics = train_metrics(share_train_loss)
+    if secagg_stage is None:
+        return ReplyPolicy("train", {keys.ARRAYS: frozenset({ANY_TENSOR}), keys.METRICS: metrics})
+    records = {SECAGG_RECORD: SECAGG_STAGE_KEYS.get(secagg_stage, frozenset())}
+    if secagg_stage == "collect_masked_vectors":
+        records.update({FITRES_PARAMETERS: frozenset(), FITRES_NUM_EXAMPLES: frozenset({"num_examples"}),
+                        FITRES_METRICS: metrics, FITRES_STATUS: frozenset({"code", "message"})})
+    return ReplyPolicy(f"train/secagg+:{secagg_stage}", records)
+
+
+def allow_list(share_train_loss: bool) -> dict[str, dict[str, list[str]]]:
+    """The whole allow-list as plain JSON, one entry per reply kind (the names audit lines cite in ``allowed_by``)."""
+    policies = [reply_policy("train", None, share_train_loss), reply_policy("evaluate", None, share_train_loss),
+                *(reply_policy("train", stage, share_train_loss) for stage in SECAGG_STAGE_KEYS)]
+    return {p.name: {record: sorted(allowed) for record, allowed in p.records.items()} for p in policies}
+
+
+def disallowed_fields(content: Mapping[str, Mapping[str, Any]], policy: ReplyPolicy,
+                      tensor_names: Iterable[str] = ()) -> list[str]:
+    """``record`` or ``record.key`` of everything in ``content`` the policy does not allow (empty: all allowed)."""
+    tensors = set(tensor_names)
+    found = []
+    for record_name, record in content.items():
+        allowed = policy.records.get(record_name)
+        if allowed is None:
+            found.append(record_name)
+            continue
+        if ANY_TENSOR in allowed:
+            found += [f"{record_name}.{k}" for k in record.keys() if tensors and k not in tensors]
+        else:
+            found += [f"{record_name}.{k}" for k in record.keys() if k not in allowed]
+    return found
+
+
+# ---------------------------------------------------------------------------- error reasons
+
+def error_category(exc: BaseException) -> str:
+    declared = getattr(exc, "category", None)  # an error class may declare its category (e.g. a stop)
+    if declared in CATEGORIES:
+        return declared
+    if isinstance(exc, KeyboardInterrupt):
+        return INTERRUPTED
+    return next((category for kind, category in _CATEGORY_OF if isinstance(exc, kind)), INTERNAL_ERROR)
+
+
+def error_reason(exc: BaseException) -> str:
+    """``<category>: <record-free reason>`` for any exception: what a site may send about its failure."""
+    category = error_category(exc)
+    public = getattr(exc, "public_reason", None) if isinstance(exc, FinfedError) else None
+    if public:
+        detail = str(public)
+    elif isinstance(exc, FinfedError) or category == INTERRUPTED:
+        detail = _GENERIC[category]
+    else:  # an exception finfed did not raise: its message may hold anything, its type name does not
+        detail = f"unexpected {type(exc).__name__} (details in the site's log)"
+    return f"{category}: {detail}"[:MAX_REASON]
+
+
+_INFRASTRUCTURE_CODES = {3, 4, 5}  # Flower's own fixed texts: message or reply unavailable, node unavailable
+_CATEGORY_PREFIX = re.compile(rf"^({'|'.join(map(re.escape, CATEGORIES))}): ")
+
+
+def shown_reason(code: int, reason: str) -> str:
+    """What the coordinator records of an error reply: a reason in finfed's form (or one of Flower's
+    own infrastructure reasons), else nothing of its text (a foreign site's raw exception text)."""
+    reason = str(reason)
+    if _CATEGORY_PREFIX.match(reason) or int(code) in _INFRASTRUCTURE_CODES:
+        return reason[:MAX_REASON]
+    return "reason withheld (not in finfed's record-free form)"
