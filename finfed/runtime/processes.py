@@ -93,13 +93,21 @@ def _wait_gone(groups: set[int], members: list[psutil.Process], timeout: float,
                reap: subprocess.Popen | None) -> bool:
     deadline = time.monotonic() + timeout
     while True:
-        if reap is not None:
-            reap.poll()  # our own child: reaped here, so it is no zombie of ours
         if not _living(groups, members):
+            _reap(reap)
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(POLL_S)
+
+
+def _reap(child: subprocess.Popen | None) -> None:
+    """Collect our own child's exit status (it has exited: a zombie or gone), so no zombie of ours stays."""
+    if child is not None:
+        try:
+            child.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            logger.warning("process %s exited but could not be reaped", child.pid)
 
 
 def _living(groups: set[int], members: list[psutil.Process]) -> list[psutil.Process]:
