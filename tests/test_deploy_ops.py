@@ -163,6 +163,7 @@ def test_a_second_run_is_refused_while_one_holds_the_lock_and_a_dead_holder_free
 
 def test_registration_answers_and_recorded_node_ids_name_the_sites(consortium):
     assert registered_node_id('✅ SuperNode 77 registered successfully.\n{"success": true, "node-id": 77}') == 77
+    assert registered_node_id('{\n  "success": true,\n  "node-id": 16508360134880963135\n}\n') == 16508360134880963135
     assert registered_node_id("Public key already in use") is None
     record_site_node(consortium, "bank-a", 77)
     record_site_node(consortium, "bank-c", 99)

@@ -49,14 +49,18 @@ def record_site_node(consortium: Consortium, name: str, node_id: int) -> None:
 
 
 def registered_node_id(output: str) -> int | None:
-    """The node id in `flwr supernode register --format json`'s answer, if it has one."""
-    for line in reversed(output.splitlines()):
-        if line.strip().startswith("{"):
-            try:
-                node = json.loads(line).get("node-id")
-            except ValueError:
-                continue
-            return int(node) if node is not None else None
+    """The node id in `flwr supernode register --format json`'s answer (a JSON object, maybe indented,
+    maybe after other lines), if it has one."""
+    decoder = json.JSONDecoder()
+    start = output.find("{")
+    while start != -1:
+        try:
+            value, _ = decoder.raw_decode(output, start)
+        except ValueError:
+            start = output.find("{", start + 1)
+            continue
+        node = value.get("node-id") if isinstance(value, dict) else None
+        return int(node) if node is not None else None
     return None
 
 
