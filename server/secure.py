@@ -30,10 +30,10 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
+from client.wire import refusing_site
 from finfed import constants as keys
 from finfed.config import FederationSettings
 from finfed.errors import RunError
-from client.wire import refusing_site
 from finfed.records import to_array_record
 from server.rounds import Arrays, RoundOutcome
 from server.sampling import SiteNames, SiteSampler

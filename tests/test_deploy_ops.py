@@ -25,6 +25,7 @@ from deployment_harness import (
     wait_exit,
     wait_for,
 )
+from test_faults import FakeClock, FakeGrid
 
 from finfed.cli import main
 from finfed.config import FederationSettings
@@ -181,30 +182,11 @@ def test_registration_answers_and_recorded_node_ids_name_the_sites(consortium):
 
 # --------------------------------------------------------------------------- waiting for sites
 
-class _Grid:
-    def __init__(self, online):
-        self.online = online
-
-    def get_node_ids(self):
-        return list(self.online)
-
-
-class _Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 def test_the_wait_for_sites_names_who_is_missing_every_report_interval():
     federation = FederationSettings(num_sites=3, min_sites=2, round_timeout=100.0, site_nodes="11:bank-a,12:bank-b,13:bank-c")
-    clock, lines = _Clock(), []
+    clock, lines = FakeClock(), []
     sampler = SiteSampler(federation, poll_s=1.0, report_s=30.0, clock=clock, sleep=clock.sleep, out=lines.append)
-    assert sampler.online(_Grid([11, 12])) == [11, 12]  # after round_timeout: goes on with those that came
+    assert sampler.online(FakeGrid([11, 12])) == [11, 12]  # after round_timeout: goes on with those that came
     waiting = [line for line in lines if "waiting for sites" in line]
     assert len(waiting) == 4  # at 0, 30, 60 and 90 s
     assert all(line.startswith("[finfed] waiting for sites: bank-c (not connected); 2 of 3 connected")
@@ -214,14 +196,14 @@ def test_the_wait_for_sites_names_who_is_missing_every_report_interval():
 
 def test_the_wait_is_silent_when_every_site_is_there_and_counts_sites_it_cannot_name():
     lines = []
-    clock = _Clock()
+    clock = FakeClock()
     sampler = SiteSampler(FederationSettings(num_sites=2, round_timeout=5.0), clock=clock, sleep=clock.sleep,
                           out=lines.append)
-    assert sampler.online(_Grid([1, 2])) == [1, 2] and lines == []
+    assert sampler.online(FakeGrid([1, 2])) == [1, 2] and lines == []
     sampler = SiteSampler(FederationSettings(num_sites=2, round_timeout=5.0, min_sites=2), clock=clock,
                           sleep=clock.sleep, out=lines.append)
     with pytest.raises(RunError, match="only 1 of 2 sites online"):
-        sampler.online(_Grid([1]))
+        sampler.online(FakeGrid([1]))
     assert lines[0].startswith("[finfed] waiting for sites: 1 site(s) not connected; 1 of 2 connected")
 
 
