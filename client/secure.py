@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.client.mod import secaggplus_mod
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from client.wire import setup_refusal
 
 from finfed import constants as keys
 from finfed.config import FederationSettings
@@ -30,12 +32,35 @@ def secure_aggregation_mod(message: Message, context: Context, call_next) -> Mes
     if message.metadata.message_type != MessageType.TRAIN:
         return call_next(message, context)
     if RECORD_KEY_CONFIGS in message.content.config_records:
+        if message.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.SETUP:
+            refusal = refuse_at_setup(message, context)
+            if refusal is not None:
+                return refusal
         return secaggplus_mod(message, context, call_next)
     if _truthy(context.node_config.get(keys.NODE_REQUIRE_SECAGG, False)):
         message = (f"this site's node config sets `{keys.NODE_REQUIRE_SECAGG}`, but the coordinator asked "
                    "for a plain update; it sends updates only under SecAgg+ (`federation.secure_aggregation = true`)")
         raise PrivacyError(message, public_reason=message)
     return call_next(message, context)
+
+
+def refuse_at_setup(message: Message, context: Context) -> Message | None:
+    """A site over its budget declines before the key sharing: no public key, share or masked vector leaves."""
+    from finfed.config import from_run_config
+
+    config = from_run_config(context.run_config)
+    if not config.privacy.enabled:
+        return None
+    from finfed.site import budget_refusal, site_context  # torch: only for a DP run's setup stage
+
+    site = site_context(config, context.node_config)
+    stored = context.state.config_records.get(keys.ACCOUNTANT_STATE)
+    reason = budget_refusal(site, dict(stored) if stored else None)
+    if reason is None:
+        return None
+    print(f"[finfed] round {message.metadata.group_id} site {site.data.site_id} refused before SecAgg+ key "
+          f"sharing: {reason}", flush=True)
+    return setup_refusal(message, site.data.site_id)
 
 
 def check_secure_weight(num_examples: int, federation: FederationSettings, site_id: int) -> None:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+import re
+
+from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from finfed import constants as keys
 from finfed.errors import TrainingError
@@ -65,8 +67,24 @@ def train_reply(message: Message, request: TrainRequest, arrays: Mapping[str, np
     return Message(content=content, reply_to=message)
 
 
+def setup_refusal(message: Message, site_id: int) -> Message:
+    """A site declining a SecAgg+ round at its first stage: an error reply, so it takes no part in the key
+    sharing and no masked vector leaves it. The reason names only the site and the round."""
+    reason = f"privacy refusal: site {int(site_id)} declines round {message.metadata.group_id} (its privacy budget)"
+    return Message(Error(code=keys.REFUSAL_ERROR_CODE, reason=reason), reply_to=message)
+
+
+def refusing_site(reply: Message) -> int | None:
+    """The site id of a :func:`setup_refusal` reply; None for any other reply."""
+    if not reply.has_error() or reply.error.code != keys.REFUSAL_ERROR_CODE:
+        return None
+    found = re.match(r"privacy refusal: site (\d+) ", reply.error.reason or "")
+    return int(found.group(1)) if found else None
+
+
 def refusal_reply(message: Message, request: TrainRequest, metrics: Mapping[str, Any]) -> Message:
-    """No update leaves. Under SecAgg+ the site must still complete the protocol, so it sends the
+    """No update leaves. Under SecAgg+ a site normally declines at the protocol's setup stage
+    (:func:`setup_refusal`); one that still reaches training must complete the protocol, so it sends the
     global tensors it received with weight 0: they contribute exactly nothing to the unmasked sum."""
     if not request.secure:
         return Message(content=RecordDict({keys.METRICS: MetricRecord(dict(metrics))}), reply_to=message)

@@ -31,7 +31,8 @@ from finfed.run_outputs import read_status
 STATE_FILE = "checkpoint.json"
 FORMAT_VERSION = 1
 # Settings that may differ between the interrupted run and its resumption.
-RESUME_ONLY_KEYS = frozenset({"resume_from"})
+# Keys that may differ when a run resumes: where it resumes from, which node id each site has now.
+RESUME_ONLY_KEYS = frozenset({"resume_from", "federation.site_nodes"})
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,9 @@ class FederationSettings:
                                       "site's independent sampling probability)", 0.0, 1.0, True)
     min_sites: int = _opt(0, "fewest site updates a round needs; 0 = every sampled site", 0)
     round_timeout: float = _opt(3600.0, "seconds to wait for sites' replies", 1.0)
+    # Filled in by `finfed deploy run` from the consortium's registrations, so waits can name missing sites.
+    site_nodes: str = _opt("", "deployment: the consortium's sites as node-id:name pairs (set by finfed deploy "
+                               "run); empty = sites are named by number")
     # Secure aggregation (Flower's SecAgg+): the coordinator only ever sees the sum of the sites' updates.
     secure_aggregation: bool = _opt(False, "SecAgg+: sites mask their updates so the coordinator sees only "
                                            "their weighted sum")

@@ -15,6 +15,9 @@ STEPS = "steps"
 NOISE_MULTIPLIER = "noise-multiplier"
 SAMPLE_RATE = "sample-rate"
 REFUSED = "refused"  # 1 when a site declined the round to stay within its budget
+# Flower Error code of a SecAgg+ setup reply by which a site declines the round before any key or masked
+# vector leaves it (Flower's own codes are 0-8).
+REFUSAL_ERROR_CODE = 4001
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 EVAL_MACRO_F1 = "eval-macro-f1"

@@ -223,6 +223,20 @@ def check_budget(site: SiteContext, plan: PrivacyPlan, accountant: SiteAccountan
     return delta
 
 
+def budget_refusal(site: SiteContext, accountant_state: Mapping[str, Any] | None) -> str | None:
+    """Why this site would refuse the next round for its budget, or None: asked before SecAgg+ key sharing,
+    so that a refusing site sends nothing at all (the same check train_round makes)."""
+    plan = site_plan(site)
+    if plan is None:
+        return None
+    _, accountant = _site_accountant(site, accountant_state)
+    try:
+        check_budget(site, plan, accountant)
+    except BudgetExhausted as refusal:
+        return str(refusal)
+    return None
+
+
 def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_round: int,
                 accountant_state: Mapping[str, Any] | None, expected_fingerprint: str = "",
                 run_id: str = "local", progress=None) -> SiteUpdate:

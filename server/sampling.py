@@ -6,6 +6,10 @@ SuperNode that dies stops sending heartbeats and drops out of ``grid.get_node_id
 site would stall the run. Here a round waits for all sites only when this coordinator
 process starts (they may still be connecting) and otherwise takes the sites online, as
 long as there are at least ``needed`` of them (``federation.min_sites``).
+
+While it waits it says so every ``report_s`` seconds, naming the sites not connected
+when the coordinator knows their node ids (``federation.site_nodes``, set by
+``finfed deploy run``), so a site that was never started is not a silent hour-long wait.
 """
 
 from __future__ import annotations
@@ -19,14 +23,28 @@ import numpy as np
 
 from finfed import constants as keys
 from finfed.config import FederationSettings
-from finfed.errors import RunError
+from finfed.errors import ConfigError, RunError
+
+REPORT_S = 30.0  # seconds between "waiting for sites" lines
+
+
+def parse_site_nodes(value: str) -> dict[int, str]:
+    """``federation.site_nodes`` ("node-id:name,..." from finfed/deploy/nodes.py) as {node id: name}."""
+    pairs = {}
+    for item in filter(None, (part.strip() for part in str(value).split(","))):
+        node, _, name = item.partition(":")
+        if not name.strip() or not node.strip().isdigit():
+            raise ConfigError(f"`federation.site_nodes` entries must be node-id:site-name, got {item!r}")
+        pairs[int(node)] = name.strip()
+    return pairs
 
 
 class SiteSampler:
     """Chooses each round's sites from the SuperNodes online."""
 
     def __init__(self, federation: FederationSettings, *, minimum: int = 1, poll_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 report_s: float = REPORT_S, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep, out: Callable[[str], None] | None = None,
                  needed: int | None = None):
         self.federation = federation
         per_round = max(int(federation.num_sites * federation.fraction_train), 1)
@@ -34,6 +52,8 @@ class SiteSampler:
         # site a round samples.
         self.needed = max(needed or federation.min_sites or per_round, minimum)
         self.poll_s, self.clock, self.sleep = poll_s, clock, sleep
+        self.report_s, self.out = report_s, out or _progress
+        self.site_names = parse_site_nodes(federation.site_nodes)
         self.started = False
 
     def online(self, grid) -> list[int]:
@@ -66,17 +86,38 @@ class SiteSampler:
 
     def _wait(self, grid, wanted: int, timeout: float, *, settle: bool) -> list[int]:
         deadline = self.clock() + timeout
+        next_report = self.clock()
         while True:
             nodes = sorted(grid.get_node_ids())
             if len(nodes) >= wanted:
                 return nodes
+            if self.clock() >= next_report:
+                self.out(self.waiting_line(nodes, wanted, deadline - self.clock()))
+                next_report = self.clock() + self.report_s
             if self.clock() >= deadline:
                 if settle and len(nodes) >= self.needed:
+                    self.out(f"[finfed] going on without {self.missing(nodes) or 'the missing sites'}: "
+                             f"{len(nodes)} of {self.federation.num_sites} sites connected")
                     return nodes  # some sites never came: go on with those that did
                 raise RunError(f"only {len(nodes)} of {self.federation.num_sites} sites online after waiting "
                                f"{timeout:.0f}s (`federation.round_timeout`); a round needs {self.needed} "
                                "(`federation.min_sites`)")
             self.sleep(self.poll_s)
+
+    def missing(self, online: list[int]) -> str:
+        """The named sites not online now ("" when the coordinator knows no names)."""
+        return ", ".join(f"{name} (not connected)" for node, name in sorted(self.site_names.items(),
+                                                                           key=lambda item: item[1])
+                         if node not in set(online))
+
+    def waiting_line(self, online: list[int], wanted: int, left: float) -> str:
+        missing = self.missing(online) or f"{max(self.federation.num_sites - len(online), 0)} site(s) not connected"
+        return (f"[finfed] waiting for sites: {missing}; {len(online)} of {self.federation.num_sites} connected, "
+                f"{wanted} needed; giving up in {max(left, 0):.0f}s (`federation.round_timeout`)")
+
+
+def _progress(line: str) -> None:
+    print(line, flush=True)
 
 
 class SiteNames:

@@ -30,6 +30,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
+from client.wire import refusing_site
 from finfed import constants as keys
 from finfed.config import FederationSettings
 from finfed.errors import RunError
@@ -52,6 +53,18 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
     neighbours' shares, as SecAgg+ intends.
     """
 
+    refused: dict[int, int]  # this round's node id -> site id of sites that declined at setup
+
+    def setup_stage(self, grid, context, state) -> bool:
+        """Flower's setup stage; a site's refusal reply (client/wire.py) is a refusal, not a failure."""
+        seen = _RepliesSeen(grid)
+        proceed = super().setup_stage(seen, context, state)
+        self.refused = {reply.metadata.src_node_id: site for reply in seen.replies
+                        if (site := refusing_site(reply)) is not None}
+        state.failures = [f for f in state.failures
+                          if getattr(f.args[0] if f.args else None, "code", None) != keys.REFUSAL_ERROR_CODE]
+        return proceed
+
     def share_keys_stage(self, grid, context, state) -> bool:
         super().share_keys_stage(grid, context, state)
         participants = set(state.active_node_ids)
@@ -59,6 +72,21 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
         state.nid_to_neighbours = {node: neighbours & participants
                                    for node, neighbours in state.nid_to_neighbours.items() if node in participants}
         return self._check_threshold(state)
+
+
+class _RepliesSeen:
+    """The grid, keeping the replies of the stage it serves (Flower's workflow drops error replies unread)."""
+
+    def __init__(self, grid) -> None:
+        self.grid, self.replies = grid, []
+
+    def send_and_receive(self, messages, *args, **kwargs):
+        replies = list(self.grid.send_and_receive(messages, *args, **kwargs))
+        self.replies += replies
+        return replies
+
+    def __getattr__(self, name):
+        return getattr(self.grid, name)
 
 
 def secagg_workflow(federation: FederationSettings) -> SecAggPlusWorkflow:
@@ -119,21 +147,28 @@ class SecureTraining:
         legacy.state.array_records[MAIN_PARAMS_RECORD] = to_array_record(arrays)
         legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
             {WorkflowKey.CURRENT_ROUND: server_round, WorkflowKey.START_TIME: time.time()})
+        self.workflow.refused = {}
         self.workflow(self.grid, legacy)
         return self._outcome(face, nodes, list(arrays))
 
     def _outcome(self, face: RoundFace, nodes: list[int], names: list[str]) -> RoundOutcome:
+        refused = dict(self.workflow.refused)
+        refusals = [{keys.SITE_ID: site, keys.REFUSED: 1} for site in refused.values()]
+        for node, site in refused.items():
+            self.names.learn(node, {keys.SITE_ID: site})
         if face.results is None:
-            return RoundOutcome(failures=[f"{self.names.label(n)}: secure aggregation halted, too few sites "
-                                          "completed its stages" for n in nodes])
+            return RoundOutcome(refusals=refusals,
+                                failures=[f"{self.names.label(n)}: secure aggregation halted, too few sites "
+                                          "completed its stages" for n in nodes if n not in refused])
         replied = {proxy.node_id: dict(fit.metrics) for proxy, fit in face.results}
         for node, metrics in replied.items():
             self.names.learn(node, metrics)
         updates = [m for m in replied.values() if not m.get(keys.REFUSED)]
         reasons = "; ".join(_failure_reason(f) for f in face.failures) or "no reply within the round timeout"
-        outcome = RoundOutcome(updates=updates, refusals=[m for m in replied.values() if m.get(keys.REFUSED)],
+        outcome = RoundOutcome(updates=updates,
+                               refusals=refusals + [m for m in replied.values() if m.get(keys.REFUSED)],
                                failures=[f"{self.names.label(n)}: dropped out of SecAgg+ ({reasons})"
-                                         for n in nodes if n not in replied])
+                                         for n in nodes if n not in replied and n not in refused])
         if updates:  # every FitRes carries the same unmasked weighted average
             outcome.arrays = _named(parameters_to_ndarrays(face.results[0][1].parameters), names)
         return outcome

@@ -141,11 +141,13 @@ def _capturing_client_app(captured: list):
     return app
 
 
-def test_under_secagg_a_site_refusing_for_budget_adds_nothing_to_the_sum(tiny_config, tmp_path):
-    """A refusing site must still complete the protocol: it sends weight 0. Site 2's budget stops it after
-    round 1, sites 0 and 1 after round 2; round 3 finds everyone refusing and the run ends cleanly."""
+def test_under_secagg_a_site_refusing_for_budget_sends_nothing(tiny_config, tmp_path):
+    """A site over its budget declines at SecAgg+'s setup stage: no key, share or masked vector leaves it.
+    Site 2's budget stops it after round 1, sites 0 and 1 after round 2; round 3 finds everyone refusing
+    and the run ends cleanly."""
     config = tiny_config("federation.num_sites=3", "federation.rounds=3", SECURE, "privacy.membership_audit=false")
-    budgets = [{"budget-epsilon": budget, "ledger-path": str(tmp_path / f"ledger-{site}.json")}
+    budgets = [{"budget-epsilon": budget, "ledger-path": str(tmp_path / f"ledger-{site}.json"),
+                "audit-log": str(tmp_path / f"audit-{site}.jsonl")}
                for site, budget in enumerate((7.0, 7.0, 6.5))]
     captured = []
     serve(config, InProcessGrid(_capturing_client_app(captured), config, budgets))
@@ -159,13 +161,29 @@ def test_under_secagg_a_site_refusing_for_budget_adds_nothing_to_the_sum(tiny_co
     for site, budget in enumerate((7.0, 7.0, 6.5)):
         assert read_privacy(config.resolved_run_dir)["sites"][str(site)]["epsilon"] <= budget
 
-    # Round 2's sum is sites 0 and 1's weighted average: site 2's weight-0 vector adds nothing. (The final
-    # arrays are round 2's: round 3 changed nothing, in particular no NaN from a zero total weight.)
+    # What left each site per round (its audit log): a refused round is one setup reply, an error reply whose
+    # only bytes are its refusal reason (no key, share or tensor); a trained round sends keys, shares and the
+    # masked vector.
+    def sent(site: int, server_round: int) -> list[dict]:
+        entries = [json.loads(line) for line in (tmp_path / f"audit-{site}.jsonl").read_text().splitlines()]
+        return [e for e in entries if e["message_type"] == "train" and e["round"] == server_round]
+    for site, server_round in ((2, 2), (2, 3), (0, 3), (1, 3)):
+        [refusal] = sent(site, server_round)
+        assert refusal["secagg_stage"] == "setup" and refusal["has_error"] and refusal["records"] == {}
+        assert refusal["sent_tensors"] == [] and refusal["error"].startswith(f"privacy refusal: site {site} ")
+        assert refusal["bytes_total"] == len(refusal["error"].encode("utf-8"))
+    for site in (0, 1):
+        stages = [e["secagg_stage"] for e in sent(site, 2)]
+        assert stages == ["setup", "share_keys", "collect_masked_vectors", "unmask"]
+        assert sum(e["bytes_total"] for e in sent(site, 2)) > 0
+
+    # Round 2's sum is sites 0 and 1's weighted average: site 2 took no part. (The final arrays are round
+    # 2's: round 3 changed nothing, in particular no NaN from a zero total weight.)
     final = list(read_checkpoint(config.resolved_run_dir).arrays.values())
-    sent = [(weight, arrays) for server_round, weight, arrays in captured if server_round == 2]
-    assert min(weight for weight, _ in sent) == 0 and len(sent) == 3
-    total = sum(weight for weight, _ in sent)
-    expected = [sum(weight * arrays[i] for weight, arrays in sent) / total for i in range(len(final))]
+    sent_round_2 = [(weight, arrays) for server_round, weight, arrays in captured if server_round == 2]
+    assert len(sent_round_2) == 2 and min(weight for weight, _ in sent_round_2) > 0
+    total = sum(weight for weight, _ in sent_round_2)
+    expected = [sum(weight * arrays[i] for weight, arrays in sent_round_2) / total for i in range(len(final))]
     tolerance = 2 * (2 * 8.0 / 2**22) / (total / 10000.0)
     assert max(np.max(np.abs(a - b)) for a, b in zip(final, expected)) < tolerance
     assert all(np.isfinite(value).all() for value in final)

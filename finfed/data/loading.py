@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -15,26 +18,95 @@ READERS = {
     ".json": lambda p: pd.read_json(p, lines=True),
     ".parquet": lambda p: pd.read_parquet(p),
 }
+TEXT_FORMATS = (".csv", ".jsonl", ".json")
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a CSV, JSONL or Parquet file into a DataFrame."""
+    """Read a CSV, JSONL or Parquet file into a DataFrame.
+
+    Text files are checked line by line first, so an error names its line: a byte that is not
+    UTF-8, a JSON line that does not parse or is not an object, a column named twice (pandas
+    would rename it and train on the first one silently).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} does not exist", public_reason="the data file does not exist")
-    reader = READERS.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    reader = READERS.get(suffix)
     if reader is None:
         raise DataError(f"data file {path}: unsupported extension {path.suffix!r}; "
                         f"expected one of {sorted(READERS)}",
                         public_reason=f"the data file's extension is not one of {sorted(READERS)}")
+    if suffix in TEXT_FORMATS:
+        check_text_file(path, json_lines=suffix != ".csv")
     try:
         frame = reader(path)
     except Exception as exc:  # pandas raises many parser types; all mean the same to a user
         raise DataError(f"data file {path} could not be parsed as {path.suffix[1:]}: {exc}",
                         public_reason=f"the data file could not be parsed as {path.suffix[1:]}") from exc
+    twice = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if twice:
+        raise DataError(f"data file {path}: column(s) {twice} appear more than once; each column needs its "
+                        "own name", public_reason="the data file names a column more than once")
     if frame.empty:
         raise DataError(f"data file {path} holds no rows", public_reason="the data file holds no rows")
     return frame
+
+
+def check_text_file(path: Path, *, json_lines: bool) -> None:
+    """UTF-8 throughout; a CSV header or every JSON line without repeated names; JSON lines that parse."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"data file {path} is not readable: {exc.strerror}") from None
+    text = decode_utf8(data, f"data file {path}")
+    if json_lines:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                _check_json_line(line, f"data file {path}: line {number}", number)
+    else:
+        _check_csv_header(text, f"data file {path}")
+
+
+def decode_utf8(data: bytes, source: str) -> str:
+    """``data`` as text, or an error naming the line and column of the first byte that is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise DataError(f"{source}: line {line}, column {column}: byte 0x{data[exc.start]:02x} is not UTF-8; "
+                        "save the file as UTF-8",
+                        public_reason=f"the data file is not UTF-8 (line {line}, column {column})") from None
+
+
+def _check_json_line(line: str, where: str, number: int) -> None:
+    def no_repeats(pairs: list) -> dict:
+        names = [name for name, _ in pairs]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise DataError(f"{where}: key(s) {twice} appear more than once in one object",
+                            public_reason=f"a JSON line names a key more than once (line {number})")
+        return dict(pairs)
+    try:
+        value = json.loads(line, object_pairs_hook=no_repeats)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}, column {exc.colno}: not valid JSON ({exc.msg})",
+                        public_reason=f"a line is not valid JSON (line {number})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected a JSON object ({{...}}) per line, got {type(value).__name__}",
+                        public_reason=f"a line is not a JSON object (line {number})")
+
+
+def _check_csv_header(text: str, source: str) -> None:
+    header = next(csv.reader(io.StringIO(text)), [])
+    names = [name.strip() for name in header]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        where = ", ".join(f"{name!r} in columns {[i + 1 for i, n in enumerate(names) if n == name]}"
+                          for name in twice)
+        raise DataError(f"{source}: line 1 (the header) names a column more than once: {where}; each column "
+                        "needs its own name", public_reason="the data file's header names a column more than once")
 
 
 def read_hub_dataset(name: str, split: str = "train") -> pd.DataFrame:

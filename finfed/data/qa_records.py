@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from finfed.config import DataSettings
-from finfed.data.loading import read_table
+from finfed.data.loading import decode_utf8, read_table
 from finfed.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -29,15 +29,29 @@ def read_qa_file(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.suffix.lower() == ".json" and path.is_file():
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            document = None  # JSON lines: read below
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"data file {path} is not readable: {exc}",
+            text = decode_utf8(path.read_bytes(), f"data file {path}")
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            if not _first_line_is_json(text):  # one JSON document, broken at exc's line
+                raise DataError(f"data file {path}: line {exc.lineno}, column {exc.colno}: not valid JSON "
+                                f"({exc.msg})",
+                                public_reason=f"the data file is not valid JSON (line {exc.lineno})") from None
+            document = None  # JSON lines: read below (errors there name their line)
+        except OSError as exc:
+            raise DataError(f"data file {path} is not readable: {exc.strerror}",
                             public_reason="the data file is not readable") from exc
         if isinstance(document, dict) and "data" in document:
             return _flatten_squad(document, path)
     return read_table(path)
+
+
+def _first_line_is_json(text: str) -> bool:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _flatten_squad(document: dict, path: Path) -> pd.DataFrame:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -39,6 +40,10 @@ def add_deploy_parser(commands) -> None:
     register = steps.add_parser("register", help="register sites' public keys with the running coordinator")
     register.add_argument("folder", type=Path)
 
+    sites = steps.add_parser("sites", help="list the consortium's sites with their SuperNode ids and states "
+                             "(`flwr supernode ls` with bank names)")
+    sites.add_argument("folder", type=Path)
+
     site = steps.add_parser("site", help="check a site's site.toml, then start its SuperNode")
     site.add_argument("site_dir", type=Path, help="the site's folder (or its site.toml)")
     site.add_argument("--dry-run", action="store_true", help="check and print the Flower command, run nothing")
@@ -59,7 +64,7 @@ def add_deploy_parser(commands) -> None:
 
 def deploy(args: argparse.Namespace) -> int:
     handlers = {"init": _init, "add-site": _add_site, "coordinator": _coordinator, "register": _register,
-                "site": _site, "run": _run}
+                "sites": _sites, "site": _site, "run": _run}
     return handlers[args.deploy_command](args)
 
 
@@ -112,13 +117,25 @@ def _register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sites(args: argparse.Namespace) -> int:
+    from finfed.deploy.consortium import load_consortium
+    from finfed.deploy.launch import registered_nodes, require_coordinator, write_flower_config
+    from finfed.deploy.nodes import format_rows, site_rows
+
+    consortium = load_consortium(args.folder)
+    require_coordinator(consortium)
+    print(format_rows(site_rows(consortium, registered_nodes(write_flower_config(consortium)))))
+    return 0
+
+
 def _site(args: argparse.Namespace) -> int:
     from finfed.deploy.commands import DEPLOY_ENV, supernode_command
-    from finfed.deploy.launch import check_coordinator_tls, plan_summary, serve_site
+    from finfed.deploy.launch import check_coordinator_tls, check_runtime_port, plan_summary, serve_site
     from finfed.deploy.site_config import load_site_config
 
     site = load_site_config(args.site_dir)
     if args.dry_run:
+        check_runtime_port(site)
         reachable = check_coordinator_tls(site)
         print(f"# {site.file}: OK; coordinator {site.superlink} "
               f"{'answered over TLS, certificate trusted' if reachable else 'not reachable now'}")
@@ -132,7 +149,9 @@ def _run(args: argparse.Namespace) -> int:
     from finfed.cli import _show, finish_run, submit_stoppable
     from finfed.deploy.commands import DEPLOY_ENV, run_command
     from finfed.deploy.consortium import load_consortium
-    from finfed.deploy.launch import deployment_config, plan_summary, start_run
+    from finfed.deploy.launch import deployment_config, plan_summary, require_coordinator, start_run
+    from finfed.deploy.runlock import RunLock
+    from finfed.errors import RunError
     from finfed.run_outputs import prepare_run_dir
     from simulations.runner import app_dir
 
@@ -145,6 +164,10 @@ def _run(args: argparse.Namespace) -> int:
         print(plan_summary([run_command(app_dir(), run_config)],
                            {**DEPLOY_ENV, "FLWR_HOME": str(consortium.flwr_home)}))
         return 0
+    require_coordinator(consortium)  # before anything is written: a run folder would block the name
+    # One run at a time: two would both spend the sites' budgets. Held until this process exits.
+    RunLock(consortium.coordinator_dir, config.name).acquire()
+    fresh = not args.resume and not run_dir.exists()
     if not args.resume:  # a resumed run continues in its own directory
         prepare_run_dir(run_dir, overwrite=args.overwrite)
     started = time.time()
@@ -152,8 +175,24 @@ def _run(args: argparse.Namespace) -> int:
           f"{config.federation.rounds} round(s); results in {run_dir}")
     # SIGINT/SIGTERM: RUN/.stop on this (the coordinator's) disk; its ServerApp stops after the round in
     # progress (deployed sites cannot see the file: each finishes the round it is training).
-    result = submit_stoppable(run_dir, lambda: start_run(consortium, config, on_line=_show(args.verbose)))
+    try:
+        result = submit_stoppable(run_dir, lambda: start_run(consortium, config, on_line=_show(args.verbose)))
+    except (RuntimeError, OSError) as exc:
+        log = run_dir / "flower.log"
+        if log.is_file() and "Successfully started run" in log.read_text(encoding="utf-8", errors="replace"):
+            raise
+        raise RunError(f"the run was not started: {unstarted_run_log(run_dir, fresh)}{exc}") from None
     hint = shlex.join(["finfed", "deploy", "run", str(args.folder), "--resume",
                        *(["--config", str(args.config)] if args.config else []),
                        *(arg for item in args.overrides for arg in ("--set", item))])
     return finish_run(run_dir, result, started, resume_hint=hint)
+
+
+def unstarted_run_log(run_dir: Path, fresh: bool) -> str:
+    """Flower's last words; a folder this command created for a run that never started is removed,
+    so the name stays free."""
+    log = run_dir / "flower.log"
+    tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log.is_file() else []
+    if fresh and run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {"flower.log"}:
+        shutil.rmtree(run_dir)
+    return "".join(f"\n  {line}" for line in tail) + ("\n" if tail else "")

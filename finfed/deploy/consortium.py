@@ -15,6 +15,7 @@ data path, budget or ledger: those are filled in by the bank in its own
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -33,7 +34,7 @@ CONSORTIUM_FILE = "consortium.toml"
 SITE_FILE = "site.toml"
 CA_FILE = "ca.pem"
 DEFAULT_PORT = 9092
-DEFAULT_RUNTIME_PORT = 9094  # each SuperNode's local Runtime API (Flower's default)
+DEFAULT_RUNTIME_PORT = 9094  # the first site's local Runtime API port (Flower's default); site N gets 9094 + N
 SITE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 HOST_NAME = re.compile(r"^[A-Za-z0-9.:-]+$")  # DNS names, IPv4 and IPv6 addresses
 
@@ -179,14 +180,24 @@ def add_site(consortium: Consortium, name: str) -> SiteEntry:
     return site
 
 
+def runtime_port(consortium: Consortium, site: SiteEntry) -> int:
+    """Distinct per site, so that sites sharing a host (a test bed, a bank with two datasets) do not collide;
+    the coordinator's own port is skipped. `finfed deploy site` checks the port is free before starting."""
+    port = DEFAULT_RUNTIME_PORT + site.site_id
+    return port + 1 if port >= consortium.port >= DEFAULT_RUNTIME_PORT else port
+
+
 def _create_site(consortium: Consortium, site: SiteEntry) -> None:
     folder = consortium.site_dir(site.name)
-    folder.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700)  # the bank's folder: its key, and later its data path, ledger and logs
     keys = pki.create_site_keys(folder, site.name)
     consortium.public_key(site.name).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(keys.public_key, consortium.public_key(site.name))
     shutil.copyfile(consortium.ca_cert, folder / CA_FILE)
-    (folder / SITE_FILE).write_text(site_template(site, consortium.address), encoding="utf-8")
+    descriptor = os.open(folder / SITE_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+        out.write(site_template(site, consortium.address, runtime_port=runtime_port(consortium, site)))
 
 
 def _write_consortium_file(consortium: Consortium) -> None:

@@ -13,6 +13,7 @@ route and one TLS handshake); every process it starts is stopped with it.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import ssl
@@ -39,6 +40,8 @@ from finfed.config import (
 )
 from finfed.deploy import commands
 from finfed.deploy.consortium import Consortium, check_coordinator_files
+from finfed.deploy.nodes import record_site_node, registered_node_id, run_config_value
+from finfed.deploy.ports import check_port_free
 from finfed.deploy.site_config import SiteConfig
 from finfed.errors import ConfigError, RunError
 from finfed.runtime.processes import stop_process_tree
@@ -53,6 +56,9 @@ from simulations.runner import (
 )
 
 Printer = Callable[[str], None]
+# What finfed's Flower processes create (SuperLink database and log, run outputs, a site's ledger and log)
+# is for their owner only.
+PRIVATE_UMASK = 0o077
 
 
 class _Stopped(Exception):
@@ -69,8 +75,22 @@ def _executable(command: list[str]) -> list[str]:
 
 
 def deploy_env(home: Path) -> dict[str, str]:
-    home.mkdir(parents=True, exist_ok=True)
+    private_dir(home)
     return flower_env(home)
+
+
+def private_dir(folder: Path) -> Path:
+    """A folder only its owner can enter (state, logs and keys live below it)."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
+    return folder
+
+
+def private_files(*paths: Path) -> None:
+    """Files written by an earlier version, or by Flower before finfed set its umask: owner only."""
+    for path in paths:
+        if path.is_file():
+            path.chmod(0o600)
 
 
 def _supervise(process: subprocess.Popen, wait: Callable[[], int]) -> int:
@@ -102,10 +122,14 @@ def write_flower_config(consortium: Consortium) -> dict[str, str]:
 def start_superlink(consortium: Consortium, env: Mapping[str, str], timeout: float = 60.0) -> subprocess.Popen:
     """Start the SuperLink and return once it answers over TLS."""
     check_coordinator_files(consortium)
-    consortium.database.parent.mkdir(parents=True, exist_ok=True)
+    check_port_free(consortium.bind, consortium.port, what="the coordinator's SuperLink",
+                    fix=f"stop the other coordinator, or change [coordinator] port in "
+                        f"{consortium.folder / 'consortium.toml'} (the sites' site.toml must then follow)")
+    private_dir(consortium.database.parent)
+    private_files(*consortium.database.parent.glob(consortium.database.name + "*"), consortium.log_file)
     # Its own session, so that stopping it reaches it and everything it started.
     process = subprocess.Popen(_executable(commands.superlink_command(consortium)), env=dict(env),
-                               cwd=str(consortium.coordinator_dir), start_new_session=True)
+                               cwd=str(consortium.coordinator_dir), start_new_session=True, umask=PRIVATE_UMASK)
     try:
         wait_until_serving(consortium, process, timeout)
     except BaseException:
@@ -116,24 +140,54 @@ def start_superlink(consortium: Consortium, env: Mapping[str, str], timeout: flo
 
 def wait_until_serving(consortium: Consortium, process: subprocess.Popen, timeout: float) -> None:
     context = ssl.create_default_context(cafile=str(consortium.ca_cert))
-    url = f"https://{consortium.local_address}/health"
     deadline = time.time() + timeout
     while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, context=context, timeout=2):
+        if answers_over_tls(consortium, context):
+            if process.poll() is None:
                 return
-        except urllib.error.HTTPError:
-            return  # it answered over verified TLS: serving
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, ssl.SSLCertVerificationError):
-                raise ConfigError(f"the SuperLink on {consortium.local_address} serves a certificate that "
-                                  f"{consortium.ca_cert} does not verify: {exc.reason.verify_message}") from None
-        except OSError:
-            pass
+            break  # the answer came from another process on that port
         if process.poll() is not None:
-            raise RunError(f"the SuperLink exited at start (code {process.returncode}); see {consortium.log_file}")
+            break
         time.sleep(0.3)
+    if process.poll() is not None:
+        raise RunError(superlink_exit_message(consortium, process.returncode))
     raise RunError(f"the SuperLink did not answer on {consortium.local_address} within {timeout:.0f}s")
+
+
+def answers_over_tls(consortium: Consortium, context: ssl.SSLContext | None = None) -> bool:
+    """One request to the SuperLink's health route, its certificate verified against the consortium CA."""
+    context = context or ssl.create_default_context(cafile=str(consortium.ca_cert))
+    try:
+        with urllib.request.urlopen(f"https://{consortium.local_address}/health", context=context, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered over verified TLS: serving
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            raise ConfigError(f"the SuperLink on {consortium.local_address} serves a certificate that "
+                              f"{consortium.ca_cert} does not verify: {exc.reason.verify_message}") from None
+    except OSError:
+        pass
+    return False
+
+
+def superlink_exit_message(consortium: Consortium, code: int | None) -> str:
+    """Why the SuperLink stopped, from the last lines of its log (e.g. a port taken meanwhile)."""
+    try:
+        lines = consortium.log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    errors = [line.strip() for line in lines[-30:] if "ERROR" in line or "Error" in line]
+    reason = ("its port was taken: " if any("address already in use" in line.lower() for line in errors)
+              else "") + (errors[-1] if errors else "no error in its log")
+    return f"the SuperLink on {consortium.local_address} exited (code {code}): {reason}; see {consortium.log_file}"
+
+
+def require_coordinator(consortium: Consortium) -> None:
+    """Before a run is prepared: the coordinator must answer, or nothing is written."""
+    if not answers_over_tls(consortium):
+        raise RunError(f"the coordinator at {consortium.local_address} does not answer; start it with "
+                       f"`finfed deploy coordinator {consortium.folder}` and try again (nothing was written)")
 
 
 def register_sites(consortium: Consortium, env: Mapping[str, str], out: Printer = print) -> dict[str, str]:
@@ -146,6 +200,9 @@ def register_sites(consortium: Consortium, env: Mapping[str, str], out: Printer 
         text = done.stdout + done.stderr
         if done.returncode == 0 and '"success": true' in done.stdout:
             outcome[site.name] = "registered"
+            node_id = registered_node_id(done.stdout)
+            if node_id is not None:  # Flower's listing shows node ids only: keep which bank each is
+                record_site_node(consortium, site.name, node_id)
         elif "already in use" in text:
             outcome[site.name] = "already registered"
         else:
@@ -161,12 +218,17 @@ def serve_coordinator(consortium: Consortium, out: Printer = print) -> int:
     process = start_superlink(consortium, env)
     try:
         register_sites(consortium, env, out)
+        if process.poll() is not None:
+            raise RunError(superlink_exit_message(consortium, process.returncode))
     except BaseException:
         stop_process_tree(process)
         raise
     out(f"[finfed] coordinator ready on {consortium.address} (TLS, SuperNode authentication; "
         f"log {consortium.log_file}). Sites start with `finfed deploy site`; runs with `finfed deploy run`.")
-    return _supervise(process, process.wait)
+    code = _supervise(process, process.wait)
+    if code > 0 and code != 130:  # not stopped by a signal, as asked: say why
+        raise RunError(superlink_exit_message(consortium, code))
+    return code
 
 
 # --------------------------------------------------------------------------- site
@@ -214,6 +276,12 @@ def check_coordinator_tls(site: SiteConfig, timeout: float = 5.0) -> bool:
         return False
 
 
+def check_runtime_port(site: SiteConfig) -> None:
+    """Two SuperNodes on one host need distinct Runtime API ports (Flower only prints a traceback)."""
+    check_port_free("127.0.0.1", site.runtime_port, what=f"site {site.name}'s SuperNode (Runtime API)",
+                    fix=f"set another free port in {site.file} [supernode] runtime_port")
+
+
 def site_diagnosis(site: SiteConfig, lines: list[str]) -> str:
     text = "\n".join(lines)
     for marker, message in DIAGNOSES:
@@ -225,6 +293,7 @@ def site_diagnosis(site: SiteConfig, lines: list[str]) -> str:
 
 def serve_site(site: SiteConfig, *, max_retries: int | None = None, out: Printer = print) -> int:
     """`finfed deploy site`: run the SuperNode until stopped; a refusal is explained, not just logged."""
+    check_runtime_port(site)
     if not check_coordinator_tls(site):
         out(f"[finfed] coordinator {site.superlink} not reachable yet; the SuperNode keeps trying")
     env = deploy_env(site.flwr_home)
@@ -233,11 +302,12 @@ def serve_site(site: SiteConfig, *, max_retries: int | None = None, out: Printer
     # Its own session: Flower's SuperExec outlives a SuperNode that exits at start, and is
     # stopped with the SuperNode's process group.
     process = subprocess.Popen(_executable(command), env=env, cwd=str(site.folder), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True, umask=PRIVATE_UMASK)
     tail: list[str] = []
 
     def relay() -> None:
-        with open(site.log_file, "a", encoding="utf-8") as log:
+        with os.fdopen(os.open(site.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "a",
+                       encoding="utf-8") as log:
             for line in process.stdout:
                 log.write(line)
                 log.flush()
@@ -300,7 +370,9 @@ def start_run(consortium: Consortium, config: ExperimentConfig, *, on_line: Prin
     env = write_flower_config(consortium)
     run_dir = config.resolved_run_dir
     run_config = consortium.flwr_home / f"run-config-{config.name}.toml"
-    write_run_config(to_run_config(config), run_config)
+    values = {**to_run_config(config), "federation.site_nodes": run_config_value(consortium)}
+    write_run_config(values, run_config)
+    run_config.chmod(0o600)
     # A resumed run keeps the interrupted run's log beside its own.
     log_path = run_dir / ("flower-resumed.log" if config.resume_from else "flower.log")
     run_id = _stream(_executable(commands.run_command(app_dir(), run_config)), env, log_path, on_line)
