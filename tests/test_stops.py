@@ -275,7 +275,9 @@ def test_sigterm_during_training_stops_spending_records_interrupted_and_resumes(
     output, family = _Output(process), []
     try:
         deadline = time.time() + 600
-        while not output.has("[finfed] round 2 site"):  # a site's progress line: round 2 is training
+        # A site's per-step progress line (in its own log, never on stdout): round 2 is training.
+        while not any("round 2 site" in log.read_text(errors="replace")
+                      for log in (run_dir / "sites").glob("site-*/site.log")):
             assert process.poll() is None and time.time() < deadline, output.text()[-3000:]
             time.sleep(0.05)
         family = _family(process)
