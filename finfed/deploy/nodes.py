@@ -10,13 +10,13 @@ new node's id, so finfed keeps ``site name -> node id`` in the coordinator's sta
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from finfed.deploy.consortium import Consortium
 from finfed.errors import ConfigError
+from finfed.privacy.ledger_chain import write_private_json
 
 SITE_NODES_FILE = "site-nodes.json"
 
@@ -39,13 +39,7 @@ def read_site_nodes(consortium: Consortium) -> dict[str, int]:
 
 def record_site_node(consortium: Consortium, name: str, node_id: int) -> None:
     nodes = {**read_site_nodes(consortium), name: int(node_id)}
-    path = site_nodes_path(consortium)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-        json.dump(nodes, out, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    write_private_json(site_nodes_path(consortium), dict(sorted(nodes.items())))
 
 
 def registered_node_id(output: str) -> int | None:
