@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from finfed.cli import main as finfed
-from finfed.run_outputs import read_metrics, read_privacy, read_status
+from finfed.cli.main import main as finfed
+from finfed.runs.outputs import read_metrics, read_privacy, read_status
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -16,19 +16,23 @@ from typing import TYPE_CHECKING, Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.audit import audit_mod
-from client.guard import disclosure_mod
-from client.secure import check_secure_range, check_secure_weight, secure_aggregation_mod
-from client.wire import read_train_request, refusal_reply, train_reply
 from finfed import constants as keys
 from finfed.config import from_run_config
 from finfed.errors import BudgetExhausted, PrivacyError
 from finfed.privacy.disclosure import outgoing_train_metrics
 from finfed.records import from_array_record
-from finfed.site_local import share_train_loss
+from finfed.site.audit import audit_mod
+from finfed.site.guard import disclosure_mod
+from finfed.site.node_settings import share_train_loss
+from finfed.site.secure import (
+    check_secure_range,
+    check_secure_weight,
+    secure_aggregation_mod,
+)
+from finfed.site.wire import read_train_request, refusal_reply, train_reply
 
 if TYPE_CHECKING:
-    from finfed.site import SiteContext
+    from finfed.site.rounds import SiteContext
 
 # The audit mod is outermost: it records what actually leaves, i.e. after SecAgg+ masking and after
 # the disclosure guard turned any failure into a record-free error reply (client/guard.py).
@@ -59,7 +63,7 @@ def check_history_kept(site: SiteContext, config: Mapping[str, Any], stored: Any
 def train(message: Message, context: Context) -> Message:
     # Imported here, not at the top: Flower starts a fresh process per message, and SecAgg+'s key
     # exchange stages never train, so they should not pay for importing torch and transformers.
-    from finfed.site import site_context, train_round
+    from finfed.site.rounds import site_context, train_round
 
     site = site_context(from_run_config(context.run_config), context.node_config)
     request = read_train_request(message)
@@ -88,7 +92,7 @@ def train(message: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(message: Message, context: Context) -> Message:
-    from finfed.site import evaluate_round, site_context  # see train()
+    from finfed.site.rounds import evaluate_round, site_context  # see train()
 
     site = site_context(from_run_config(context.run_config), context.node_config)
     metrics = evaluate_round(site, from_array_record(message.content[keys.ARRAYS]))

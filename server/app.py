@@ -14,16 +14,16 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from finfed import constants as keys
-from finfed.checkpoint import resume_point
 from finfed.config import from_run_config, to_run_config
+from finfed.coordinator.client_dp import ClientLevelDP
+from finfed.coordinator.rounds import Coordinator, PlainTraining
+from finfed.coordinator.run import FederatedRun
+from finfed.coordinator.sampling import SiteNames, SiteSampler
+from finfed.coordinator.secure import SecureTraining
 from finfed.errors import RunInterrupted
-from finfed.federation import FederatedRun
 from finfed.privacy.client_level import ClientLevelMechanism, default_count_stddev
-from server.client_dp import ClientLevelDP
-from finfed.stop import stop_requested
-from server.rounds import Coordinator, PlainTraining
-from server.sampling import SiteNames, SiteSampler
-from server.secure import SecureTraining
+from finfed.runs.checkpoint import resume_point
+from finfed.runs.stop import stop_requested
 
 app = ServerApp()
 

@@ -52,7 +52,7 @@ def tiny_config(tiny_backbone, tmp_path):
 @pytest.fixture
 def tiny_simulate(tiny_backbone, tmp_path):
     """Run `finfed simulate` on the tiny federation (run dir: tmp_path/run); returns the exit code."""
-    from finfed.cli import main
+    from finfed.cli.main import main
 
     def run(*overrides: str) -> int:
         settings = [*_tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides]

@@ -24,8 +24,8 @@ from finfed.deploy.consortium import (
     site_template,
 )
 from finfed.deploy.launch import deploy_env, registered_nodes, write_flower_config
+from finfed.runtime.local_engine import free_port
 from finfed.runtime.processes import stop_process_tree
-from simulations.runner import free_port
 
 LABELS = "negative,neutral,positive"
 SITE_BUDGET = 10.0

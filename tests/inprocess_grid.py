@@ -79,12 +79,12 @@ class InProcessGrid:
 
 def serve(config: ExperimentConfig, grid: InProcessGrid | None = None) -> InProcessGrid:
     """Run finfed's ServerApp to the end against ``grid`` (default: a fresh one with every site healthy)."""
-    import client.app
-    import server.app
+    from finfed.flower_app.client import app as client_app
+    from finfed.flower_app.server import app as server_app
 
-    grid = grid or InProcessGrid(client.app.app, config)
+    grid = grid or InProcessGrid(client_app.app, config)
     context = Context(run_id=42, node_id=0, node_config={}, state=RecordDict(), run_config=to_run_config(config))
-    server.app.main(grid, context)
+    server_app.main(grid, context)
     return grid
 
 

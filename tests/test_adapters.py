@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from finfed.errors import TrainingError
-from finfed.models.adapters import (frozen_adapter_fingerprint, load_trainable_state, trainable_state)
+from finfed.models.adapters import (
+    frozen_adapter_fingerprint,
+    load_trainable_state,
+    trainable_state,
+)
 from finfed.tasks import get_task
 
 LABELS = ["negative", "neutral", "positive"]
@@ -34,7 +38,7 @@ def test_every_site_builds_the_same_frozen_a_and_a_different_seed_does_not(tiny_
 
 def test_ffa_training_leaves_a_untouched_so_averaging_b_is_exact(tiny_config):
     """FedAvg of B equals FedAvg of B @ A only if A never moves: check it after a real round."""
-    from finfed.site import site_context, train_round
+    from finfed.site.rounds import site_context, train_round
 
     config = tiny_config()
     site = site_context(config, {"partition-id": 0})

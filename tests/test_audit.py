@@ -3,15 +3,15 @@
 import json
 
 import pytest
+from finfed.flower_app.client import app as client_app
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from inprocess_grid import InProcessGrid, serve
 
-import client.app
-from client.audit import audit_mod
 from finfed.errors import PrivacyError
 from finfed.models.adapters import trainable_state
-from finfed.run_outputs import read_metrics
+from finfed.runs.outputs import read_metrics
+from finfed.site.audit import audit_mod
 from finfed.tasks import get_task
 
 SECAGG_STAGES = ["setup", "share_keys", "collect_masked_vectors", "unmask"]
@@ -22,7 +22,7 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
     config = tiny_config("federation.rounds=1", "privacy.membership_audit=false",
                          f"federation.secure_aggregation={str(secure).lower()}")
     logs = [tmp_path / f"audit-{site}.jsonl" for site in (0, 1)]
-    serve(config, InProcessGrid(client.app.app, config, [{"audit-log": str(path)} for path in logs]))
+    serve(config, InProcessGrid(client_app.app, config, [{"audit-log": str(path)} for path in logs]))
     model = get_task(config, ["negative", "neutral", "positive"]).build_model()
     shapes = {name: list(tensor.shape) for name, tensor in trainable_state(model).items()}
     sites = {s["site"]: s for s in read_metrics(config.resolved_run_dir)[1]["sites"]}

@@ -3,9 +3,9 @@
 import pytest
 from opacus.accountants import RDPAccountant
 
-from finfed.cli import main
+from finfed.cli.main import main
 from finfed.privacy.client_level import ORDERS, client_level_epsilon
-from finfed.run_outputs import read_privacy, read_status
+from finfed.runs.outputs import read_privacy, read_status
 
 
 def test_client_level_epsilon_is_opacus_rdp_over_rounds():

@@ -12,19 +12,23 @@ import numpy as np
 import pytest
 from dp_accounting import pld, rdp
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from inprocess_grid import NODE_BASE, InProcessGrid
 
 from finfed import constants as keys
 from finfed.config import ExperimentConfig, config_from_dict
+from finfed.coordinator.rounds import PlainTraining
+from finfed.coordinator.run import FederatedRun
+from finfed.coordinator.sampling import SiteNames, SiteSampler
 from finfed.errors import ConfigError, RunError
-from finfed.federation import FederatedRun
-from finfed.privacy.client_level import (ORDERS, ClientLevelMechanism, client_level_epsilon,
-                                         update_noise_multiplier)
-from finfed.privacy_report import client_level_text
+from finfed.privacy.client_level import (
+    ORDERS,
+    ClientLevelMechanism,
+    client_level_epsilon,
+    update_noise_multiplier,
+)
 from finfed.records import from_array_record, to_array_record
-from inprocess_grid import NODE_BASE, InProcessGrid
+from finfed.reporting.privacy_report import client_level_text
 from server.app import RecordingFedAvg, with_client_dp
-from server.rounds import PlainTraining
-from server.sampling import SiteNames, SiteSampler
 
 SHAPES = {"lora.B": (64, 8), "head.weight": (3, 64)}
 SIZES = [10, 200, 3000, 40000]  # example counts per site: the largest is 4000x the smallest

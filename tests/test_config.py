@@ -5,8 +5,14 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from finfed.config import (ExperimentConfig, config_from_dict, from_run_config, load_config,
-                           save_config, to_run_config)
+from finfed.config import (
+    ExperimentConfig,
+    config_from_dict,
+    from_run_config,
+    load_config,
+    save_config,
+    to_run_config,
+)
 from finfed.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,12 +25,6 @@ def test_defaults_round_trip_through_yaml_and_run_config(tmp_path):
     save_config(config, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == config
     assert from_run_config(to_run_config(config)) == config
-
-
-def test_pyproject_run_config_matches_defaults():
-    """`flwr run .` must see exactly finfed's settings, with the same defaults."""
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["tool"]["flwr"]["app"]["config"] == to_run_config(ExperimentConfig())
 
 
 @pytest.mark.parametrize("overrides, message", [

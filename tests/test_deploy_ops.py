@@ -27,9 +27,15 @@ from deployment_harness import (
 )
 from test_faults import FakeClock, FakeGrid
 
-from finfed.cli import main
+from finfed.cli.main import main
 from finfed.config import FederationSettings
-from finfed.deploy.consortium import DEFAULT_RUNTIME_PORT, add_site, load_consortium, read_toml
+from finfed.coordinator.sampling import SiteSampler, parse_site_nodes
+from finfed.deploy.consortium import (
+    DEFAULT_RUNTIME_PORT,
+    add_site,
+    load_consortium,
+    read_toml,
+)
 from finfed.deploy.launch import check_runtime_port, serve_coordinator, start_superlink
 from finfed.deploy.nodes import (
     format_rows,
@@ -44,7 +50,6 @@ from finfed.deploy.ports import port_is_free
 from finfed.deploy.runlock import LOCK_FILE, RunLock
 from finfed.deploy.site_config import load_site_config
 from finfed.errors import ConfigError, RunError
-from server.sampling import SiteSampler, parse_site_nodes
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from deployment_harness import (
 from flwr.common.config import parse_config_args
 
 from finfed import constants as keys
-from finfed.cli import main
+from finfed.cli.main import main
 from finfed.config import ExperimentConfig
 from finfed.deploy import pki
 from finfed.deploy.consortium import add_site, init_consortium, load_consortium
@@ -48,7 +48,7 @@ from finfed.deploy.launch import deployment_config
 from finfed.deploy.site_config import load_site_config
 from finfed.errors import ConfigError, RunError
 from finfed.privacy.ledger import PrivacyLedger
-from finfed.run_outputs import read_status
+from finfed.runs.outputs import read_status
 
 pytestmark = pytest.mark.deployment
 
@@ -482,7 +482,7 @@ def test_coordinator_restarted_after_round_one_resumes_the_run(deployment):
 
 
 def test_a_site_reads_its_own_column_names_from_its_node_config(tiny_config, tmp_path):
-    from finfed.site import site_context
+    from finfed.site.rounds import site_context
 
     original = site_data(tmp_path, 3, rows_per_site=40)[1]
     renamed = tmp_path / "renamed.csv"

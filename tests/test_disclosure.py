@@ -13,25 +13,40 @@ import logging
 from pathlib import Path
 
 import pytest
+from finfed.flower_app.client import app as client_app
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 from inprocess_grid import NODE_BASE, InProcessGrid, message_round, serve
 
-import client.app
-from client.guard import checked_reply, disclosure_mod
 from finfed import constants as keys
 from finfed.config import load_config
 from finfed.data.loading import check_labels, normalise_examples, read_table
 from finfed.data.qa_records import normalise_qa_records
 from finfed.data.synthetic_filings import generate_filings_qa
 from finfed.data.synthetic_news import generate_news
-from finfed.errors import (BudgetExhausted, ConfigError, DataError, FinfedError, PrivacyError, RunError,
-                           TrainingError)
-from finfed.privacy.disclosure import (EVALUATE_METRICS, TRAIN_METRICS, allow_list, disallowed_fields, error_reason,
-                                       outgoing_train_metrics, reply_policy, shown_reason)
-from finfed.run_outputs import RUN_LEDGERS, read_metrics, read_privacy, read_status
-from finfed.site_local import share_train_loss
+from finfed.errors import (
+    BudgetExhausted,
+    ConfigError,
+    DataError,
+    FinfedError,
+    PrivacyError,
+    RunError,
+    TrainingError,
+)
+from finfed.privacy.disclosure import (
+    EVALUATE_METRICS,
+    TRAIN_METRICS,
+    allow_list,
+    disallowed_fields,
+    error_reason,
+    outgoing_train_metrics,
+    reply_policy,
+    shown_reason,
+)
+from finfed.runs.outputs import RUN_LEDGERS, read_metrics, read_privacy, read_status
+from finfed.site.guard import checked_reply, disclosure_mod
+from finfed.site.node_settings import share_train_loss
 
 CANARY = "ZQXCANARY7731"
 LABELS = "data.labels=negative,neutral,positive"
@@ -188,7 +203,7 @@ def test_the_guard_sends_a_record_free_reason_and_logs_everything_at_the_site(re
                       state=RecordDict(), run_config={})
 
     def fails(message, context):
-        logging.getLogger("finfed.training").info("step 1/4 loss 0.6931")
+        logging.getLogger("finfed.training.local").info("step 1/4 loss 0.6931")
         raise ValueError(f"row 17 has unknown label {CANARY!r}")
 
     reply = disclosure_mod(request_message, context, fails)
@@ -234,7 +249,7 @@ def _news_file(path: Path, seed: int, rows: int = 120):
 
 
 def _serve_sites(config, data_paths, before_send=None) -> InProcessGrid:
-    grid = InProcessGrid(client.app.app, config, [{keys.NODE_DATA_PATH: str(p)} for p in data_paths])
+    grid = InProcessGrid(client_app.app, config, [{keys.NODE_DATA_PATH: str(p)} for p in data_paths])
     if before_send is not None:
         grid.before_send = before_send
     serve(config, grid)
@@ -313,7 +328,7 @@ def test_canary_in_an_ordinary_training_record_and_train_loss_without_opt_in(tin
 
 @pytest.mark.slow
 def test_a_data_file_that_disappears_mid_run_leaves_no_path_at_the_coordinator(tiny_config, tmp_path, capfd):
-    import finfed.site
+    import finfed.site.rounds
 
     config = tiny_config(*SERVE)
     paths = [tmp_path / "bank-0" / "data.csv", tmp_path / f"bank-{CANARY}" / "data.csv"]
@@ -323,7 +338,7 @@ def test_a_data_file_that_disappears_mid_run_leaves_no_path_at_the_coordinator(t
     def remove_in_round_2(grid, message):
         if message_round(message) == 2 and message.metadata.dst_node_id == NODE_BASE + 1 and paths[1].exists():
             paths[1].unlink()
-            finfed.site._site_context.cache_clear()  # a deployed ClientApp is a fresh process per message
+            finfed.site.rounds._site_context.cache_clear()  # a deployed ClientApp is a fresh process per message
 
     grid = _serve_sites(config, paths, remove_in_round_2)
     run_dir = config.resolved_run_dir

@@ -1,7 +1,7 @@
 """DP randomness the coordinator can neither seed nor predict, and every epsilon labelled with its own delta.
 
-Runs are driven without Flower: real site rounds (finfed.site.train_round on the tiny BERT)
-feed the coordinator's real records (finfed.federation.FederatedRun), whose run directory the
+Runs are driven without Flower: real site rounds (finfed.site.rounds.train_round on the tiny BERT)
+feed the coordinator's real records (finfed.coordinator.run.FederatedRun), whose run directory the
 report and the export then read.
 """
 
@@ -14,16 +14,19 @@ import pytest
 import torch
 
 from finfed.compat import generator_from_words
+from finfed.coordinator.run import FederatedRun
 from finfed.errors import ConfigError, PrivacyError
-from finfed.export import EXPORT_INFO, export_run
-from finfed.federation import FederatedRun
+from finfed.inference.export import EXPORT_INFO, export_run
 from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant
-from finfed.privacy.randomness import REPRODUCIBLE_LABEL, dp_randomness, secret_generator
-from finfed.privacy_report import build_report, render_markdown, write_reports
-from finfed.run_outputs import PRIVACY, read_privacy
-from finfed.site import site_context, train_round
-
+from finfed.privacy.randomness import (
+    REPRODUCIBLE_LABEL,
+    dp_randomness,
+    secret_generator,
+)
+from finfed.reporting.privacy_report import build_report, render_markdown, write_reports
+from finfed.runs.outputs import PRIVACY, read_privacy
+from finfed.site.rounds import site_context, train_round
 
 SMALL = "data.synthetic_size=120"  # 45 training records per site: a DP round of a few steps
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from finfed.run_outputs import read_metrics
+from finfed.runs.outputs import read_metrics
 from finfed.runtime.engine_home import (
     OWNER_FILE,
     PREFIX,

@@ -15,13 +15,13 @@ import pytest
 import torch
 from transformers import pipeline
 
-from finfed.cli import main
+from finfed.cli.main import main
 from finfed.errors import RunError
-from finfed.export import EXPORT_INFO, export_run
+from finfed.inference.export import EXPORT_INFO, export_run
+from finfed.inference.predict import answer_question, predict_texts
 from finfed.models import hf_pooled_classifier, hf_qa_pipeline
-from finfed.models.persistence import save_model
-from finfed.predict import answer_question, predict_texts
-from finfed.run_outputs import MODEL, RunOutputs
+from finfed.runs.model_store import save_model
+from finfed.runs.outputs import MODEL, RunOutputs
 from finfed.tasks import get_task
 
 LABELS = ["negative", "neutral", "positive"]

@@ -1,12 +1,12 @@
 """A site that dies mid-run does not stop the run; every missing site is recorded per round."""
 
 import pytest
+from finfed.flower_app.client import app as client_app
 from inprocess_grid import NODE_BASE, InProcessGrid, message_round, serve
 
-import client.app
+from finfed.coordinator.sampling import SiteSampler
 from finfed.errors import RunError
-from finfed.run_outputs import read_metrics, read_status
-from server.sampling import SiteSampler
+from finfed.runs.outputs import read_metrics, read_status
 
 DEAD = NODE_BASE + 2  # site 2
 
@@ -71,7 +71,7 @@ def _kill_site_2(rounds):
 def test_a_dead_site_is_recorded_and_the_run_completes_with_the_others(tiny_config, secure):
     config = tiny_config("federation.num_sites=3", "federation.min_sites=2", "federation.rounds=4",
                          f"federation.secure_aggregation={str(secure).lower()}", "privacy.membership_audit=false")
-    grid = InProcessGrid(client.app.app, config)
+    grid = InProcessGrid(client_app.app, config)
     grid.before_send = _kill_site_2({2: "unavailable", 3: "silent", 4: "gone"})
     serve(config, grid)
     run_dir = config.resolved_run_dir
@@ -98,7 +98,7 @@ def test_sites_dropping_before_and_between_secagg_stages_are_unmasked_around(tin
     config = tiny_config("federation.num_sites=4", "federation.min_sites=2", "federation.rounds=2",
                          "privacy.enabled=false", "federation.secure_aggregation=true",
                          "privacy.membership_audit=false")
-    grid = InProcessGrid(client.app.app, config)
+    grid = InProcessGrid(client_app.app, config)
 
     def before_send(grid, message):
         stage = message.content["secaggplus_configs"]["stage"] if "secaggplus_configs" in message.content else ""
@@ -118,7 +118,7 @@ def test_sites_dropping_before_and_between_secagg_stages_are_unmasked_around(tin
 
 def test_with_min_sites_0_a_failed_site_stops_the_run_with_the_reason(tiny_config):
     config = tiny_config("federation.num_sites=3", "federation.rounds=2", "privacy.membership_audit=false")
-    grid = InProcessGrid(client.app.app, config)
+    grid = InProcessGrid(client_app.app, config)
     grid.before_send = _kill_site_2({2: "unavailable"})
     with pytest.raises(RunError, match=r"round 2: 2 site\(s\) returned an update, 3 needed; failures: site 2"):
         serve(config, grid)

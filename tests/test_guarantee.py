@@ -5,8 +5,8 @@ import json
 
 from finfed import constants as keys
 from finfed.config import load_config, save_config
-from finfed.guarantee import guarantee_text
-from finfed.privacy_report import write_reports
+from finfed.privacy.guarantee import guarantee_text
+from finfed.reporting.privacy_report import write_reports
 
 SITE = {"target_epsilon": 8.0, "delta": 1e-5, "noise_multiplier": 0.7, "max_grad_norm": 1.0, "sample_rate": 0.1,
         "records": 600, "accountant": "prv", "steps": 30, "epsilon_by_round": {"1": 5.5}, "epsilon": 5.5}
@@ -57,7 +57,7 @@ def test_report_md_json_and_html_state_the_same_guarantee_as_privacy_json(tmp_pa
                "sites": [{"site": 0, keys.TRAIN_LOSS: 0.9}, {"site": 1, keys.EPSILON: 5.5}]}]
     (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rounds) + "\n")
     privacy = _privacy()
-    privacy["guarantee"] = guarantee_text(privacy, train_loss_sites=[0])  # what finfed.federation writes
+    privacy["guarantee"] = guarantee_text(privacy, train_loss_sites=[0])  # what finfed.coordinator.run writes
     (run_dir / "privacy.json").write_text(json.dumps(privacy))
     (run_dir / "status.json").write_text(json.dumps({"state": "complete", "baseline": {"accuracy": 0.38}}))
 

@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-from finfed.cli import main
+from finfed.cli.main import main
 from finfed.errors import BudgetExhausted, PrivacyError
 from finfed.models.adapters import trainable_state
 from finfed.privacy.ledger import PrivacyLedger
-from finfed.privacy_report import ledger_summary
-from finfed.run_outputs import read_metrics, read_privacy, read_status
-from finfed.site import site_context, train_round
+from finfed.reporting.privacy_report import ledger_summary
+from finfed.runs.outputs import read_metrics, read_privacy, read_status
+from finfed.site.rounds import site_context, train_round
 
 
 def _initial(site):

@@ -10,14 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from finfed.cli import main
+from finfed.cli.main import main
 from finfed.errors import LedgerIntegrityError, PrivacyError
 from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger import PrivacyLedger, new_entry
 from finfed.privacy.ledger_chain import HEAD_FILE, ChainHead, record_hash
-from finfed.privacy_report import ledger_summary, render_ledger
-from finfed.site import _site_context, site_context, train_round
+from finfed.reporting.privacy_report import ledger_summary, render_ledger
+from finfed.site.rounds import _site_context, site_context, train_round
 
 DATASET = "loans.csv"
 NOISE = [1.1, 1.1, 0.9]
@@ -329,7 +329,7 @@ def test_site_toml_names_the_dataset_and_the_check_verifies_the_ledger(tmp_path)
 
 
 def test_overwriting_a_simulated_run_clears_its_ledgers_with_their_heads(tmp_path):
-    from finfed.run_outputs import prepare_run_dir
+    from finfed.runs.outputs import prepare_run_dir
 
     run = tmp_path / "run"
     path, folder = run / "ledgers" / "site-0.json", run / "sites" / "site-0"

@@ -9,15 +9,27 @@ import pandas as pd
 import pytest
 
 from finfed import constants as keys
-from finfed.data.partition import SiteData, hold_back_for_audit, load_federated_data, simulated_site
+from finfed.data.partition import (
+    SiteData,
+    hold_back_for_audit,
+    load_federated_data,
+    simulated_site,
+)
 from finfed.errors import DataError
-from finfed.membership_audit import (AUDITED_SITE, audit_holdout_fraction, audit_reading, dp_auc_ceiling,
-                                     dp_tpr_bound, loss_threshold_auc, roc_auc)
 from finfed.models.backbone import load_tokenizer
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import plan_privacy
+from finfed.privacy.membership_audit import (
+    AUDITED_SITE,
+    audit_holdout_fraction,
+    audit_reading,
+    dp_auc_ceiling,
+    dp_tpr_bound,
+    loss_threshold_auc,
+    roc_auc,
+)
 from finfed.tasks import get_task
-from finfed.training import train_locally
+from finfed.training.local import train_locally
 
 
 @pytest.mark.parametrize("positives, negatives, expected", [
@@ -104,7 +116,7 @@ def test_only_the_audited_site_holds_records_back_and_only_when_the_audit_runs(t
 
 
 def test_the_simulated_site_trains_without_its_held_back_records(tiny_config):
-    from finfed.site import site_context
+    from finfed.site.rounds import site_context
 
     config = tiny_config()
     site = site_context(config, {keys.NODE_PARTITION_ID: AUDITED_SITE})
@@ -115,7 +127,7 @@ def test_the_simulated_site_trains_without_its_held_back_records(tiny_config):
 
 def test_the_coordinators_audit_attacks_with_members_and_held_back_records_and_states_the_ceiling(
         tiny_config, monkeypatch):
-    import finfed.federation as federation
+    import finfed.coordinator.run as federation
 
     config = tiny_config()
     run = federation.FederatedRun(config)

@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 from torch import nn
 
@@ -10,8 +11,8 @@ from finfed.config import load_config
 from finfed.errors import PrivacyError, TrainingError
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import plan_privacy
-from finfed.site import site_context, train_round
-from finfed.training import train_locally
+from finfed.site.rounds import site_context, train_round
+from finfed.training.local import train_locally
 
 
 def _rdp_epsilon(noise, rate, steps, delta):

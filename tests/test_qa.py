@@ -13,11 +13,11 @@ from finfed.data.partition import load_federated_data
 from finfed.data.qa_records import normalise_qa_records, read_qa_file
 from finfed.errors import DataError
 from finfed.models.backbone import load_tokenizer
-from finfed.qa_metrics import exact_match, f1, normalize_answer, squad_scores
 from finfed.tasks import get_task
 from finfed.tasks.qa_decoding import decode_answer
+from finfed.tasks.qa_metrics import exact_match, f1, normalize_answer, squad_scores
 from finfed.tasks.qa_windows import NO_ANSWER, record_windows, training_windows
-from finfed.training import train_locally
+from finfed.training.local import train_locally
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from finfed.cli import main
+from finfed.cli.main import main
 from finfed.config import load_config
-from finfed.predict import answer_question
-from finfed.privacy_report import build_report
-from finfed.run_outputs import read_metrics, read_privacy, read_status
+from finfed.inference.predict import answer_question
+from finfed.reporting.privacy_report import build_report
+from finfed.runs.outputs import read_metrics, read_privacy, read_status
 
 QA_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "status.json",
             "model/adapter_model.safetensors", "model/finfed_model.json"]

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from finfed.config import load_config, save_config
-from finfed.privacy_report import write_reports
+from finfed.reporting.privacy_report import write_reports
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MATPLOTLIB_BLUE = (31, 119, 180)  # first colour of matplotlib's default cycle: the plotted lines

@@ -12,15 +12,21 @@ import time
 import numpy as np
 import psutil
 import pytest
+from finfed.flower_app.client import app as client_app
 from inprocess_grid import InProcessGrid, message_round, serve
 
-import client.app
-from finfed.checkpoint import Checkpoint, checkpoint_path, read_checkpoint, resume_point, write_checkpoint
-from finfed.cli import main
+from finfed.cli.main import main
 from finfed.config import to_run_config
 from finfed.errors import RunError
 from finfed.privacy.accounting import SiteAccountant
-from finfed.run_outputs import read_metrics, read_privacy, read_status
+from finfed.runs.checkpoint import (
+    Checkpoint,
+    checkpoint_path,
+    read_checkpoint,
+    resume_point,
+    write_checkpoint,
+)
+from finfed.runs.outputs import read_metrics, read_privacy, read_status
 
 
 def _checkpoint(config, round_=1, scale=1.0):
@@ -105,14 +111,14 @@ def _stop_at_round_2(grid, message):
 
 
 def _stop_then_resume(config):
-    grid = InProcessGrid(client.app.app, config)
+    grid = InProcessGrid(client_app.app, config)
     grid.before_send = _stop_at_round_2
     with pytest.raises(CoordinatorStopped):
         serve(config, grid)
     assert [r["round"] for r in read_metrics(config.resolved_run_dir)] == [0, 1]
     # A new Flower run: fresh ClientApp contexts (the sites' accountant state is gone) and new node ids.
     resumed = dataclasses.replace(config, resume_from=str(config.resolved_run_dir))
-    return serve(resumed, InProcessGrid(client.app.app, resumed, node_base=2000))
+    return serve(resumed, InProcessGrid(client_app.app, resumed, node_base=2000))
 
 
 def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tiny_config, tmp_path):

@@ -5,18 +5,18 @@ import json
 
 import numpy as np
 import pytest
+from finfed.flower_app.client import app as client_app
 from flwr.app import ArrayRecord
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from inprocess_grid import InProcessGrid, message_round, serve
 
-import client.app
-from client.audit import audit_mod
-from client.secure import secure_aggregation_mod
-from finfed.checkpoint import read_checkpoint
 from finfed.errors import ConfigError
 from finfed.models.adapters import trainable_state
-from finfed.run_outputs import read_metrics, read_privacy, read_status
+from finfed.runs.checkpoint import read_checkpoint
+from finfed.runs.outputs import read_metrics, read_privacy, read_status
+from finfed.site.audit import audit_mod
+from finfed.site.secure import secure_aggregation_mod
 from finfed.tasks import get_task
 
 SECURE = "federation.secure_aggregation=true"
@@ -136,8 +136,8 @@ def _capturing_client_app(captured: list):
         return reply
 
     app = ClientApp(mods=[audit_mod, secure_aggregation_mod, capture])
-    app.train()(client.app.train)
-    app.evaluate()(client.app.evaluate)
+    app.train()(client_app.train)
+    app.evaluate()(client_app.evaluate)
     return app
 
 

@@ -7,10 +7,10 @@ import pytest
 from peft import PeftModel
 from transformers import AutoTokenizer
 
-from finfed.cli import main
+from finfed.cli.main import main
+from finfed.inference.predict import predict_texts
 from finfed.models.adapters import trainable_state
-from finfed.predict import predict_texts
-from finfed.run_outputs import read_metrics, read_privacy, read_status
+from finfed.runs.outputs import read_metrics, read_privacy, read_status
 from finfed.tasks import get_task
 
 RUN_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "status.json", "flower.log",

@@ -19,22 +19,22 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from finfed.flower_app.client import app as client_app
 from inprocess_grid import InProcessGrid, message_round, serve
 from torch import nn
 
-import client.app
-from finfed.checkpoint import read_checkpoint, resume_point, write_checkpoint
-from finfed.cli import finish_run, main
+from finfed.cli.main import finish_run, main
 from finfed.config import load_config
 from finfed.errors import RunError, RunInterrupted
-from finfed.export import export_run
+from finfed.inference.export import export_run
 from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import plan_privacy
-from finfed.run_outputs import read_metrics, read_status
-from finfed.site import site_context, train_round
-from finfed.stop import clear_stop, request_stop, stop_path, stop_time
-from finfed.training import train_locally
+from finfed.runs.checkpoint import read_checkpoint, resume_point, write_checkpoint
+from finfed.runs.outputs import read_metrics, read_status
+from finfed.runs.stop import clear_stop, request_stop, stop_path, stop_time
+from finfed.site.rounds import site_context, train_round
+from finfed.training.local import train_locally
 
 # --------------------------------------------------------------------------- a site between DP steps
 
@@ -143,7 +143,7 @@ def _stop_when(kind: str, server_round: int):
 def test_a_stop_during_training_abandons_the_round_and_the_run_resumes_from_the_last_one(tiny_config, tmp_path):
     config = tiny_config(*_settings(tmp_path))
     run_dir = config.resolved_run_dir
-    grid = InProcessGrid(client.app.app, config)
+    grid = InProcessGrid(client_app.app, config)
     grid.run_dir = run_dir
     grid.before_send = _stop_when("train", 2)  # the stop lands while round 2's train requests go out
     serve(config, grid)
@@ -158,7 +158,7 @@ def test_a_stop_during_training_abandons_the_round_and_the_run_resumes_from_the_
 
     clear_stop(run_dir)  # as `finfed simulate --resume` does before it submits
     resumed = dataclasses.replace(config, resume_from=str(run_dir))
-    serve(resumed, InProcessGrid(client.app.app, resumed, node_base=2000))
+    serve(resumed, InProcessGrid(client_app.app, resumed, node_base=2000))
     status = read_status(run_dir)
     assert status["state"] == "complete" and status["resumed_from_rounds"] == [1]
     assert _ledger_rounds(tmp_path, 0) == _ledger_rounds(tmp_path, 1) == [1, 2, 3]  # no round trained twice
@@ -166,7 +166,7 @@ def test_a_stop_during_training_abandons_the_round_and_the_run_resumes_from_the_
 
 def test_a_stop_after_the_training_replies_keeps_the_round_and_starts_no_other(tiny_config, tmp_path):
     config = tiny_config(*_settings(tmp_path))
-    grid = InProcessGrid(client.app.app, config)
+    grid = InProcessGrid(client_app.app, config)
     grid.run_dir = config.resolved_run_dir
     grid.before_send = _stop_when("evaluate", 1)  # round 1's updates are in: its spend is used, not wasted
     serve(config, grid)
@@ -183,7 +183,7 @@ def test_a_coordinator_stopped_by_a_signal_is_interrupted_not_failed(tiny_config
         if message_round(message) == 2:
             raise SystemExit(0)  # what Flower's handler makes of SIGTERM in the ServerApp's process
 
-    grid = InProcessGrid(client.app.app, config)
+    grid = InProcessGrid(client_app.app, config)
     grid.before_send = sigterm_in_round_2
     with pytest.raises(SystemExit):
         serve(config, grid)
@@ -334,7 +334,7 @@ def test_simulate_of_a_run_every_site_refuses_exits_non_zero_without_a_model(tin
 def test_a_round_whose_sampled_sites_all_refuse_does_not_end_the_run_while_other_sites_may_train(tiny_config):
     """Rounds that ask only some sites (`fraction_train`, client-level Poisson sampling) end the run
     only once every configured site has refused: an unasked site may still have budget."""
-    from finfed.federation import FederatedRun
+    from finfed.coordinator.run import FederatedRun
 
     run = FederatedRun(tiny_config("federation.num_sites=3"))
     run.record_training(1, [], [], refusals=[{"site-id": 0, "refused": 1}])

@@ -11,11 +11,20 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, NaturalIdPartitioner
+from flwr_datasets.partitioner import (
+    DirichletPartitioner,
+    IidPartitioner,
+    NaturalIdPartitioner,
+)
 
 from finfed.config import TASK_SYNTHETIC_SIZE, DataSettings
-from finfed.data.loading import (check_labels, normalise_examples, read_hub_dataset, read_table,
-                                 resolve_labels)
+from finfed.data.loading import (
+    check_labels,
+    normalise_examples,
+    read_hub_dataset,
+    read_table,
+    resolve_labels,
+)
 from finfed.data.qa_records import normalise_qa_records, read_qa_file
 from finfed.data.synthetic_news import generate_news
 from finfed.errors import ConfigError, DataError
@@ -39,7 +48,7 @@ class SiteData:
     train: pd.DataFrame
     validation: pd.DataFrame
     # Simulation only: records of the audited site that it never trains on, the membership
-    # audit's non-members (see finfed.membership_audit.audit_holdout_fraction).
+    # audit's non-members (see finfed.privacy.membership_audit.audit_holdout_fraction).
     audit_holdout: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 

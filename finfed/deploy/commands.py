@@ -13,7 +13,7 @@ from pathlib import Path
 
 from finfed.deploy.consortium import Consortium, SiteEntry
 from finfed.deploy.site_config import SiteConfig
-from simulations.runner import QUIET_FLOWER_ENV, toml_value
+from finfed.runtime.local_engine import QUIET_FLOWER_ENV, toml_value
 
 # The coordinator's name for its own SuperLink in its private $FLWR_HOME/config.toml.
 CONNECTION = "finfed-coordinator"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from finfed.deploy import pki
 from finfed.errors import ConfigError
-from simulations.runner import toml_value
+from finfed.runtime.local_engine import toml_value
 
 try:  # Python 3.11+
     import tomllib

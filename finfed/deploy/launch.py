@@ -29,7 +29,6 @@ from typing import Any
 
 from flwr.supercore.address import parse_address
 
-from finfed.checkpoint import resume_point
 from finfed.config import (
     ExperimentConfig,
     apply_overrides,
@@ -44,16 +43,17 @@ from finfed.deploy.nodes import record_site_node, registered_node_id, run_config
 from finfed.deploy.ports import check_port_free
 from finfed.deploy.site_config import SiteConfig
 from finfed.errors import ConfigError, RunError
-from finfed.runtime.processes import stop_process_tree
-from simulations.runner import (
+from finfed.runs.checkpoint import resume_point
+from finfed.runtime.flower_app import write_app
+from finfed.runtime.local_engine import (
     FlowerRunResult,
-    _final_status,
-    _stream,
-    _tool,
-    app_dir,
+    final_run_status,
     flower_env,
+    flower_tool,
+    stream_flower_run,
     write_run_config,
 )
+from finfed.runtime.processes import stop_process_tree
 
 Printer = Callable[[str], None]
 # What finfed's Flower processes create (SuperLink database and log, run outputs, a site's ledger and log)
@@ -71,7 +71,7 @@ def _raise_stopped(signum, frame) -> None:
 
 def _executable(command: list[str]) -> list[str]:
     """Flower's tools from this interpreter's environment, whatever PATH says."""
-    return [_tool(command[0]), *command[1:]]
+    return [flower_tool(command[0]), *command[1:]]
 
 
 def deploy_env(home: Path) -> dict[str, str]:
@@ -375,8 +375,10 @@ def start_run(consortium: Consortium, config: ExperimentConfig, *, on_line: Prin
     run_config.chmod(0o600)
     # A resumed run keeps the interrupted run's log beside its own.
     log_path = run_dir / ("flower-resumed.log" if config.resume_from else "flower.log")
-    run_id = _stream(_executable(commands.run_command(app_dir(), run_config)), env, log_path, on_line)
-    status, details = _final_status(run_id, env, commands.CONNECTION)
+    app = write_app(consortium.flwr_home)
+    run_id = stream_flower_run(_executable(commands.run_command(app, run_config)), env, log_path, on_line,
+                               cwd=consortium.flwr_home)
+    status, details = final_run_status(run_id, env, commands.CONNECTION, cwd=consortium.flwr_home)
     return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
 
 

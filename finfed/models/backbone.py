@@ -6,7 +6,12 @@ import os
 import warnings
 from pathlib import Path
 
-from transformers import AutoModel, AutoModelForQuestionAnswering, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from finfed.errors import ConfigError
 

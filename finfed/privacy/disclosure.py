@@ -24,8 +24,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from finfed import constants as keys
-from finfed.errors import (BudgetExhausted, ConfigError, DataError, FinfedError, PrivacyError, RunError,
-                           TrainingError)
+from finfed.errors import (
+    BudgetExhausted,
+    ConfigError,
+    DataError,
+    FinfedError,
+    PrivacyError,
+    RunError,
+    TrainingError,
+)
 
 # Owned by the "dprng" change (constants.DELTA); spelled here too so this module stands alone.
 DELTA = getattr(keys, "DELTA", "delta")

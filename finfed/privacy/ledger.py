@@ -28,8 +28,14 @@ from typing import Any, Iterable
 
 from finfed.errors import LedgerIntegrityError, PrivacyError
 from finfed.privacy.accounting import SiteAccountant
-from finfed.privacy.ledger_chain import (ChainHead, check_against_head, in_seq_order, seal, verify_chain,
-                                         write_private_json)
+from finfed.privacy.ledger_chain import (
+    ChainHead,
+    check_against_head,
+    in_seq_order,
+    seal,
+    verify_chain,
+    write_private_json,
+)
 
 LEDGER_VERSION = 2
 EVENT_KINDS = {"genesis", "new-ledger", "head-created"}

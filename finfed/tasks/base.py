@@ -17,7 +17,7 @@ from finfed.models.adapters import add_adapters
 class Task(ABC):
     """What differs between classification, QA, ...; everything else is shared."""
 
-    #: Opacus assumes this reduction; see finfed.training.LOSS_REDUCTION
+    #: Opacus assumes this reduction; see finfed.training.local.LOSS_REDUCTION
     loss_reduction: str = "mean"
     #: names of the metrics :meth:`evaluate` returns, the first one is the headline
     metric_names: tuple[str, ...] = ()

@@ -8,11 +8,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from finfed.metrics import accuracy, macro_f1, majority_accuracy
 from finfed.models.backbone import load_encoder
 from finfed.models.classifier import HEAD_NAME, PooledClassifier
 from finfed.privacy.ledger import dataset_fingerprint
 from finfed.tasks.base import Task
+from finfed.tasks.classification_metrics import accuracy, macro_f1, majority_accuracy
 
 
 def pad_batch(items: Sequence[dict], keys: Sequence[str], pad_id: int = 0) -> dict[str, torch.Tensor]:

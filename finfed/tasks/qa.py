@@ -17,10 +17,10 @@ from torch import nn
 
 from finfed.models.backbone import load_qa_model
 from finfed.privacy.ledger import dataset_fingerprint
-from finfed.qa_metrics import squad_scores
 from finfed.tasks.base import Task
 from finfed.tasks.classification import pad_batch
 from finfed.tasks.qa_decoding import Answer, decode_answer
+from finfed.tasks.qa_metrics import squad_scores
 from finfed.tasks.qa_windows import Window, record_windows, training_windows
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")

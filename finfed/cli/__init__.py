@@ -1,0 +1,5 @@
+"""The `finfed` command line."""
+
+from finfed.cli.main import main
+
+__all__ = ["main"]

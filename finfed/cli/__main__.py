@@ -1,0 +1,5 @@
+import sys
+
+from finfed.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,275 @@
+"""`finfed` command line: simulate a consortium, use its model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from finfed.cli.deploy import add_deploy_parser, deploy
+from finfed.errors import FinfedError
+
+ACTOR_PREFIX = re.compile(r"^\S*\(ClientAppActor pid=\d+\)\S*\s*")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="finfed", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="run a federation on this machine (Flower simulation)")
+    simulate.add_argument("--config", type=Path, help="experiment YAML (default: built-in defaults)")
+    simulate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a setting, e.g. --set privacy.target_epsilon=3 (repeatable)")
+    simulate.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    simulate.add_argument("--verbose", action="store_true", help="show Flower's full log")
+    simulate.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                          help="continue a stopped run from its last completed round, with its saved settings")
+
+    report = commands.add_parser("report", help="write report.json/.md/.html (privacy budget and utility)")
+    report.add_argument("run_dir", type=Path, nargs="?")
+    report.add_argument("--ledger", type=Path, help="show a site's lifetime spend per dataset from its ledger")
+    report.add_argument("--site-dir", type=Path, help="the site folder holding the ledger's chain head "
+                        "(default: found beside the ledger, or RUN/sites/site-<id> for a simulated site)")
+
+    ledger = commands.add_parser("ledger", help="a site's privacy ledger: start a new one explicitly")
+    ledger_new = ledger.add_subparsers(dest="ledger_command", required=True).add_parser(
+        "new", help="start a new ledger for one dataset (its earlier rounds stay recorded, no longer compose)")
+    ledger_new.add_argument("ledger", type=Path, help="the site's ledger file")
+    ledger_new.add_argument("--reason", required=True, help="why, e.g. 'records replaced by a new cohort'")
+    ledger_new.add_argument("--dataset", default="", help="the dataset name (default: the only one recorded)")
+    ledger_new.add_argument("--site-dir", type=Path, help="the site folder holding the chain head")
+
+    predict = commands.add_parser("predict", help="use a finished run's global model: label texts "
+                                  "(classification) or answer a question about a passage (qa)")
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("texts", nargs="*", help="classification: texts to label")
+    predict.add_argument("--question", help="qa: the question")
+    predict.add_argument("--context", help="qa: the passage holding the answer")
+    predict.add_argument("--max-answer-tokens", type=int, help="qa: longest answer (default: the run's setting)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    export = commands.add_parser("export", help="write a run's model as a folder transformers.pipeline loads")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("out", type=Path)
+    export.add_argument("--merge", action="store_true",
+                        help="merge the adapters into the weights (default: PEFT adapter beside its base)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+
+    add_deploy_parser(commands)
+    return parser
+
+
+def _show(verbose: bool):
+    def show(line: str) -> None:
+        clean = ACTOR_PREFIX.sub("", ANSI.sub("", line))
+        if verbose or "[finfed]" in clean or "ERROR" in clean or "Exception" in clean:
+            print(clean, flush=True)
+    return show
+
+
+def simulate(args: argparse.Namespace) -> int:
+    from finfed.config import load_config, to_run_config, with_absolute_paths
+    from finfed.runs.outputs import prepare_run_dir
+    from finfed.runtime.local_engine import (
+        resume_config,
+        run_simulation,
+        simulation_config,
+    )
+    from finfed.runtime.preflight import check_simulation
+
+    if args.resume and (args.config or args.overrides or args.overwrite):
+        raise FinfedError("--resume continues a run with its saved settings: it takes no --config, --set or "
+                          "--overwrite")
+    if args.resume:
+        config = resume_config(args.resume)
+    else:
+        config = simulation_config(with_absolute_paths(load_config(args.config, args.overrides)))
+    run_dir = config.resolved_run_dir
+    for site in check_simulation(config):
+        print(f"[finfed] site {site['site']}: {site['train']} training / {site['validation']} validation "
+              f"examples{_held_back(site)}, {site['steps_per_round']} steps per round"
+              + (f", noise multiplier {site['noise_multiplier']:.3f}" if "noise_multiplier" in site else ""))
+    if not args.resume:
+        prepare_run_dir(run_dir, overwrite=args.overwrite)
+    run_config = to_run_config(config)
+    started = time.time()
+    result = submit_stoppable(run_dir, lambda: run_simulation(
+        run_config, num_sites=config.federation.num_sites, cpus_per_site=config.simulation.cpus_per_site,
+        log_path=run_dir / "flower.log", on_line=_show(args.verbose), append_log=bool(args.resume)))
+    return finish_run(run_dir, result, started)
+
+
+def submit_stoppable(run_dir: Path, submit):
+    """Run ``submit()`` (a Flower run of ``run_dir``) so that SIGINT/SIGTERM stop it as one path.
+
+    The signal asks the run to stop (``RUN/.stop``: finfed.runs.stop.SignalStop); if it has not ended
+    within a few seconds, KeyboardInterrupt stops every process finfed started. Returns the run's
+    result, or None when it had to be stopped that way.
+    """
+    from finfed.runs.stop import SignalStop, clear_stop
+
+    clear_stop(run_dir)  # an earlier run's (or the interrupted run's) request must not stop this one
+    with SignalStop(run_dir) as stop:
+        try:
+            return submit()
+        except KeyboardInterrupt:
+            if stop.requested_at is None:
+                raise
+            return None
+
+
+def finish_run(run_dir: Path, result, started: float, resume_hint: str = "") -> int:
+    """Print the round table and the run's real outcome (Flower's `flwr run` exits 0 even on failure).
+
+    ``result``: None when the run had to be stopped (finfed.runs.stop); then ``interrupted`` is recorded
+    here unless the ServerApp recorded it. Exit codes: 0 complete (or ended early by the sites'
+    budgets after training), 1 failed or no round trained, 130 interrupted.
+    """
+    from finfed.reporting.run_report import round_table
+    from finfed.runs.checkpoint import last_checkpoint_round
+    from finfed.runs.outputs import mark_interrupted, read_metrics, read_status
+
+    if result is None:
+        mark_interrupted(run_dir, last_checkpoint_round(run_dir), recorded_by="finfed (the run was stopped)")
+    status = read_status(run_dir)
+    state = status.get("state")
+    print()
+    print(round_table(read_metrics(run_dir)))
+    if state == "interrupted":
+        return _interrupted(run_dir, status, resume_hint or f"finfed simulate --resume {run_dir}")
+    if state == "budget-exhausted":
+        return _budget_exhausted(run_dir, status, started)
+    if state == "complete" and (result is None or result.succeeded):
+        print(f"\nRun complete in {time.time() - started:.0f}s: {run_dir}")
+        return 0
+    reason = status.get("error") or (result.details if result else "") or \
+        (f"Flower run status {result.status}" if result else f"run state {state}")
+    print(f"\nRun FAILED: {reason}\nFull log: {result.log_path if result else run_dir / 'flower.log'}",
+          file=sys.stderr)
+    return 1
+
+
+def _interrupted(run_dir: Path, status: dict, resume_hint: str) -> int:
+    completed = int(status.get("last_completed_round") or 0)
+    if completed:
+        print(f"finfed: interrupted after round {completed}; resume with {resume_hint}", file=sys.stderr)
+    else:
+        print(f"finfed: interrupted before round 1 completed; nothing to resume: start it again "
+              f"(--overwrite replaces {run_dir})", file=sys.stderr)
+    return 130
+
+
+def _budget_exhausted(run_dir: Path, status: dict, started: float) -> int:
+    refused_at, trained = status.get("budget_exhausted_at_round"), int(status.get("trained_rounds") or 0)
+    if not trained:
+        print(f"\nRun ended WITHOUT TRAINING: every site refused round {refused_at}, which would have taken it "
+              f"past its privacy budget; no model was saved. `finfed report {run_dir}` shows each site's spend.",
+              file=sys.stderr)
+        return 1
+    print(f"\nRun ended early in {time.time() - started:.0f}s: every site refused round {refused_at} (privacy "
+          f"budget reached); the model saved is that after round {status.get('model_round')} ({trained} of "
+          f"{status.get('rounds')} rounds trained): {run_dir}")
+    return 0
+
+
+def predict(args: argparse.Namespace) -> int:
+    from finfed.inference.predict import answer_question, predict_texts
+
+    if args.question is not None or args.context is not None:
+        if not (args.question and args.context) or args.texts:
+            raise FinfedError("qa prediction needs both --question and --context, and no texts")
+        answer = answer_question(args.run_dir, args.question, args.context, args.max_answer_tokens)
+        print(json.dumps(answer, indent=2) if args.json else
+              f"{answer['answer']}\n(score {answer['score']:.3f}, characters {answer['start']}-{answer['end']})")
+        return 0
+    if not args.texts:
+        raise FinfedError("give texts to label, or --question and --context for a qa run")
+    results = predict_texts(args.run_dir, args.texts)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        probs = "  ".join(f"{label}={p:.3f}" for label, p in result["probabilities"].items())
+        print(f"{result['label']:<10} {probs}  | {result['text']}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from finfed.inference.export import (
+        export_run,
+        load_snippet,
+        privacy_line,
+        training_note,
+    )
+
+    manifest = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
+    print(f"Exported {manifest['task']} model ({manifest['form']}) of run {manifest['run']['name']} to {args.out}")
+    if training_note(manifest):
+        print(training_note(manifest))
+    print(f"Privacy: {privacy_line(manifest)}\nLoad it with:\n\n{load_snippet(manifest, str(args.out))}")
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from finfed.reporting.privacy_report import (
+        ledger_summary,
+        render_ledger,
+        write_reports,
+    )
+
+    if args.ledger:
+        print(render_ledger(ledger_summary(args.ledger, args.site_dir)))
+    if args.run_dir:
+        for kind, path in write_reports(args.run_dir).items():
+            print(f"{kind:>4}: {path}")
+    if not (args.ledger or args.run_dir):
+        print("finfed report: give a RUN_DIR, --ledger PATH, or both", file=sys.stderr)
+        return 2
+    return 0
+
+
+def ledger(args: argparse.Namespace) -> int:
+    from finfed.reporting.ledger_report import start_new_ledger
+
+    started = start_new_ledger(args.ledger, args.site_dir, args.dataset, args.reason)
+    dataset = started.events[-1]["dataset"]
+    print(f"New ledger started for dataset {dataset!r} in {args.ledger}: its earlier rounds stay recorded "
+          "and are shown by `finfed report --ledger`, but no longer compose")
+    return 0
+
+
+def _interrupt_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C, so the processes finfed started are stopped before it exits."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def _held_back(site: dict) -> str:
+    held = site.get("audit_holdout", 0)
+    return f" (+{held} held back, never trained on, for the membership audit)" if held else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _interrupt_on_sigterm()
+    try:
+        return {"simulate": simulate, "predict": predict, "report": report,
+                "export": export, "deploy": deploy, "ledger": ledger}[args.command](args)
+    except FinfedError as error:
+        print(f"finfed: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("finfed: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

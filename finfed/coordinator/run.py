@@ -1,0 +1,338 @@
+"""The coordinator's side of a run, free of Flower types.
+
+``server/app.py`` feeds it what the strategy sees; it evaluates the global model
+centrally, keeps per-site records, and writes the run directory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from finfed import constants as keys
+from finfed.config import ExperimentConfig
+from finfed.data.partition import load_federated_data, simulated_site
+from finfed.errors import RunError
+from finfed.models.adapters import (
+    count_parameters,
+    frozen_adapter_fingerprint,
+    load_trainable_state,
+    trainable_state,
+)
+from finfed.models.backbone import load_tokenizer, quiet_transformers
+from finfed.privacy.client_level import (
+    ACCOUNTANT,
+    client_level_epsilon,
+    default_count_stddev,
+)
+from finfed.privacy.guarantee import guarantee_text
+from finfed.privacy.membership_audit import (
+    AUDITED_SITE,
+    audit_holdout_fraction,
+    ceiling_for,
+    loss_threshold_auc,
+)
+from finfed.privacy.randomness import (
+    REPRODUCIBLE_LABEL,
+    randomness_record,
+    warn_if_reproducible,
+)
+from finfed.reporting.run_report import write_report
+from finfed.runs.model_store import save_model
+from finfed.runs.outputs import MODEL, RunOutputs
+from finfed.site.rounds import federation_labels
+from finfed.tasks import get_task
+
+
+class FederatedRun:
+    """State of one federated run on the coordinator."""
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        quiet_transformers()
+        self.config = config
+        self.labels = federation_labels(config)
+        self.task = get_task(config, self.labels)
+        self.model = self.task.build_model()
+        self.fingerprint = frozen_adapter_fingerprint(self.model)
+        self.outputs = RunOutputs(config)
+        self.test_examples = self._central_test_examples()
+        self.site_train: dict[int, list[dict[str, Any]]] = {}
+        self.site_eval: dict[int, list[dict[str, Any]]] = {}
+        self.failures: dict[int, list[str]] = {}
+        self.refusals: dict[int, list[int]] = {}
+        self.resumed_from: list[int] = []  # rounds of the checkpoints this run was resumed from
+        self.exhausted = False
+        self.exhausted_round: int | None = None
+        self.client_level_rounds: list[int] = []  # rounds whose client-level DP release was applied
+        self.history: list[dict[str, Any]] = []
+        self.round_started = time.time()
+
+    def _central_test(self):
+        return load_federated_data(self.config.data, self.config.federation.num_sites, self.config.task).test
+
+    def _central_test_examples(self) -> list[dict]:
+        return self.task.encode_for_evaluation(self._central_test(), load_tokenizer(self.config.model.backbone))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.outputs.start()
+        trainable, total = count_parameters(self.model)
+        print(f"[finfed] run {self.config.name}: {self.config.federation.num_sites} sites, "
+              f"{self.config.federation.rounds} rounds, {trainable:,} of {total:,} parameters trained "
+              f"({self.config.lora.method}), DP {'on' if self.config.privacy.enabled else 'off'}", flush=True)
+        if self.config.privacy.enabled and self.config.privacy.reproducible:
+            warn_if_reproducible(True, f"run {self.config.name}")
+            print(f"[finfed] WARNING: {REPRODUCIBLE_LABEL}", flush=True)
+
+    @property
+    def sites_per_round(self) -> int:
+        federation = self.config.federation
+        return max(int(federation.num_sites * federation.fraction_train), federation.min_sites, 1)
+
+    def client_level_summary(self) -> dict[str, Any] | None:
+        """What the client-level guarantee covers, with every parameter its epsilon is computed from."""
+        settings, federation = self.config.client_dp, self.config.federation
+        if settings.mode == "off":
+            return None
+        rate, rounds = federation.fraction_train, len(self.client_level_rounds)
+        expected = rate * federation.num_sites
+        adaptive = settings.mode == "adaptive"
+        return {"mode": f"{settings.mode} clipping", "unit": "site",
+                "mechanism": ("Gaussian on the sum of clipped site updates, divided by the expected number of "
+                              "sampled sites (DP-FedAvg, fixed denominator)"
+                              + ("; the clipping norm adapts from a noisy count of unclipped updates, "
+                                 "covered by the same noise multiplier" if adaptive else "")),
+                "sampling": f"Poisson: each of the {federation.num_sites} configured sites independently with "
+                            f"probability {rate:g} per round; a sampled site that is offline, fails or refuses "
+                            "contributes nothing",
+                "weighting": f"unweighted: each sampled site's clipped update counts once, divided by "
+                             f"{expected:g} (not by example counts)",
+                "noise_multiplier": settings.noise_multiplier,
+                "clipping_norm": settings.clipping_norm,
+                "count_stddev": (settings.count_stddev or default_count_stddev(settings.noise_multiplier, expected))
+                if adaptive else None,
+                "num_sites": federation.num_sites, "sample_rate": rate, "expected_sites_per_round": expected,
+                "rounds": rounds, "delta": settings.delta, "accountant": ACCOUNTANT,
+                "epsilon": client_level_epsilon(noise_multiplier=settings.noise_multiplier, sample_rate=rate,
+                                                rounds=rounds, delta=settings.delta),
+                "guarantee": ("client-level (epsilon, delta)-DP under adding or removing one site: bounds what "
+                              "the released global models reveal about whether any one site took part; the "
+                              "coordinator, which sees each site's update, is trusted; separate from each "
+                              "site's record-level guarantee")}
+
+    def record_client_level_release(self, server_round: int) -> None:
+        if server_round not in self.client_level_rounds:
+            self.client_level_rounds.append(server_round)
+
+    def initial_arrays(self) -> dict[str, np.ndarray]:
+        return {name: tensor.numpy() for name, tensor in trainable_state(self.model).items()}
+
+    def train_config(self) -> dict[str, Any]:
+        return {keys.TOTAL_ROUNDS: self.config.federation.rounds, keys.FROZEN_FINGERPRINT: self.fingerprint}
+
+    # ------------------------------------------------------------------ per round
+    def record_training(self, server_round: int, metrics: list[Mapping[str, Any]], errors: list[str],
+                        refusals: list[Mapping[str, Any]] = (), offline: list[str] = ()) -> None:
+        """Keep each site's reply; fail on errors, but not on sites refusing to overspend.
+
+        ``errors``: sites asked that sent no update (error reply or silence); ``offline``: sites
+        seen earlier that were not connected, hence not asked. Both are recorded for the round.
+        """
+        self.site_train[server_round] = [dict(m) for m in metrics]
+        if errors or offline:
+            self.failures[server_round] = [*errors, *offline]
+            print(f"[finfed] round {server_round}: {len(errors) + len(offline)} site(s) sent no update: "
+                  f"{'; '.join(self.failures[server_round])}", flush=True)
+        if refusals:
+            self.refusals[server_round] = sorted(int(r[keys.SITE_ID]) for r in refusals)
+            print(f"[finfed] round {server_round}: site(s) {self.refusals[server_round]} refused to train "
+                  "(privacy budget reached)", flush=True)
+        if refusals and not metrics and not errors and self._every_site_refused():
+            self.exhausted, self.exhausted_round = True, server_round  # the run ends cleanly
+            return
+        needed = self.config.federation.min_sites or len(metrics) + len(errors)
+        if len(metrics) < needed:
+            raise RunError(f"round {server_round}: {len(metrics)} site(s) returned an update, "
+                           f"{needed} needed; failures: {'; '.join(errors) or 'none'}")
+
+    def _every_site_refused(self) -> bool:
+        """A refusal is final (the site's projected spend only grows), but a round may ask only some
+        sites (`fraction_train`, Poisson sampling): the run is exhausted once all have refused."""
+        refused = {site for sites in self.refusals.values() for site in sites}
+        return len(refused) >= self.config.federation.num_sites
+
+    def record_evaluation(self, server_round: int, metrics: list[Mapping[str, Any]]) -> None:
+        self.site_eval[server_round] = [dict(m) for m in metrics]
+
+    def central_evaluate(self, server_round: int, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Evaluate the global model on the held-out test split and log the round."""
+        load_trainable_state(self.model, arrays)
+        metrics = self.task.evaluate(self.model, self.test_examples)
+        record = {"round": server_round, "central": metrics,
+                  "sites": self._round_sites(server_round),
+                  "failures": self.failures.get(server_round, []),
+                  "refusals": self.refusals.get(server_round, []),
+                  "elapsed_s": round(time.time() - self.outputs.started, 1)}
+        self.history.append(record)
+        self.outputs.append_round(record)
+        self.outputs.write_privacy(self.privacy_summary())
+        print(f"[finfed] round {server_round}: " +
+              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + self._epsilon_note(record), flush=True)
+        return metrics
+
+    def _round_sites(self, server_round: int) -> list[dict[str, Any]]:
+        evaluations = {int(m[keys.SITE_ID]): m for m in self.site_eval.get(server_round, [])}
+        sites = []
+        for train in sorted(self.site_train.get(server_round, []), key=lambda m: m[keys.SITE_ID]):
+            site_id = int(train[keys.SITE_ID])
+            entry = {"site": site_id, **{k: v for k, v in train.items() if k != keys.SITE_ID}}
+            entry.update({k: v for k, v in evaluations.get(site_id, {}).items()
+                          if k.startswith("eval-")})
+            sites.append(entry)
+        return sites
+
+    @staticmethod
+    def _epsilon_note(record: dict[str, Any]) -> str:
+        epsilons = [s[keys.EPSILON] for s in record["sites"] if keys.EPSILON in s]
+        return f", max site epsilon={max(epsilons):.3f}" if epsilons else ""
+
+    # ------------------------------------------------------------------ summaries
+    def privacy_summary(self) -> dict[str, Any]:
+        privacy = self.config.privacy
+        sites: dict[str, Any] = {}
+        for server_round in sorted(self.site_train):
+            for metrics in self.site_train[server_round]:
+                site = sites.setdefault(str(int(metrics[keys.SITE_ID])), {
+                    "target_epsilon": privacy.target_epsilon if privacy.enabled else None,
+                    "delta": privacy.target_delta if privacy.enabled else None,
+                    "noise_multiplier": metrics.get(keys.NOISE_MULTIPLIER),
+                    "max_grad_norm": privacy.max_grad_norm if privacy.enabled else None,
+                    "sample_rate": metrics.get(keys.SAMPLE_RATE),
+                    "records": int(metrics[keys.NUM_EXAMPLES]),
+                    "accountant": privacy.accountant if privacy.enabled else None,
+                    "steps": 0, "epsilon_by_round": {}, "epsilon": 0.0 if privacy.enabled else None})
+                site["steps"] += int(metrics[keys.STEPS])
+                if keys.EPSILON in metrics:
+                    site["epsilon_by_round"][str(server_round)] = metrics[keys.EPSILON]
+                    site["epsilon"] = metrics[keys.EPSILON]
+                    # the delta the site computed its epsilon at: its own budget's, which may not be the run's
+                    site["delta"] = metrics.get(keys.DELTA, site["delta"])
+        for server_round, refused in sorted(self.refusals.items()):
+            for site_id in refused:
+                sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
+        summary = {"dp_enabled": privacy.enabled, "unit": "record",
+                   "run_delta": privacy.target_delta if privacy.enabled else None,
+                   **randomness_record(privacy.enabled, privacy.reproducible),
+                   "non_private_statistics": self.disclosed_losses(),
+                   "client_level": self.client_level_summary(), "sites": sites}
+        loss_sites = {int(m[keys.SITE_ID]) for replies in self.site_train.values() for m in replies
+                      if keys.TRAIN_LOSS in m}
+        summary["guarantee"] = guarantee_text(summary, train_loss_sites=loss_sites,
+                                              reproducible=privacy.reproducible)
+        return summary
+
+    @property
+    def trained_rounds(self) -> list[int]:
+        """Rounds in which at least one site's update reached the model."""
+        return sorted(r for r, updates in self.site_train.items() if updates)
+
+    def disclosed_losses(self) -> dict[str, Any]:
+        """Sites that sent their training loss (their opt-in): a statistic of sampled records outside epsilon."""
+        sites = sorted({int(m[keys.SITE_ID]) for replies in self.site_train.values() for m in replies
+                        if keys.TRAIN_LOSS in m})
+        if not sites:
+            return {}
+        return {keys.TRAIN_LOSS: {"sites": sites, "note": "each round's mean training loss over the sampled records, "
+                                  "sent in the clear by sites that opted in; not covered by epsilon"}}
+
+    def finish(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The rounds are over: ``complete``, or ``budget-exhausted`` if the sites' budgets ended the run.
+
+        A run in which no round trained saves no model: the initial adapters would pass for a trained one.
+        """
+        trained = self.trained_rounds
+        outcome = {"rounds": self.config.federation.rounds, "trained_rounds": len(trained),
+                   "model_round": trained[-1] if trained else None,
+                   "budget_exhausted_at_round": self.exhausted_round,
+                   "site_failures": {str(r): f for r, f in sorted(self.failures.items())},
+                   "resumed_from_rounds": self.resumed_from,
+                   "baseline": self.task.baseline(self.test_examples),
+                   "baseline_description": self.task.baseline_description}
+        if self.exhausted and not trained:
+            self.outputs.set_status("budget-exhausted", **outcome)
+            print(f"[finfed] run ended without training: every site refused round {self.exhausted_round} "
+                  "(privacy budget reached); no model saved", flush=True)
+            return
+        load_trainable_state(self.model, arrays)
+        save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
+        audit = self.membership_audit()
+        write_report(self.outputs, self.config, self.history, self.privacy_summary(), outcome["baseline"], audit,
+                     self.task.baseline_description)
+        state = "budget-exhausted" if self.exhausted else "complete"
+        self.outputs.set_status(state, membership_audit=audit, **outcome)
+        print(f"[finfed] run {state}: {self.outputs.run_dir}", flush=True)
+
+    def interrupt(self, last_completed_round: int) -> None:
+        """Stopped on request or by a signal; a resumed run continues after ``last_completed_round``."""
+        self.outputs.set_status("interrupted", rounds=self.config.federation.rounds,
+                                last_completed_round=last_completed_round,
+                                site_failures={str(r): f for r, f in sorted(self.failures.items())},
+                                resumed_from_rounds=self.resumed_from)
+        print(f"[finfed] run interrupted after round {last_completed_round} of {self.config.federation.rounds}",
+              flush=True)
+
+    def membership_audit(self) -> dict[str, Any] | None:
+        """Simulation only: the coordinator can see the audited site's records because all are on this machine.
+
+        Members: the site's training records. Non-members: the part of the same site's data it
+        held back and never trained on (``privacy.audit_holdout_fraction``), so the attack
+        measures membership, not the shift between sites' distributions.
+        """
+        config, site_id = self.config, AUDITED_SITE
+        fraction = audit_holdout_fraction(config, site_id)
+        if not fraction:
+            return None
+        site = simulated_site(config.data, site_id, config.federation.num_sites, config.task,
+                              audit_holdout=fraction)
+        tokenizer = load_tokenizer(config.model.backbone)
+        members = self.task.encode(site.train, tokenizer)
+        non_members = self.task.encode(site.audit_holdout, tokenizer)
+        result = loss_threshold_auc(self.task, self.model, members, non_members, seed=config.seed)
+        ceiling = ceiling_for(self.privacy_summary()["sites"].get(str(site_id)) if config.privacy.enabled else None)
+        print(f"[finfed] membership audit (site {site_id}): loss-threshold attack AUC {result['auc']:.3f}"
+              + (f", DP ceiling {ceiling['auc']:.4f}" if ceiling else ""), flush=True)
+        return {"site": site_id, **result, "ceiling": ceiling,
+                "non_member_source": (f"records of site {site_id}'s own data that it held back and never "
+                                      f"trained on (`privacy.audit_holdout_fraction` {fraction:g})")}
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    def snapshot(self) -> dict[str, Any]:
+        """The coordinator's records after a completed round, as JSON values (see finfed.runs.checkpoint)."""
+        def by_round(records: Mapping[int, Any]) -> dict[str, Any]:
+            return {str(r): v for r, v in records.items()}
+        return {"started": self.outputs.started, "history": self.history, "resumed_from": self.resumed_from,
+                "site_train": by_round(self.site_train), "site_eval": by_round(self.site_eval),
+                "failures": by_round(self.failures), "refusals": by_round(self.refusals),
+                "exhausted_round": self.exhausted_round, "client_level_rounds": self.client_level_rounds}
+
+    def resume(self, snapshot: Mapping[str, Any], from_round: int) -> None:
+        """Continue from a checkpoint: records restored, metrics.jsonl and privacy.json rewritten to match."""
+        def by_round(name: str) -> dict[int, Any]:
+            return {int(r): v for r, v in snapshot[name].items()}
+        self.site_train, self.site_eval = by_round("site_train"), by_round("site_eval")
+        self.failures, self.refusals = by_round("failures"), by_round("refusals")
+        self.exhausted_round = snapshot["exhausted_round"]
+        self.exhausted = self.exhausted_round is not None
+        self.history = list(snapshot["history"])
+        # A checkpoint from before this record: count every round up to it as released (an upper bound).
+        self.client_level_rounds = [int(r) for r in snapshot.get("client_level_rounds", range(1, from_round + 1))]
+        self.resumed_from = [*snapshot["resumed_from"], from_round]
+        self.outputs.resume(self.history, float(snapshot["started"]), from_round)
+        self.outputs.write_privacy(self.privacy_summary())
+        print(f"[finfed] run {self.config.name}: resuming after round {from_round} of "
+              f"{self.config.federation.rounds}", flush=True)
+
+    def fail(self, error: BaseException) -> None:
+        self.outputs.set_status("failed", error=f"{type(error).__name__}: {error}")

@@ -1,0 +1,42 @@
+"""Saving and loading the global model in Hugging Face PEFT format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from peft import PeftModel
+from transformers import AutoTokenizer
+
+from finfed.config import ExperimentConfig, load_config
+from finfed.models.backbone import load_tokenizer, quiet_transformers, resolve_backbone
+from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, require_model
+
+
+def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], folder: Path) -> None:
+    """Adapter + head (PEFT), tokenizer, and what finfed needs to rebuild the model."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    load_tokenizer(config.model.backbone).save_pretrained(str(folder))
+    info = {"task": config.task, "labels": labels, "backbone": config.model.backbone,
+            "backbone_path": resolve_backbone(config.model.backbone), "pooling": config.model.pooling,
+            "max_length": config.max_length, "lora_method": config.lora.method,
+            "synthetic_data": config.data.source == "synthetic"}
+    (folder / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def load_run_model(run_dir: str | Path) -> tuple[Any, PeftModel, Any]:
+    """(task, model, tokenizer) of a completed run's global model."""
+    from finfed.tasks import get_task  # late: tasks import models
+
+    quiet_transformers()
+    run_dir = Path(run_dir)
+    require_model(run_dir)
+    config = load_config(run_dir / CONFIG)
+    folder = run_dir / MODEL
+    info = json.loads((folder / MODEL_INFO).read_text(encoding="utf-8"))
+    task = get_task(config, info["labels"])
+    model = PeftModel.from_pretrained(task.build_base_model(), str(folder))
+    model.eval()
+    return task, model, AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -1,0 +1,226 @@
+"""Run finfed's Flower app on this machine with Flower's own simulation engine.
+
+A private SuperLink in simulation mode is started on a free loopback port with a
+private ``FLWR_HOME``; ``flwr run --stream`` submits the app (``finfed.runtime.flower_app``:
+the very same ServerApp and ClientApp a deployment uses);
+the run's real outcome is read back with ``flwr ls`` because ``flwr run`` exits 0
+even when the run failed. Every process started here is stopped here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from finfed.config import ExperimentConfig, from_run_config
+from finfed.errors import RunError
+from finfed.runs.checkpoint import resume_point
+from finfed.runs.outputs import RUN_LEDGERS
+from finfed.runtime.engine_home import clean_stale_engine_homes, make_engine_home
+from finfed.runtime.flower_app import write_app
+from finfed.runtime.guard import start_guard
+from finfed.runtime.loopback import private_ray_env
+from finfed.runtime.processes import stop_process_tree
+
+CONNECTION = "finfed-local"
+
+# Off by default in anything finfed starts: no telemetry, no update checks, no runtime installs.
+QUIET_FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+@dataclass(frozen=True)
+class FlowerRunResult:
+    run_id: str
+    status: str
+    details: str
+    log_path: Path
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "finished:completed"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_run_config(values: Mapping[str, object], path: Path) -> None:
+    """One TOML file of overrides: `-c k=v` flags sharing a dotted prefix overwrite each other."""
+    lines = [f"{json.dumps(key)} = {toml_value(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class LocalSuperLink:
+    """A simulation-mode SuperLink bound to 127.0.0.1, stopped with everything it spawned."""
+
+    def __init__(self, home: Path, env: Mapping[str, str]) -> None:
+        self.home, self.env, self.port = home, dict(env), free_port()
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> "LocalSuperLink":
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n', encoding="utf-8")
+        self.process = subprocess.Popen(
+            [flower_tool("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
+             "--port", str(self.port), "--disable-runtime-dependency-installation",
+             "--log-file", str(self.home / "superlink.log")],
+            env=self.env, cwd=str(self.home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+        self._wait_healthy(timeout=60)
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=0.5)
+                return
+            except OSError:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"SuperLink exited at start; see {self.home / 'superlink.log'}")
+                time.sleep(0.2)
+        raise RuntimeError(f"SuperLink did not answer on 127.0.0.1:{self.port} within {timeout:.0f}s")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            stop_process_tree(self.process)
+
+
+def flower_tool(name: str) -> str:
+    """Flower's executables from this interpreter's environment."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ, **QUIET_FLOWER_ENV, FLWR_HOME=str(home), RAY_TMPDIR=str(home / "ray"))
+    # SuperExec finds flwr-simulation on PATH: put this environment's bin first.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def simulation_env(home: Path) -> dict[str, str]:
+    """A simulation's environment: Flower's, plus Ray on 127.0.0.1 with a token (see finfed.runtime.loopback)."""
+    return {**flower_env(home), **private_ray_env()}
+
+
+def simulation_config(config: ExperimentConfig) -> ExperimentConfig:
+    """`finfed simulate`'s own default: sites keep privacy ledgers in the run directory.
+
+    A resumed run is a new Flower run whose sites start with an empty ``Context.state``;
+    only a ledger tells them what they spent before the stop. Keeping one per run makes
+    every simulated run resumable with the same epsilon an uninterrupted run reports.
+    """
+    if config.resume_from:
+        raise RunError("to resume a run, use `finfed simulate --resume RUN_DIR` (it takes the run's saved settings)")
+    if config.privacy.ledger_dir or not config.privacy.enabled:
+        return config
+    ledgers = str(config.resolved_run_dir / RUN_LEDGERS)
+    return dataclasses.replace(config, privacy=dataclasses.replace(config.privacy, ledger_dir=ledgers))
+
+
+def resume_config(run_dir: Path) -> ExperimentConfig:
+    """The settings of the stopped run in ``run_dir`` (from its checkpoint), set to resume it."""
+    run_dir = Path(run_dir).resolve()
+    checkpoint = resume_point(run_dir, None)
+    config = from_run_config({**checkpoint.run_config, "resume_from": str(run_dir)})
+    if config.privacy.enabled and not config.privacy.ledger_dir:
+        raise RunError(f"run {run_dir} was started without site privacy ledgers (`privacy.ledger_dir`), so its "
+                       "sites cannot know what they spent before it stopped; it cannot be resumed honestly")
+    return config
+
+
+def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per_site: int,
+                   log_path: Path, on_line: Callable[[str], None] = lambda line: None,
+                   append_log: bool = False) -> FlowerRunResult:
+    """Submit finfed's app to a private local SuperLink and wait for it to finish.
+
+    Everything it starts runs with this process's private ``FLWR_HOME``; a guard stops all
+    of it and removes that folder if this process dies (even by SIGKILL) before the run ends.
+    """
+    clean_stale_engine_homes()
+    home, guard = make_engine_home(), None
+    total_cpus = max(cpus_per_site, os.cpu_count() or 1)
+    try:
+        guard = start_guard(home)
+        (home / "ray").mkdir()
+        env = simulation_env(home)
+        with LocalSuperLink(home, env):
+            write_run_config(run_config, home / "run-config.toml")
+            app = write_app(home)
+            command = [flower_tool("flwr"), "run", str(app), CONNECTION, "--stream",
+                       "--federation-config",
+                       f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site} "
+                       f"client-resources-num-gpus=0.0 init-args-num-cpus={total_cpus}",
+                       "--run-config", str(home / "run-config.toml")]
+            run_id = stream_flower_run(command, env, log_path, on_line, append_log, cwd=home)
+            status, details = final_run_status(run_id, env, cwd=home)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+        if guard is not None:
+            stop_process_tree(guard, grace=2.0)  # it exits by itself once the home is gone
+    return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
+
+
+def stream_flower_run(command: list[str], env: Mapping[str, str], log_path: Path,
+            on_line: Callable[[str], None], append_log: bool = False, *, cwd: Path) -> str:
+    run_id = ""
+    # Line-buffered: if this process is killed, the log still holds everything up to that moment.
+    # Its own session: a terminal's Ctrl-C reaches finfed only, which asks the run to stop (finfed.runs.stop)
+    # instead of `flwr run` dying at once and the run going on unwatched.
+    with open(log_path, "a" if append_log else "w", encoding="utf-8", buffering=1) as log, subprocess.Popen(
+            command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=str(cwd), start_new_session=True) as process:
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if "Successfully started run" in line:
+                    run_id = line.split()[-1]
+                on_line(line.rstrip("\n"))
+        except BaseException:
+            stop_process_tree(process)
+            raise
+    if not run_id:
+        raise RuntimeError(f"Flower did not start the run; see {log_path}")
+    return run_id
+
+
+def final_run_status(run_id: str, env: Mapping[str, str], connection: str = CONNECTION, *,
+                  cwd: Path) -> tuple[str, str]:
+    listing = subprocess.run([flower_tool("flwr"), "ls", connection, "--run-id", run_id, "--format", "json"],
+                             env=dict(env), capture_output=True, text=True, cwd=str(cwd), timeout=120)
+    try:
+        run = json.loads(listing.stdout)["runs"][0]
+    except (ValueError, KeyError, IndexError):
+        return "unknown", listing.stdout + listing.stderr
+    return run.get("status", "unknown"), run.get("status-details", "")

@@ -1,0 +1,97 @@
+"""The last check before a reply leaves the site (a Flower client mod, inside the audit mod).
+
+- Any exception raised while handling a message is caught here: its full text and traceback go to
+  the site's own log, and the reply is a Flower error reply carrying only
+  ``disclosure.error_reason(exc)``. Returning the error reply ourselves, rather than raising, matters:
+  Flower would otherwise send ``str(exc)`` as the reason and print it into its own log.
+- A reply is checked against the allow-list (``finfed/privacy/disclosure.py``); one holding a record or
+  key it does not name is not sent (an ``internal error`` reply instead).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flwr.app import Context, Error, Message
+from flwr.common.constant import ErrorCode
+
+from finfed import constants as keys
+from finfed.config import from_run_config
+from finfed.privacy.disclosure import (
+    CATEGORIES,
+    INTERNAL_ERROR,
+    SECAGG_RECORD,
+    DisclosureError,
+    disallowed_fields,
+    error_reason,
+    reply_policy,
+)
+from finfed.site.log_mod import routed_to_site_log
+from finfed.site.node_settings import share_train_loss, site_folder, site_id_of
+
+logger = logging.getLogger(__name__)
+
+
+def secagg_stage(message: Message) -> str | None:
+    """The SecAgg+ protocol stage a request asks for (None: not a SecAgg+ message)."""
+    if SECAGG_RECORD not in message.content.config_records:
+        return None
+    return str(message.content.config_records[SECAGG_RECORD].get("stage", ""))
+
+
+def request_tensor_names(message: Message) -> list[str]:
+    """The adapter tensors the coordinator sent: the only tensor names a plain train reply may carry."""
+    arrays = message.content.array_records.get(keys.ARRAYS)
+    return list(arrays.keys()) if arrays is not None else []
+
+
+def _site_settings(context: Context) -> tuple[str | None, bool]:
+    """The site's folder and its train-loss opt-in (folder None if the run config cannot be read)."""
+    try:
+        config = from_run_config(context.run_config)
+    except Exception:  # reported by the handler itself; here only the log's place is at stake
+        folder = str(context.node_config.get(keys.NODE_SITE_DIR, "")) or None
+        return folder, False
+    return site_folder(config, context.node_config, site_id_of(context.node_config)), \
+        share_train_loss(config, context.node_config)
+
+
+def error_reply(message: Message, reason: str) -> Message:
+    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+
+
+def checked_reply(reply: Message, message: Message, stage: str | None, share_loss: bool,
+                  tensor_names: list[str]) -> Message:
+    """``reply`` if the allow-list names everything it holds; otherwise an error reply in its place."""
+    if reply.has_error():
+        if any(reply.error.reason.startswith(f"{c}: ") for c in CATEGORIES):
+            return reply
+        logger.error("an error reply not in finfed's form was replaced: %s", reply.error.reason)
+        return error_reply(message, f"{INTERNAL_ERROR}: an error outside finfed's handlers (details in the "
+                                    "site's log)")
+    policy = reply_policy(message.metadata.message_type, stage, share_loss)
+    content = {name: record for name, record in reply.content.items()}
+    extra = disallowed_fields(content, policy, tensor_names)
+    if not extra:
+        return reply
+    error = DisclosureError(f"reply ({policy.name}) held fields not on the allow-list: {extra}",
+                            public_reason="the reply held a field not on the site's allow-list; nothing was "
+                                          "sent (details in the site's log)")
+    logger.error("%s", error)
+    return error_reply(message, error_reason(error))
+
+
+def disclosure_mod(message: Message, context: Context, call_next) -> Message:
+    """Flower client mod: errors leave only as record-free reasons; replies only as the allow-list permits."""
+    folder, share_loss = _site_settings(context)
+    stage = secagg_stage(message)  # read first: SecAgg+'s mod consumes it
+    tensor_names = request_tensor_names(message)
+    with routed_to_site_log(folder):
+        try:
+            reply = call_next(message, context)
+        except Exception as exc:  # every failure: full text here, a record-free reason on the wire
+            reason = error_reason(exc)
+            logger.exception("%s failed (sent to the coordinator as %r)", message.metadata.message_type, reason)
+            return error_reply(message, reason)
+        return checked_reply(reply, message, stage, share_loss, tensor_names)
+

@@ -1,0 +1,36 @@
+"""What a site decides and keeps for itself (its folder, its opt-ins), without importing torch: the ClientApp
+reads it for every message, SecAgg+ key exchanges included."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from finfed import constants as keys
+from finfed.config import ExperimentConfig
+
+
+def site_id_of(node_config: Mapping[str, Any]) -> int:
+    """The site's number: partition id in simulation, node config ``site-id`` in deployment."""
+    return int(node_config.get(keys.NODE_PARTITION_ID, node_config.get(keys.NODE_SITE_ID, 0)))
+
+
+def site_folder(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> str:
+    """The site's own folder: node config `site-dir` in deployment, ``RUN/sites/site-<id>`` in simulation.
+
+    In simulation every site lives on the coordinator's machine, so its side-files sit in the
+    run directory's ``sites/`` folder, which stands for the bank's own disk: nothing the
+    coordinator writes reads from it.
+    """
+    folder = str(node_config.get(keys.NODE_SITE_DIR, ""))
+    return folder or str(config.resolved_run_dir / "sites" / f"site-{site_id}")
+
+
+def share_train_loss(config: ExperimentConfig, node_config: Mapping[str, Any]) -> bool:
+    """Whether this site sends its training loss. The site decides: node config ``share-train-loss``
+    (a deployed site: off unless set). A simulated site (Flower gives it a ``partition-id``) without the
+    key follows the run's ``privacy.share_train_loss``; the coordinator's settings never switch it on
+    for a deployed site."""
+    value = node_config.get(keys.NODE_SHARE_TRAIN_LOSS)
+    if value is None:
+        return keys.NODE_PARTITION_ID in node_config and bool(config.privacy.share_train_loss)
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")

@@ -1,1 +1,0 @@
-"""Ready experiment configs and the one-machine runner behind `finfed simulate`."""
