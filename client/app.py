@@ -29,7 +29,7 @@ from finfed.site.secure import (
     check_secure_weight,
     secure_aggregation_mod,
 )
-from finfed.site.wire import read_train_request, refusal_reply, train_reply
+from finfed.wire import read_train_request, refusal_reply, train_reply
 
 if TYPE_CHECKING:
     from finfed.site.rounds import SiteContext

@@ -3,10 +3,8 @@
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from finfed.config import (
-    ExperimentConfig,
     config_from_dict,
     from_run_config,
     load_config,

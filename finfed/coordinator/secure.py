@@ -37,7 +37,7 @@ from finfed.coordinator.sampling import SiteNames, SiteSampler
 from finfed.errors import RunError
 from finfed.privacy.disclosure import shown_reason
 from finfed.records import to_array_record
-from finfed.site.wire import refusing_site
+from finfed.wire import refusing_site
 
 
 class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):

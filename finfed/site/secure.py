@@ -23,7 +23,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from finfed import constants as keys
 from finfed.config import FederationSettings
 from finfed.errors import PrivacyError, TrainingError
-from finfed.site.wire import setup_refusal
+from finfed.wire import setup_refusal
 
 
 def _truthy(value: Any) -> bool:
