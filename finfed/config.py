@@ -202,7 +202,6 @@ def _check_secure_aggregation(federation: "FederationSettings") -> None:
 @dataclass(frozen=True)
 class SimulationSettings:
     cpus_per_site: int = _opt(2, "CPU cores reserved per simulated site (2 cores: one site at a time)", 1)
-    memory_per_site_gb: float = _opt(0.0, "Ray memory reservation per site; 0 = none", 0.0)
 
 
 @dataclass(frozen=True)
@@ -403,25 +402,25 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
 # --------------------------------------------------------------------------- run_config
 
 def to_run_config(config: ExperimentConfig) -> dict[str, bool | int | float | str]:
-    """Flatten to Flower's scalar ``run_config`` (lists become comma-joined text)."""
-    flat: dict[str, bool | int | float | str] = {}
+    """Flatten to Flower's scalar ``run_config`` (dotted keys; lists become comma-joined text)."""
+    # Flower's own flattening rule, imported here: importing flwr takes a second the CLI need not spend.
+    from flwr.common.config import flatten_dict
 
-    def walk(values: Mapping[str, Any], prefix: str) -> None:
-        for key, value in values.items():
-            if isinstance(value, Mapping):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = ",".join(value) if isinstance(value, list) else value
+    def lists_joined(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: lists_joined(value) if isinstance(value, Mapping) else
+                ",".join(value) if isinstance(value, list) else value for key, value in values.items()}
 
-    walk(config_to_dict(config), "")
-    return flat
+    return flatten_dict(lists_joined(config_to_dict(config)))
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
     """Rebuild the config from Flower's flat ``run_config``."""
-    nested: dict[str, Any] = {}
-    for dotted, value in run_config.items():
-        _set_dotted(nested, dotted, value)
+    from flwr.common.config import unflatten_dict
+
+    try:
+        nested = unflatten_dict(dict(run_config))
+    except TypeError:  # a key that is both a value and a section, e.g. `privacy` and `privacy.enabled`
+        raise ConfigError(f"run config keys {sorted(run_config)} mix a value and a section of one name") from None
     return config_from_dict(nested)
 
 
