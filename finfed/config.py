@@ -7,7 +7,6 @@ scalar values), so ``finfed simulate`` and ``flwr run`` read one source of truth
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -15,14 +14,8 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from finfed.errors import ConfigError
-
-
-def _opt(default: Any, help: str, minimum: float | None = None, maximum: float | None = None,
-         exclusive_min: bool = False) -> Any:
-    """A settings field carrying its help text and allowed range."""
-    meta = {"help": help, "min": minimum, "max": maximum, "exclusive_min": exclusive_min}
-    return field(default=default, metadata=meta)
-
+from finfed.settings import Problems, read_section
+from finfed.settings import setting as _opt
 
 TASK_MAX_LENGTH = {"classification": 64, "qa": 192}
 TASK_SYNTHETIC_SIZE = {"classification": 3000, "qa": 600}
@@ -264,70 +257,15 @@ class ExperimentConfig:
 
 # --------------------------------------------------------------------------- building
 
-def _check_scalar(key: str, value: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
-    """Return ``value`` coerced to ``annotation`` or raise naming ``key``."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise ConfigError(f"`{key}` must be one of {list(allowed)}, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"`{key}` must be true or false, got {value!r}")
-        return value
-    if annotation is tuple:
-        if isinstance(value, str):  # run_config and --set carry lists as comma-joined text
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
-            raise ConfigError(f"`{key}` must be a list of names, got {value!r}")
-        return tuple(str(v) for v in value)
-    if annotation in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"`{key}` must be a number ({annotation.__name__}), got {value!r}")
-        if annotation is int and float(value) != int(value):
-            raise ConfigError(f"`{key}` must be a whole number, got {value!r}")
-        value = annotation(value)
-        _check_range(key, value, meta)
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"`{key}` must be text, got {value!r}")
-        return value
-    raise TypeError(f"unsupported settings type for {key}: {annotation}")
-
-
-def _check_range(key: str, value: float, meta: Mapping[str, Any]) -> None:
-    low, high = meta.get("min"), meta.get("max")
-    if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
-        relation = ">" if meta.get("exclusive_min") else ">="
-        raise ConfigError(f"`{key}` must be {relation} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(f"`{key}` must be <= {high}, got {value!r}")
-
-
-def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping of keys, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join('`' + prefix + k + '`' for k in unknown)}; "
-                          f"known keys here: {', '.join(sorted(known))}")
-    kwargs = {}
-    for name, value in values.items():
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_scalar(prefix + name, value, annotation, known[name].metadata)
-    return cls(**kwargs)
-
-
-def config_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
-    """Build and validate a config from nested plain values."""
-    return _build(ExperimentConfig, values or {})
+def config_from_dict(values: Mapping[str, Any], source: str | Path = "") -> ExperimentConfig:
+    """Build and validate a config from nested plain values; errors name ``source`` (the file) and each key."""
+    problems = Problems(source)
+    try:
+        config = read_section(ExperimentConfig, values or {}, problems)
+    except ConfigError as exc:  # a rule between settings (a section's __post_init__)
+        problems.add((), str(exc))
+    problems.raise_if_any()
+    return config
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
@@ -387,12 +325,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment file (or the defaults), apply overrides, validate."""
     values = read_yaml(path) if path else {}
-    values = apply_overrides(values, overrides or [])
-    try:
-        return config_from_dict(values)
-    except ConfigError as exc:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{exc}") from None
+    return config_from_dict(apply_overrides(values, overrides or []), source=path or "")
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

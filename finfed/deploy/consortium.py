@@ -26,6 +26,7 @@ import tomli_w
 from finfed.atomic import write_text_atomic
 from finfed.deploy import pki
 from finfed.errors import ConfigError
+from finfed.settings import Problems, read_section, setting
 
 try:  # Python 3.11+
     import tomllib
@@ -277,24 +278,47 @@ def read_toml(path: Path, what: str) -> dict:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
+@dataclass(frozen=True)
+class CoordinatorEntries:
+    hosts: tuple = setting(help="the coordinator's DNS names or IP addresses, as its TLS certificate covers them; "
+                                "sites reach the first")
+    port: int = setting(help="the SuperLink's port for sites", minimum=1, maximum=65535)
+    bind: str = setting("0.0.0.0", "the interface the SuperLink listens on")
+
+
+@dataclass(frozen=True)
+class SiteEntries:
+    name: str = setting(help="the site's name (its folder, key files and registration)")
+    id: int = setting(help="the site's number in the run's records", minimum=0)
+
+
+@dataclass(frozen=True)
+class ConsortiumFile:
+    """``consortium.toml`` less its ``[[sites]]`` list (each entry read as :class:`SiteEntries`)."""
+
+    coordinator: CoordinatorEntries
+    name: str = setting("", "the consortium's name; empty = its folder's name")
+
+
 def load_consortium(folder: Path) -> Consortium:
     """Read ``consortium.toml`` and check the coordinator's certificate and keys."""
     folder = Path(folder).resolve()
     path = folder / CONSORTIUM_FILE
     values = read_toml(path, "consortium file")
-    try:
-        coordinator = values["coordinator"]
-        consortium = Consortium(
-            folder=folder, name=str(values.get("name", folder.name)),
-            hosts=tuple(str(h) for h in coordinator["hosts"]), port=int(coordinator["port"]),
-            bind=str(coordinator.get("bind", "0.0.0.0")),
-            sites=tuple(SiteEntry(str(s["name"]), int(s["id"])) for s in values.get("sites", [])))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: missing or malformed entry {exc}; expected [coordinator] hosts, port "
-                          "and [[sites]] name, id") from None
-    if not consortium.hosts:
-        raise ConfigError(f"{path}: [coordinator] hosts is empty")
-    return consortium
+    problems = Problems(path, toml=True)
+    entries = values.pop("sites", [])
+    if not isinstance(entries, list):
+        problems.add(("sites",), f"must be a list of [[sites]] tables, got {entries!r}")
+        entries = []
+    sites = [read_section(SiteEntries, entry, problems, (f"sites #{number}",))
+             for number, entry in enumerate(entries, 1)]
+    read = read_section(ConsortiumFile, values, problems)
+    if read is not None and not read.coordinator.hosts:
+        problems.add(("coordinator", "hosts"), "is empty: list the names or IP addresses in the TLS certificate")
+    problems.raise_if_any()
+    coordinator = read.coordinator
+    return Consortium(folder=folder, name=read.name or folder.name, hosts=coordinator.hosts, port=coordinator.port,
+                      bind=coordinator.bind, sites=tuple(SiteEntry(site.name, site.id) for site in sites))
 
 
 def check_coordinator_files(consortium: Consortium) -> None:
