@@ -24,67 +24,96 @@ TASK_SYNTHETIC_SIZE = {"classification": 3000, "qa": 600}
 @dataclass(frozen=True)
 class DataSettings:
     source: Literal["synthetic", "file", "hub"] = _opt(
-        "synthetic", "where the examples come from: finfed's generator, a local file, or a hub dataset")
-    path: str = _opt("", "CSV, JSONL or Parquet file (source=file), or hub dataset name (source=hub)")
-    test_path: str = _opt("", "optional separate central test file; empty = split off `test_fraction`")
-    text_column: str = _opt("text", "column holding the text")
-    label_column: str = _opt("label", "column holding the label")
+        "synthetic", "where the examples come from: `synthetic` (finfed's generator, for trying things out), `file` "
+                     "(a local file, `data.path`) or `hub` (a Hugging Face dataset)")
+    path: str = _opt("", "the CSV, JSONL or Parquet file (`source: file`) or the hub dataset's name (`source: hub`); "
+                         "relative paths start at the working directory")
+    test_path: str = _opt("", "a separate file for the central test set, same format; empty = hold "
+                              "out `data.test_fraction` of `data.path`")
+    text_column: str = _opt("text", "column (or JSON field) holding each record's text")
+    label_column: str = _opt("label", "classification: column holding each record's label")
     question_column: str = _opt("question", "qa: field holding the question")
     context_column: str = _opt("context", "qa: field holding the passage the answer is taken from")
     answers_column: str = _opt("answers", "qa: field holding {text: [...], answer_start: [...]} (SQuAD style)")
     id_column: str = _opt("id", "qa: field holding each record's id (row number if absent)")
     bad_answers: Literal["refuse", "drop"] = _opt(
         "refuse", "qa: a record whose answer text is not at its offset is refused (error) or dropped (counted)")
-    labels: tuple = _opt((), "label names in order; empty = inferred (sorted) and then fixed")
-    test_fraction: float = _opt(0.25, "share held out for central evaluation", 0.0, 0.9, True)
-    split_seed: int = _opt(42, "seed of the central test split", 0)
+    labels: tuple = _opt((), "classification: the label names, in the order the model's outputs "
+                           "take; empty = the sorted labels found in the data. Required by `finfed deploy "
+                           "run` (the coordinator sees no data)")
+    test_fraction: float = _opt(0.25, "share of the records held out as the central test set (when "
+                                    "`data.test_path` is empty)", 0.0, 0.9, True)
+    split_seed: int = _opt(42, "seed of the central test split, the split across sites and each "
+                            "site's validation split; change it to see how much results depend on the split", 0)
     partitioner: Literal["iid", "dirichlet", "column"] = _opt(
-        "column", "how one dataset is split across sites in simulation")
-    dirichlet_alpha: float = _opt(0.5, "label-skew concentration (partitioner=dirichlet)", 0.0, None, True)
-    partition_column: str = _opt("institution", "column naming each row's site (partitioner=column)")
-    validation_fraction: float = _opt(0.1, "share of each site's data kept for local validation", 0.0, 0.5)
-    max_length: int = _opt(0, "maximum tokens per example (qa: per window); 0 = the task's default "
-                              "(classification 64, qa 192)", 0, 4096)
+        "column", "simulation: how one dataset is split across the sites: `column` (by `data.partition_column`, "
+                  "e.g. the institution that holds each row), `iid` (at random) or `dirichlet` (label skew)")
+    dirichlet_alpha: float = _opt(0.5, "`partitioner: dirichlet`: concentration of each site's label "
+                                        "mix; smaller = more skewed sites (0.1: very different, 100: nearly "
+                                        "iid)", 0.0, None, True)
+    partition_column: str = _opt("institution", "`partitioner: column`: column naming the site that holds each row; "
+                                              "needs as many distinct values as `federation.num_sites`")
+    validation_fraction: float = _opt(0.1, "share of each site's records kept out of training to evaluate "
+                                          "the global model locally each round (the metrics the site "
+                                          "reports)", 0.0, 0.5)
+    max_length: int = _opt(0, "tokens per example, longer ones truncated (qa: per window of a context); 0 = the "
+                              "task's default (classification 64, qa 192). Longer costs time and memory", 0, 4096)
     synthetic_size: int = _opt(0, "rows the synthetic generator produces (source=synthetic); 0 = the task's "
                                   "default (classification 3000 sentences, qa 600 questions)", 0)
-    synthetic_seed: int = _opt(7, "seed of the synthetic generator", 0)
+    synthetic_seed: int = _opt(7, "seed of the synthetic generator (`source: synthetic`)", 0)
 
 
 @dataclass(frozen=True)
 class QASettings:
     """Extractive question answering: how contexts are windowed and answers decoded."""
 
-    doc_stride: int = _opt(64, "tokens shared by consecutive windows of a long context", 0, 2048)
-    max_answer_tokens: int = _opt(40, "longest answer span (in tokens) the decoder may return", 1, 1024)
+    doc_stride: int = _opt(64, "tokens shared by consecutive windows of a context longer than `data.max_length`, so "
+                                "an answer cut by one window is whole in the next; must be well below max_length",
+                           0, 2048)
+    max_answer_tokens: int = _opt(40, "longest answer (in tokens) the decoder may return; raise it for long answers",
+                                   1, 1024)
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    backbone: str = _opt("bundled", "`bundled` (offline MiniLM), a local folder, or a hub model id")
-    pooling: Literal["mean", "cls"] = _opt("mean", "how token states become one vector for the head")
-    head_dropout: float = _opt(0.1, "dropout before the classification head", 0.0, 0.9)
+    backbone: str = _opt("bundled", "the pretrained encoder: `bundled` (the small MiniLM shipped with finfed, works "
+                                     "offline), a local model folder, or a Hugging Face model id")
+    pooling: Literal["mean", "cls"] = _opt("mean", "classification: how the token vectors become one vector for the "
+                                                       "head: their `mean`, or the first (`cls`) token's")
+    head_dropout: float = _opt(0.1, "classification: dropout rate before the head (a share of values zeroed "
+                                        "while training)", 0.0, 0.9)
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     method: Literal["ffa", "lora"] = _opt(
-        "ffa", "ffa: A frozen and shared, only B (and the head) trained; lora: A and B trained")
-    r: int = _opt(8, "LoRA rank", 1, 256)
-    alpha: float = _opt(16.0, "LoRA scaling numerator (scale = alpha / r)", 0.0, None, True)
-    dropout: float = _opt(0.0, "dropout on the LoRA path", 0.0, 0.9)
-    target_modules: tuple = _opt(("query", "value"), "backbone modules that get adapters")
-    init_seed: int = _opt(1234, "seed that makes every site's frozen LoRA A identical", 0)
+        "ffa", "`ffa` (FFA-LoRA: A frozen and identical at every site, only B and the head trained, so averaging "
+               "the updates is exact and DP noise touches half the parameters) or `lora` (A and B trained)")
+    r: int = _opt(8, "LoRA rank: size of the adapters; higher learns more and sends more per round", 1, 256)
+    alpha: float = _opt(16.0, "LoRA scaling: the adapters' output is multiplied by alpha / r", 0.0, None, True)
+    dropout: float = _opt(0.0, "dropout rate on the adapters' input while training", 0.0, 0.9)
+    target_modules: tuple = _opt(("query", "value"), "names of the encoder's modules that get adapters (e.g. "
+                                                         "query,key,value); more = more to learn and to send")
+    init_seed: int = _opt(1234, "seed of the adapters' and head's initial values, the same at every site (with "
+                                  "`ffa`, A stays so)", 0)
 
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    enabled: bool = _opt(True, "DP-SGD at every site; false gives the non-private baseline")
-    target_epsilon: float = _opt(8.0, "epsilon each site may spend over the whole run", 0.0, 100.0, True)
-    target_delta: float = _opt(1e-5, "delta of each site's guarantee", 0.0, 0.1, True)
-    max_grad_norm: float = _opt(1.0, "per-example gradient clipping norm", 0.0, None, True)
-    accountant: Literal["rdp", "prv"] = _opt("prv", "accountant used to calibrate and report epsilon")
-    noise_multiplier: float = _opt(0.0, "fixed noise multiplier; 0 = calibrate from the target", 0.0)
-    ledger_dir: str = _opt("", "simulation: folder of per-site privacy ledgers (site-<id>.json) that "
+    enabled: bool = _opt(True, "DP-SGD at every site (record-level differential privacy); false trains "
+                                "without it: the non-private baseline to compare utility with")
+    target_epsilon: float = _opt(8.0, "epsilon each site may spend over the whole run (with `target_delta`): the "
+                                       "noise is calibrated to reach it after the last round. Lower = more "
+                                       "private, less accurate", 0.0, 100.0, True)
+    target_delta: float = _opt(1e-5, "delta of each site's (epsilon, delta) guarantee: keep it below 1 / the "
+                                      "site's number of records", 0.0, 0.1, True)
+    max_grad_norm: float = _opt(1.0, "largest L2 norm of one record's gradient (DP-SGD clipping); the noise scales "
+                                       "with it", 0.0, None, True)
+    accountant: Literal["rdp", "prv"] = _opt("prv", "how epsilon is computed (calibration and reports): `prv` "
+                                                            "(tighter) or `rdp` (Renyi DP, more conservative)")
+    noise_multiplier: float = _opt(0.0, "DP-SGD noise standard deviation / max_grad_norm, fixed; 0 = calibrated "
+                                          "from `target_epsilon` (the usual choice)", 0.0)
+    ledger_dir: str = _opt("", "simulation: folder of per-site privacy ledgers (`site-ID.json`) that "
                                "compose spend across runs; empty = spend tracked within the run only")
     site_budget_epsilon: float = _opt(0.0, "simulation: each site's lifetime epsilon budget per dataset; "
                                            "0 = `target_epsilon`", 0.0)
@@ -111,15 +140,18 @@ class ClientDPSettings:
     """
 
     mode: Literal["off", "fixed", "adaptive"] = _opt(
-        "off", "off, or clipping of each site's update on the coordinator: fixed norm or adaptive (quantile) norm")
+        "off", "client-level DP: `off`, or the coordinator clips each site's update to a `fixed` norm or an "
+               "`adaptive` one (a quantile of the updates' norms) and adds noise to their sum")
     noise_multiplier: float = _opt(1.0, "noise multiplier accounted per round (noise std = it x clipping norm on "
                                         "the sum of clipped site updates; adaptive: covers the count too)", 0.0)
-    clipping_norm: float = _opt(1.0, "clipping norm (fixed) or initial clipping norm (adaptive)", 0.0, None, True)
-    target_quantile: float = _opt(0.5, "adaptive: share of updates left unclipped", 0.0, 1.0)
+    clipping_norm: float = _opt(1.0, "largest L2 norm of a site's update (`fixed`), or its starting value "
+                                       "(`adaptive`)", 0.0, None, True)
+    target_quantile: float = _opt(0.5, "`adaptive`: share of site updates the norm aims to leave unclipped", 0.0, 1.0)
     count_stddev: float = _opt(0.0, "adaptive: noise std on the count of unclipped updates; must exceed "
                                     "noise_multiplier / 2; 0 = max(expected sites per round / 20, noise_multiplier)",
                                0.0)
-    delta: float = _opt(1e-5, "delta of the client-level guarantee", 0.0, 0.1, True)
+    delta: float = _opt(1e-5, "delta of the client-level (epsilon, delta) guarantee; keep it below 1 / the "
+                               "number of sites", 0.0, 0.1, True)
 
     def __post_init__(self) -> None:
         if self.mode == "adaptive" and self.count_stddev and 2 * self.count_stddev <= self.noise_multiplier:
@@ -130,26 +162,33 @@ class ClientDPSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    batch_size: int = _opt(64, "expected batch size (Poisson sampling rate = batch_size / records)", 1)
-    local_epochs: int = _opt(1, "passes over the site's data per round", 1, 1000)
-    learning_rate: float = _opt(5e-3, "optimiser learning rate", 0.0, 10.0, True)
-    head_learning_rate: float = _opt(0.05, "learning rate of the task head; 0 = `learning_rate`", 0.0, 10.0)
-    optimizer: Literal["adamw", "sgd"] = _opt("adamw", "optimiser of each site (sgd: momentum 0.9)")
-    weight_decay: float = _opt(0.0, "AdamW weight decay", 0.0, 1.0)
-    eval_batch_size: int = _opt(64, "batch size for evaluation", 1)
+    batch_size: int = _opt(64, "expected records per step: each record joins a step with probability "
+                                   "batch_size / the site's records (Poisson sampling)", 1)
+    local_epochs: int = _opt(1, "passes over the site's records per round; more steps under the same "
+                                "`target_epsilon` means more noise per step", 1, 1000)
+    learning_rate: float = _opt(5e-3, "learning rate of the adapters at every site", 0.0, 10.0, True)
+    head_learning_rate: float = _opt(0.05, "learning rate of the task head (trained from scratch, so higher); "
+                                           "0 = `learning_rate`", 0.0, 10.0)
+    optimizer: Literal["adamw", "sgd"] = _opt("adamw", "each site's optimiser: `adamw` or `sgd` (momentum 0.9)")
+    weight_decay: float = _opt(0.0, "`adamw`'s weight decay (0 = none)", 0.0, 1.0)
+    eval_batch_size: int = _opt(64, "records per forward pass when evaluating; memory only, no effect on results", 1)
     physical_batch_size: int = _opt(32, "most examples through the model at once; larger sampled batches are "
-                                        "processed in parts and still make one (DP) step. 0 = no limit", 0)
-    num_threads: int = _opt(0, "torch threads per process; 0 = torch's default", 0, 256)
+                                        "processed in parts and still make one (DP) step: memory only, no effect "
+                                        "on results. 0 = no limit", 0)
+    num_threads: int = _opt(0, "torch threads per site process; 0 = torch's default (all cores). In "
+                                     "simulation, `simulation.cpus_per_site` is the useful knob", 0, 256)
 
 
 @dataclass(frozen=True)
 class FederationSettings:
-    num_sites: int = _opt(3, "institutions in the simulated federation", 1, 1000)
-    rounds: int = _opt(4, "federated rounds", 1, 10000)
+    num_sites: int = _opt(3, "sites (institutions) in the federation; `finfed deploy run` sets it from the "
+                               "consortium", 1, 1000)
+    rounds: int = _opt(4, "federated rounds: in each, sites train locally and the coordinator averages "
+                                 "their updates; the whole run spends `privacy.target_epsilon`", 1, 10000)
     fraction_train: float = _opt(1.0, "share of sites asked to train each round (with client-level DP: each "
                                       "site's independent sampling probability)", 0.0, 1.0, True)
-    min_sites: int = _opt(0, "fewest site updates a round needs; 0 = every sampled site", 0)
-    round_timeout: float = _opt(3600.0, "seconds to wait for sites' replies", 1.0)
+    min_sites: int = _opt(0, "fewest site updates a round needs, else the run stops; 0 = every sampled site", 0)
+    round_timeout: float = _opt(3600.0, "seconds to wait for sites to connect and to reply in a round", 1.0)
     # Filled in by `finfed deploy run` from the consortium's registrations, so waits can name missing sites.
     site_nodes: str = _opt("", "deployment: the consortium's sites as node-id:name pairs (set by finfed deploy "
                                "run); empty = sites are named by number")
@@ -194,18 +233,19 @@ def _check_secure_aggregation(federation: "FederationSettings") -> None:
 
 @dataclass(frozen=True)
 class SimulationSettings:
-    cpus_per_site: int = _opt(2, "CPU cores reserved per simulated site (2 cores: one site at a time)", 1)
+    cpus_per_site: int = _opt(2, "CPU cores Ray reserves per simulated site: sites train in parallel "
+                                  "only as far as the machine's cores allow (2 cores, 2 per site: one at a time)", 1)
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = _opt("default", "run name; outputs go to <output_dir>/<name>")
+    name: str = _opt("default", "the run's name: its outputs go to `output_dir/name`")
     task: Literal["classification", "qa"] = _opt(
         "classification", "what the federation learns: sentence classification or extractive QA")
     seed: int = _opt(0, "seed of non-private training randomness (dropout, the non-DP baseline's shuffling); DP "
                         "sampling and noise follow it only with `privacy.reproducible`", 0)
     output_dir: str = _opt("runs", "folder that receives run directories")
-    run_dir: str = _opt("", "explicit run directory; empty = <output_dir>/<name>")
+    run_dir: str = _opt("", "the run directory itself; empty = `output_dir/name`")
     resume_from: str = _opt("", "coordinator: run directory of an interrupted run to continue from its last "
                                 "checkpointed round (same settings required); empty = start afresh")
     data: DataSettings = field(default_factory=DataSettings)

@@ -59,14 +59,14 @@ class SitePrivacySection:
     budget_epsilon: float = setting(help="this bank's lifetime epsilon on this dataset: a round that would exceed "
                                          "it is refused", minimum=0.0, exclusive_min=True,
                                     hint="this bank's lifetime epsilon budget on this dataset, e.g. 8.0")
-    budget_delta: float = setting(1e-5, "delta of this bank's budget (at most 1/records is customary)",
+    budget_delta: float = setting(1e-5, "delta of this bank's budget; keep it below 1 / the file's number of records",
                                   0.0, 1.0, True, exclusive_max=True)
     ledger_path: str = setting("privacy-ledger.json", "the site's privacy ledger: epsilon spent, across runs "
                                                       "(tamper-evident, mode 0600)")
     audit_log: str = setting("", "one JSON line per message the site sends (what left, how many bytes); "
                                  "empty = no audit log")
-    require_secure_aggregation: bool = setting(False, "true: send model updates only masked by SecAgg+ (a run "
-                                                      "without secure aggregation is refused)")
+    require_secure_aggregation: bool = setting(False, "true: this site sends model updates only masked by "
+                                                      "SecAgg+ and refuses rounds of a run without it")
     share_train_loss: bool = setting(False, "true: also send each round's training loss, a statistic of the "
                                             "site's records that DP does not protect")
 
