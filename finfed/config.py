@@ -7,7 +7,6 @@ scalar values), so ``finfed simulate`` and ``flwr run`` read one source of truth
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -15,14 +14,8 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from finfed.errors import ConfigError
-
-
-def _opt(default: Any, help: str, minimum: float | None = None, maximum: float | None = None,
-         exclusive_min: bool = False) -> Any:
-    """A settings field carrying its help text and allowed range."""
-    meta = {"help": help, "min": minimum, "max": maximum, "exclusive_min": exclusive_min}
-    return field(default=default, metadata=meta)
-
+from finfed.settings import Problems, read_section
+from finfed.settings import setting as _opt
 
 TASK_MAX_LENGTH = {"classification": 64, "qa": 192}
 TASK_SYNTHETIC_SIZE = {"classification": 3000, "qa": 600}
@@ -31,67 +24,96 @@ TASK_SYNTHETIC_SIZE = {"classification": 3000, "qa": 600}
 @dataclass(frozen=True)
 class DataSettings:
     source: Literal["synthetic", "file", "hub"] = _opt(
-        "synthetic", "where the examples come from: finfed's generator, a local file, or a hub dataset")
-    path: str = _opt("", "CSV, JSONL or Parquet file (source=file), or hub dataset name (source=hub)")
-    test_path: str = _opt("", "optional separate central test file; empty = split off `test_fraction`")
-    text_column: str = _opt("text", "column holding the text")
-    label_column: str = _opt("label", "column holding the label")
+        "synthetic", "where the examples come from: `synthetic` (finfed's generator, for trying things out), `file` "
+                     "(a local file, `data.path`) or `hub` (a Hugging Face dataset)")
+    path: str = _opt("", "the CSV, JSONL or Parquet file (`source: file`) or the hub dataset's name (`source: hub`); "
+                         "relative paths start at the working directory")
+    test_path: str = _opt("", "a separate file for the central test set, same format; empty = hold "
+                              "out `data.test_fraction` of `data.path`")
+    text_column: str = _opt("text", "column (or JSON field) holding each record's text")
+    label_column: str = _opt("label", "classification: column holding each record's label")
     question_column: str = _opt("question", "qa: field holding the question")
     context_column: str = _opt("context", "qa: field holding the passage the answer is taken from")
     answers_column: str = _opt("answers", "qa: field holding {text: [...], answer_start: [...]} (SQuAD style)")
     id_column: str = _opt("id", "qa: field holding each record's id (row number if absent)")
     bad_answers: Literal["refuse", "drop"] = _opt(
         "refuse", "qa: a record whose answer text is not at its offset is refused (error) or dropped (counted)")
-    labels: tuple = _opt((), "label names in order; empty = inferred (sorted) and then fixed")
-    test_fraction: float = _opt(0.25, "share held out for central evaluation", 0.0, 0.9, True)
-    split_seed: int = _opt(42, "seed of the central test split", 0)
+    labels: tuple = _opt((), "classification: the label names, in the order the model's outputs "
+                           "take; empty = the sorted labels found in the data. Required by `finfed deploy "
+                           "run` (the coordinator sees no data)")
+    test_fraction: float = _opt(0.25, "share of the records held out as the central test set (when "
+                                    "`data.test_path` is empty)", 0.0, 0.9, True)
+    split_seed: int = _opt(42, "seed of the central test split, the split across sites and each "
+                            "site's validation split; change it to see how much results depend on the split", 0)
     partitioner: Literal["iid", "dirichlet", "column"] = _opt(
-        "column", "how one dataset is split across sites in simulation")
-    dirichlet_alpha: float = _opt(0.5, "label-skew concentration (partitioner=dirichlet)", 0.0, None, True)
-    partition_column: str = _opt("institution", "column naming each row's site (partitioner=column)")
-    validation_fraction: float = _opt(0.1, "share of each site's data kept for local validation", 0.0, 0.5)
-    max_length: int = _opt(0, "maximum tokens per example (qa: per window); 0 = the task's default "
-                              "(classification 64, qa 192)", 0, 4096)
+        "column", "simulation: how one dataset is split across the sites: `column` (by `data.partition_column`, "
+                  "e.g. the institution that holds each row), `iid` (at random) or `dirichlet` (label skew)")
+    dirichlet_alpha: float = _opt(0.5, "`partitioner: dirichlet`: concentration of each site's label "
+                                        "mix; smaller = more skewed sites (0.1: very different, 100: nearly "
+                                        "iid)", 0.0, None, True)
+    partition_column: str = _opt("institution", "`partitioner: column`: column naming the site that holds each row; "
+                                              "needs as many distinct values as `federation.num_sites`")
+    validation_fraction: float = _opt(0.1, "share of each site's records kept out of training to evaluate "
+                                          "the global model locally each round (the metrics the site "
+                                          "reports)", 0.0, 0.5)
+    max_length: int = _opt(0, "tokens per example, longer ones truncated (qa: per window of a context); 0 = the "
+                              "task's default (classification 64, qa 192). Longer costs time and memory", 0, 4096)
     synthetic_size: int = _opt(0, "rows the synthetic generator produces (source=synthetic); 0 = the task's "
                                   "default (classification 3000 sentences, qa 600 questions)", 0)
-    synthetic_seed: int = _opt(7, "seed of the synthetic generator", 0)
+    synthetic_seed: int = _opt(7, "seed of the synthetic generator (`source: synthetic`)", 0)
 
 
 @dataclass(frozen=True)
 class QASettings:
     """Extractive question answering: how contexts are windowed and answers decoded."""
 
-    doc_stride: int = _opt(64, "tokens shared by consecutive windows of a long context", 0, 2048)
-    max_answer_tokens: int = _opt(40, "longest answer span (in tokens) the decoder may return", 1, 1024)
+    doc_stride: int = _opt(64, "tokens shared by consecutive windows of a context longer than `data.max_length`, so "
+                                "an answer cut by one window is whole in the next; must be well below max_length",
+                           0, 2048)
+    max_answer_tokens: int = _opt(40, "longest answer (in tokens) the decoder may return; raise it for long answers",
+                                   1, 1024)
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    backbone: str = _opt("bundled", "`bundled` (offline MiniLM), a local folder, or a hub model id")
-    pooling: Literal["mean", "cls"] = _opt("mean", "how token states become one vector for the head")
-    head_dropout: float = _opt(0.1, "dropout before the classification head", 0.0, 0.9)
+    backbone: str = _opt("bundled", "the pretrained encoder: `bundled` (the small MiniLM shipped with finfed, works "
+                                     "offline), a local model folder, or a Hugging Face model id")
+    pooling: Literal["mean", "cls"] = _opt("mean", "classification: how the token vectors become one vector for the "
+                                                       "head: their `mean`, or the first (`cls`) token's")
+    head_dropout: float = _opt(0.1, "classification: dropout rate before the head (a share of values zeroed "
+                                        "while training)", 0.0, 0.9)
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     method: Literal["ffa", "lora"] = _opt(
-        "ffa", "ffa: A frozen and shared, only B (and the head) trained; lora: A and B trained")
-    r: int = _opt(8, "LoRA rank", 1, 256)
-    alpha: float = _opt(16.0, "LoRA scaling numerator (scale = alpha / r)", 0.0, None, True)
-    dropout: float = _opt(0.0, "dropout on the LoRA path", 0.0, 0.9)
-    target_modules: tuple = _opt(("query", "value"), "backbone modules that get adapters")
-    init_seed: int = _opt(1234, "seed that makes every site's frozen LoRA A identical", 0)
+        "ffa", "`ffa` (FFA-LoRA: A frozen and identical at every site, only B and the head trained, so averaging "
+               "the updates is exact and DP noise touches half the parameters) or `lora` (A and B trained)")
+    r: int = _opt(8, "LoRA rank: size of the adapters; higher learns more and sends more per round", 1, 256)
+    alpha: float = _opt(16.0, "LoRA scaling: the adapters' output is multiplied by alpha / r", 0.0, None, True)
+    dropout: float = _opt(0.0, "dropout rate on the adapters' input while training", 0.0, 0.9)
+    target_modules: tuple = _opt(("query", "value"), "names of the encoder's modules that get adapters (e.g. "
+                                                         "query,key,value); more = more to learn and to send")
+    init_seed: int = _opt(1234, "seed of the adapters' and head's initial values, the same at every site (with "
+                                  "`ffa`, A stays so)", 0)
 
 
 @dataclass(frozen=True)
 class PrivacySettings:
-    enabled: bool = _opt(True, "DP-SGD at every site; false gives the non-private baseline")
-    target_epsilon: float = _opt(8.0, "epsilon each site may spend over the whole run", 0.0, 100.0, True)
-    target_delta: float = _opt(1e-5, "delta of each site's guarantee", 0.0, 0.1, True)
-    max_grad_norm: float = _opt(1.0, "per-example gradient clipping norm", 0.0, None, True)
-    accountant: Literal["rdp", "prv"] = _opt("prv", "accountant used to calibrate and report epsilon")
-    noise_multiplier: float = _opt(0.0, "fixed noise multiplier; 0 = calibrate from the target", 0.0)
-    ledger_dir: str = _opt("", "simulation: folder of per-site privacy ledgers (site-<id>.json) that "
+    enabled: bool = _opt(True, "DP-SGD at every site (record-level differential privacy); false trains "
+                                "without it: the non-private baseline to compare utility with")
+    target_epsilon: float = _opt(8.0, "epsilon each site may spend over the whole run (with `target_delta`): the "
+                                       "noise is calibrated to reach it after the last round. Lower = more "
+                                       "private, less accurate", 0.0, 100.0, True)
+    target_delta: float = _opt(1e-5, "delta of each site's (epsilon, delta) guarantee: keep it below 1 / the "
+                                      "site's number of records", 0.0, 0.1, True)
+    max_grad_norm: float = _opt(1.0, "largest L2 norm of one record's gradient (DP-SGD clipping); the noise scales "
+                                       "with it", 0.0, None, True)
+    accountant: Literal["rdp", "prv"] = _opt("prv", "how epsilon is computed (calibration and reports): `prv` "
+                                                            "(tighter) or `rdp` (Renyi DP, more conservative)")
+    noise_multiplier: float = _opt(0.0, "DP-SGD noise standard deviation / max_grad_norm, fixed; 0 = calibrated "
+                                          "from `target_epsilon` (the usual choice)", 0.0)
+    ledger_dir: str = _opt("", "simulation: folder of per-site privacy ledgers (`site-ID.json`) that "
                                "compose spend across runs; empty = spend tracked within the run only")
     site_budget_epsilon: float = _opt(0.0, "simulation: each site's lifetime epsilon budget per dataset; "
                                            "0 = `target_epsilon`", 0.0)
@@ -118,15 +140,18 @@ class ClientDPSettings:
     """
 
     mode: Literal["off", "fixed", "adaptive"] = _opt(
-        "off", "off, or clipping of each site's update on the coordinator: fixed norm or adaptive (quantile) norm")
+        "off", "client-level DP: `off`, or the coordinator clips each site's update to a `fixed` norm or an "
+               "`adaptive` one (a quantile of the updates' norms) and adds noise to their sum")
     noise_multiplier: float = _opt(1.0, "noise multiplier accounted per round (noise std = it x clipping norm on "
                                         "the sum of clipped site updates; adaptive: covers the count too)", 0.0)
-    clipping_norm: float = _opt(1.0, "clipping norm (fixed) or initial clipping norm (adaptive)", 0.0, None, True)
-    target_quantile: float = _opt(0.5, "adaptive: share of updates left unclipped", 0.0, 1.0)
+    clipping_norm: float = _opt(1.0, "largest L2 norm of a site's update (`fixed`), or its starting value "
+                                       "(`adaptive`)", 0.0, None, True)
+    target_quantile: float = _opt(0.5, "`adaptive`: share of site updates the norm aims to leave unclipped", 0.0, 1.0)
     count_stddev: float = _opt(0.0, "adaptive: noise std on the count of unclipped updates; must exceed "
                                     "noise_multiplier / 2; 0 = max(expected sites per round / 20, noise_multiplier)",
                                0.0)
-    delta: float = _opt(1e-5, "delta of the client-level guarantee", 0.0, 0.1, True)
+    delta: float = _opt(1e-5, "delta of the client-level (epsilon, delta) guarantee; keep it below 1 / the "
+                               "number of sites", 0.0, 0.1, True)
 
     def __post_init__(self) -> None:
         if self.mode == "adaptive" and self.count_stddev and 2 * self.count_stddev <= self.noise_multiplier:
@@ -137,26 +162,33 @@ class ClientDPSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    batch_size: int = _opt(64, "expected batch size (Poisson sampling rate = batch_size / records)", 1)
-    local_epochs: int = _opt(1, "passes over the site's data per round", 1, 1000)
-    learning_rate: float = _opt(5e-3, "optimiser learning rate", 0.0, 10.0, True)
-    head_learning_rate: float = _opt(0.05, "learning rate of the task head; 0 = `learning_rate`", 0.0, 10.0)
-    optimizer: Literal["adamw", "sgd"] = _opt("adamw", "optimiser of each site (sgd: momentum 0.9)")
-    weight_decay: float = _opt(0.0, "AdamW weight decay", 0.0, 1.0)
-    eval_batch_size: int = _opt(64, "batch size for evaluation", 1)
+    batch_size: int = _opt(64, "expected records per step: each record joins a step with probability "
+                                   "batch_size / the site's records (Poisson sampling)", 1)
+    local_epochs: int = _opt(1, "passes over the site's records per round; more steps under the same "
+                                "`target_epsilon` means more noise per step", 1, 1000)
+    learning_rate: float = _opt(5e-3, "learning rate of the adapters at every site", 0.0, 10.0, True)
+    head_learning_rate: float = _opt(0.05, "learning rate of the task head (trained from scratch, so higher); "
+                                           "0 = `learning_rate`", 0.0, 10.0)
+    optimizer: Literal["adamw", "sgd"] = _opt("adamw", "each site's optimiser: `adamw` or `sgd` (momentum 0.9)")
+    weight_decay: float = _opt(0.0, "`adamw`'s weight decay (0 = none)", 0.0, 1.0)
+    eval_batch_size: int = _opt(64, "records per forward pass when evaluating; memory only, no effect on results", 1)
     physical_batch_size: int = _opt(32, "most examples through the model at once; larger sampled batches are "
-                                        "processed in parts and still make one (DP) step. 0 = no limit", 0)
-    num_threads: int = _opt(0, "torch threads per process; 0 = torch's default", 0, 256)
+                                        "processed in parts and still make one (DP) step: memory only, no effect "
+                                        "on results. 0 = no limit", 0)
+    num_threads: int = _opt(0, "torch threads per site process; 0 = torch's default (all cores). In "
+                                     "simulation, `simulation.cpus_per_site` is the useful knob", 0, 256)
 
 
 @dataclass(frozen=True)
 class FederationSettings:
-    num_sites: int = _opt(3, "institutions in the simulated federation", 1, 1000)
-    rounds: int = _opt(4, "federated rounds", 1, 10000)
+    num_sites: int = _opt(3, "sites (institutions) in the federation; `finfed deploy run` sets it from the "
+                               "consortium", 1, 1000)
+    rounds: int = _opt(4, "federated rounds: in each, sites train locally and the coordinator averages "
+                                 "their updates; the whole run spends `privacy.target_epsilon`", 1, 10000)
     fraction_train: float = _opt(1.0, "share of sites asked to train each round (with client-level DP: each "
                                       "site's independent sampling probability)", 0.0, 1.0, True)
-    min_sites: int = _opt(0, "fewest site updates a round needs; 0 = every sampled site", 0)
-    round_timeout: float = _opt(3600.0, "seconds to wait for sites' replies", 1.0)
+    min_sites: int = _opt(0, "fewest site updates a round needs, else the run stops; 0 = every sampled site", 0)
+    round_timeout: float = _opt(3600.0, "seconds to wait for sites to connect and to reply in a round", 1.0)
     # Filled in by `finfed deploy run` from the consortium's registrations, so waits can name missing sites.
     site_nodes: str = _opt("", "deployment: the consortium's sites as node-id:name pairs (set by finfed deploy "
                                "run); empty = sites are named by number")
@@ -201,19 +233,19 @@ def _check_secure_aggregation(federation: "FederationSettings") -> None:
 
 @dataclass(frozen=True)
 class SimulationSettings:
-    cpus_per_site: int = _opt(2, "CPU cores reserved per simulated site (2 cores: one site at a time)", 1)
-    memory_per_site_gb: float = _opt(0.0, "Ray memory reservation per site; 0 = none", 0.0)
+    cpus_per_site: int = _opt(2, "CPU cores Ray reserves per simulated site: sites train in parallel "
+                                  "only as far as the machine's cores allow (2 cores, 2 per site: one at a time)", 1)
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str = _opt("default", "run name; outputs go to <output_dir>/<name>")
+    name: str = _opt("default", "the run's name: its outputs go to `output_dir/name`")
     task: Literal["classification", "qa"] = _opt(
         "classification", "what the federation learns: sentence classification or extractive QA")
     seed: int = _opt(0, "seed of non-private training randomness (dropout, the non-DP baseline's shuffling); DP "
                         "sampling and noise follow it only with `privacy.reproducible`", 0)
     output_dir: str = _opt("runs", "folder that receives run directories")
-    run_dir: str = _opt("", "explicit run directory; empty = <output_dir>/<name>")
+    run_dir: str = _opt("", "the run directory itself; empty = `output_dir/name`")
     resume_from: str = _opt("", "coordinator: run directory of an interrupted run to continue from its last "
                                 "checkpointed round (same settings required); empty = start afresh")
     data: DataSettings = field(default_factory=DataSettings)
@@ -265,70 +297,15 @@ class ExperimentConfig:
 
 # --------------------------------------------------------------------------- building
 
-def _check_scalar(key: str, value: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
-    """Return ``value`` coerced to ``annotation`` or raise naming ``key``."""
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        allowed = typing.get_args(annotation)
-        if value not in allowed:
-            raise ConfigError(f"`{key}` must be one of {list(allowed)}, got {value!r}")
-        return value
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"`{key}` must be true or false, got {value!r}")
-        return value
-    if annotation is tuple:
-        if isinstance(value, str):  # run_config and --set carry lists as comma-joined text
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
-            raise ConfigError(f"`{key}` must be a list of names, got {value!r}")
-        return tuple(str(v) for v in value)
-    if annotation in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"`{key}` must be a number ({annotation.__name__}), got {value!r}")
-        if annotation is int and float(value) != int(value):
-            raise ConfigError(f"`{key}` must be a whole number, got {value!r}")
-        value = annotation(value)
-        _check_range(key, value, meta)
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"`{key}` must be text, got {value!r}")
-        return value
-    raise TypeError(f"unsupported settings type for {key}: {annotation}")
-
-
-def _check_range(key: str, value: float, meta: Mapping[str, Any]) -> None:
-    low, high = meta.get("min"), meta.get("max")
-    if low is not None and (value < low or (meta.get("exclusive_min") and value == low)):
-        relation = ">" if meta.get("exclusive_min") else ">="
-        raise ConfigError(f"`{key}` must be {relation} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(f"`{key}` must be <= {high}, got {value!r}")
-
-
-def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
-    if not isinstance(values, Mapping):
-        raise ConfigError(f"`{prefix.rstrip('.') or 'config'}` must be a mapping of keys, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join('`' + prefix + k + '`' for k in unknown)}; "
-                          f"known keys here: {', '.join(sorted(known))}")
-    kwargs = {}
-    for name, value in values.items():
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _check_scalar(prefix + name, value, annotation, known[name].metadata)
-    return cls(**kwargs)
-
-
-def config_from_dict(values: Mapping[str, Any]) -> ExperimentConfig:
-    """Build and validate a config from nested plain values."""
-    return _build(ExperimentConfig, values or {})
+def config_from_dict(values: Mapping[str, Any], source: str | Path = "") -> ExperimentConfig:
+    """Build and validate a config from nested plain values; errors name ``source`` (the file) and each key."""
+    problems = Problems(source)
+    try:
+        config = read_section(ExperimentConfig, values or {}, problems)
+    except ConfigError as exc:  # a rule between settings (a section's __post_init__)
+        problems.add((), str(exc))
+    problems.raise_if_any()
+    return config
 
 
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
@@ -388,12 +365,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment file (or the defaults), apply overrides, validate."""
     values = read_yaml(path) if path else {}
-    values = apply_overrides(values, overrides or [])
-    try:
-        return config_from_dict(values)
-    except ConfigError as exc:
-        where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{exc}") from None
+    return config_from_dict(apply_overrides(values, overrides or []), source=path or "")
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
@@ -403,25 +375,25 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
 # --------------------------------------------------------------------------- run_config
 
 def to_run_config(config: ExperimentConfig) -> dict[str, bool | int | float | str]:
-    """Flatten to Flower's scalar ``run_config`` (lists become comma-joined text)."""
-    flat: dict[str, bool | int | float | str] = {}
+    """Flatten to Flower's scalar ``run_config`` (dotted keys; lists become comma-joined text)."""
+    # Flower's own flattening rule, imported here: importing flwr takes a second the CLI need not spend.
+    from flwr.common.config import flatten_dict
 
-    def walk(values: Mapping[str, Any], prefix: str) -> None:
-        for key, value in values.items():
-            if isinstance(value, Mapping):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = ",".join(value) if isinstance(value, list) else value
+    def lists_joined(values: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: lists_joined(value) if isinstance(value, Mapping) else
+                ",".join(value) if isinstance(value, list) else value for key, value in values.items()}
 
-    walk(config_to_dict(config), "")
-    return flat
+    return flatten_dict(lists_joined(config_to_dict(config)))
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
     """Rebuild the config from Flower's flat ``run_config``."""
-    nested: dict[str, Any] = {}
-    for dotted, value in run_config.items():
-        _set_dotted(nested, dotted, value)
+    from flwr.common.config import unflatten_dict
+
+    try:
+        nested = unflatten_dict(dict(run_config))
+    except TypeError:  # a key that is both a value and a section, e.g. `privacy` and `privacy.enabled`
+        raise ConfigError(f"run config keys {sorted(run_config)} mix a value and a section of one name") from None
     return config_from_dict(nested)
 
 

@@ -26,10 +26,10 @@ def test_defaults_round_trip_through_yaml_and_run_config(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["privacy.target_epsilon=0"], "`privacy.target_epsilon` must be > 0.0, got 0.0"),
+    (["privacy.target_epsilon=0"], "`privacy.target_epsilon` must be > 0.0 and <= 100.0, got 0.0"),
     (["privacy.target_epsilon=-1"], "`privacy.target_epsilon` must be > 0.0"),
     (["privacy.target_epsilon=abc"], "`privacy.target_epsilon` must be a number"),
-    (["privacy.epsilon=3"], "unknown config key(s) `privacy.epsilon`"),
+    (["privacy.epsilon=3"], "`privacy.epsilon` is an unknown key; known keys here: enabled, target_epsilon"),
     (["lora.method=dora"], "`lora.method` must be one of ['ffa', 'lora']"),
     (["train.batch_size=2.5"], "`train.batch_size` must be a whole number"),
     (["privacy.enabled=yes please"], "`privacy.enabled` must be true or false"),
@@ -46,7 +46,7 @@ def test_bad_settings_are_refused_with_the_key_named(overrides, message):
 def test_unknown_section_and_key_in_yaml_name_the_file(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("privacy:\n  target_epsilon: 4\n  clip: 2\n")
-    with pytest.raises(ConfigError, match=r"exp.yaml: unknown config key\(s\) `privacy.clip`"):
+    with pytest.raises(ConfigError, match=r"exp.yaml: `privacy.clip` is an unknown key"):
         load_config(path)
 
 

@@ -164,12 +164,12 @@ def test_node_config_keeps_paths_with_spaces_quotes_and_backslashes(site, tmp_pa
 
 @pytest.mark.parametrize("old, new, expected", [
     ("budget_epsilon = 10.0\n", "\n", "[privacy] budget_epsilon: is missing"),
-    ("budget_epsilon = 10.0", "budget_epsilon = 0", "[privacy] budget_epsilon: must be a number > 0"),
-    ("budget_delta = 1e-05", "budget_delta = 2.0", "[privacy] budget_delta: must be a number > 0.0 and < 1.0"),
+    ("budget_epsilon = 10.0", "budget_epsilon = 0", "[privacy] budget_epsilon: must be > 0.0, got 0.0"),
+    ("budget_delta = 1e-05", "budget_delta = 2.0", "[privacy] budget_delta: must be > 0.0 and < 1.0, got 2.0"),
     ('root_certificates = "ca.pem"', 'root_certificates = "missing.pem"', "missing.pem does not exist"),
     ('[coordinator]\n', '[coordinator]\ninsecure = true\n', "finfed never connects a site without TLS"),
     ('label_column = "label"', 'label_column = "sentiment"', "has no column(s) ['sentiment']"),
-    ('[data]\n', '[data]\nlabels = "x"\n', "[data] labels: unknown key"),
+    ('[data]\n', '[data]\nlabels = "x"\n', "[data] labels: is an unknown key; known keys here: path, name"),
 ])
 def test_site_config_errors_name_the_file_and_key(site, old, new, expected):
     _edit(site, old, new)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from finfed.deploy.consortium import Consortium, SiteEntry
 from finfed.deploy.site_config import SiteConfig
-from finfed.runtime.local_engine import QUIET_FLOWER_ENV, toml_value
+from finfed.runtime.local_engine import QUIET_FLOWER_ENV, connection_config
 
 # The coordinator's name for its own SuperLink in its private $FLWR_HOME/config.toml.
 CONNECTION = "finfed-coordinator"
@@ -38,9 +38,7 @@ def superlink_command(consortium: Consortium) -> list[str]:
 
 def flower_config(consortium: Consortium) -> str:
     """``$FLWR_HOME/config.toml`` for the coordinator's own `flwr` commands (TLS, the consortium CA)."""
-    return (f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f"address = {toml_value(consortium.local_address)}\n"
-            f"root-certificates = {toml_value(str(consortium.ca_cert))}\n")
+    return connection_config(CONNECTION, consortium.local_address, **{"root-certificates": str(consortium.ca_cert)})
 
 
 def register_command(consortium: Consortium, site: SiteEntry) -> list[str]:

@@ -21,9 +21,12 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import tomli_w
+
+from finfed.atomic import write_text_atomic
 from finfed.deploy import pki
 from finfed.errors import ConfigError
-from finfed.runtime.local_engine import toml_value
+from finfed.settings import Problems, read_section, setting
 
 try:  # Python 3.11+
     import tomllib
@@ -200,16 +203,24 @@ def _create_site(consortium: Consortium, site: SiteEntry) -> None:
         out.write(site_template(site, consortium.address, runtime_port=runtime_port(consortium, site)))
 
 
+CONSORTIUM_HEADER = """\
+# finfed consortium: what the coordinator knows. Site data paths and budgets are NOT here:
+# each bank keeps them in its own sites/<name>/site.toml.
+# [coordinator] hosts: the names/IPs in the TLS certificate; bind: the interface the SuperLink listens on.
+
+"""
+
+
 def _write_consortium_file(consortium: Consortium) -> None:
-    lines = ["# finfed consortium: what the coordinator knows. Site data paths and budgets are NOT here:",
-             "# each bank keeps them in its own sites/<name>/site.toml.",
-             f"name = {toml_value(consortium.name)}", "", "[coordinator]",
-             f"hosts = [{', '.join(toml_value(h) for h in consortium.hosts)}]  # names/IPs in the TLS certificate",
-             f"port = {consortium.port}",
-             f"bind = {toml_value(consortium.bind)}  # interface the SuperLink listens on", ""]
-    for site in consortium.sites:
-        lines += ["[[sites]]", f"name = {toml_value(site.name)}", f"id = {site.site_id}", ""]
-    (consortium.folder / CONSORTIUM_FILE).write_text("\n".join(lines), encoding="utf-8")
+    values = {"name": consortium.name,
+              "coordinator": {"hosts": list(consortium.hosts), "port": consortium.port, "bind": consortium.bind},
+              "sites": [{"name": site.name, "id": site.site_id} for site in consortium.sites]}
+    write_text_atomic(consortium.folder / CONSORTIUM_FILE, CONSORTIUM_HEADER + tomli_w.dumps(values))
+
+
+def _toml(value: object) -> str:
+    """One value as it stands after ``key = `` in TOML (strings quoted and escaped)."""
+    return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
 
 
 def site_template(site: SiteEntry, address: str, *, data_path: str = "", budget_epsilon: float | None = None,
@@ -224,20 +235,20 @@ def site_template(site: SiteEntry, address: str, *, data_path: str = "", budget_
 # Check it with `finfed deploy site <this folder> --dry-run`.
 
 [site]
-name = {toml_value(site.name)}
+name = {_toml(site.name)}
 id = {site.site_id}   # this site's number in the run's records
 
 [coordinator]
-address = {toml_value(address)}   # the SuperLink, host:port
+address = {_toml(address)}   # the SuperLink, host:port
 root_certificates = "{CA_FILE}"   # the consortium CA: only a coordinator it signed is trusted
 
 [auth]
 private_key = "{site.name}.key"   # EC P-384, OpenSSH format; the coordinator registered {site.name}.pub
 
 [data]
-path = {toml_value(data_path)}   # REQUIRED: CSV, JSONL or Parquet file with this bank's records
-text_column = {toml_value(text_column)}
-label_column = {toml_value(label_column)}
+path = {_toml(data_path)}   # REQUIRED: CSV, JSONL or Parquet file with this bank's records
+text_column = {_toml(text_column)}
+label_column = {_toml(label_column)}
 # name = "loans"   # the dataset's name in the privacy ledger (default: the file's name); spend composes per name
 
 [privacy]
@@ -267,24 +278,47 @@ def read_toml(path: Path, what: str) -> dict:
         raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
+@dataclass(frozen=True)
+class CoordinatorEntries:
+    hosts: tuple = setting(help="the coordinator's DNS names or IP addresses, as its TLS certificate covers them; "
+                                "sites reach the first")
+    port: int = setting(help="the SuperLink's port for sites", minimum=1, maximum=65535)
+    bind: str = setting("0.0.0.0", "the interface the SuperLink listens on")
+
+
+@dataclass(frozen=True)
+class SiteEntries:
+    name: str = setting(help="the site's name (its folder, key files and registration)")
+    id: int = setting(help="the site's number in the run's records", minimum=0)
+
+
+@dataclass(frozen=True)
+class ConsortiumFile:
+    """``consortium.toml`` less its ``[[sites]]`` list (each entry read as :class:`SiteEntries`)."""
+
+    coordinator: CoordinatorEntries
+    name: str = setting("", "the consortium's name; empty = its folder's name")
+
+
 def load_consortium(folder: Path) -> Consortium:
     """Read ``consortium.toml`` and check the coordinator's certificate and keys."""
     folder = Path(folder).resolve()
     path = folder / CONSORTIUM_FILE
     values = read_toml(path, "consortium file")
-    try:
-        coordinator = values["coordinator"]
-        consortium = Consortium(
-            folder=folder, name=str(values.get("name", folder.name)),
-            hosts=tuple(str(h) for h in coordinator["hosts"]), port=int(coordinator["port"]),
-            bind=str(coordinator.get("bind", "0.0.0.0")),
-            sites=tuple(SiteEntry(str(s["name"]), int(s["id"])) for s in values.get("sites", [])))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{path}: missing or malformed entry {exc}; expected [coordinator] hosts, port "
-                          "and [[sites]] name, id") from None
-    if not consortium.hosts:
-        raise ConfigError(f"{path}: [coordinator] hosts is empty")
-    return consortium
+    problems = Problems(path, toml=True)
+    entries = values.pop("sites", [])
+    if not isinstance(entries, list):
+        problems.add(("sites",), f"must be a list of [[sites]] tables, got {entries!r}")
+        entries = []
+    sites = [read_section(SiteEntries, entry, problems, (f"sites #{number}",))
+             for number, entry in enumerate(entries, 1)]
+    read = read_section(ConsortiumFile, values, problems)
+    if read is not None and not read.coordinator.hosts:
+        problems.add(("coordinator", "hosts"), "is empty: list the names or IP addresses in the TLS certificate")
+    problems.raise_if_any()
+    coordinator = read.coordinator
+    return Consortium(folder=folder, name=read.name or folder.name, hosts=coordinator.hosts, port=coordinator.port,
+                      bind=coordinator.bind, sites=tuple(SiteEntry(site.name, site.id) for site in sites))
 
 
 def check_coordinator_files(consortium: Consortium) -> None:

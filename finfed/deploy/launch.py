@@ -343,10 +343,7 @@ def deployment_config(consortium: Consortium, path: Path | None, overrides: list
             values[section] = {**value, **(values.get(section) or {})}
         else:
             values.setdefault(section, value)
-    try:
-        config = config_from_dict(apply_overrides(values, overrides))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from None
+    config = config_from_dict(apply_overrides(values, overrides), source=path or "")
     if config.privacy.reproducible:
         raise ConfigError(f"{path or 'the run'}: `privacy.reproducible` is for tests and benchmarks only: it derives "
                           "each site's DP sampling and noise from the run's seed, which the coordinator knows, so "

@@ -21,17 +21,75 @@ from finfed.deploy import pki
 from finfed.deploy.consortium import SITE_FILE, read_toml
 from finfed.errors import ConfigError, FinfedError
 from finfed.privacy.ledger import PrivacyLedger
+from finfed.settings import Problems, read_sections, setting
 
-# Every key a site.toml may hold: a misspelt key is an error, not a silently ignored setting.
-KNOWN_KEYS = {
-    "site": {"name", "id"},
-    "coordinator": {"address", "root_certificates"},
-    "auth": {"private_key"},
-    "data": {"path", "name", "text_column", "label_column"},
-    "privacy": {"budget_epsilon", "budget_delta", "ledger_path", "audit_log", "require_secure_aggregation",
-                "share_train_loss"},
-    "supernode": {"runtime_port"},
-}
+# --------------------------------------------------------------------------- what a site.toml holds
+
+@dataclass(frozen=True)
+class SiteSection:
+    name: str = setting(help="this bank's site name in the consortium (set by `finfed deploy init`)")
+    id: int = setting(help="this site's number in the run's records (set by `finfed deploy init`)", minimum=0)
+
+
+@dataclass(frozen=True)
+class CoordinatorSection:
+    address: str = setting(help="the coordinator's SuperLink, host:port (set by `finfed deploy init`)")
+    root_certificates: str = setting(help="the consortium CA certificate (ca.pem): the site connects only to a "
+                                          "coordinator it signed")
+
+
+@dataclass(frozen=True)
+class AuthSection:
+    private_key: str = setting(help="this site's EC P-384 private key (OpenSSH format, mode 0600); the coordinator "
+                                    "registered its public half")
+
+
+@dataclass(frozen=True)
+class SiteDataSection:
+    path: str = setting(help="this bank's data file (CSV, JSONL or Parquet); it never leaves the site",
+                        hint="the path of this bank's data file (CSV, JSONL or Parquet)")
+    name: str = setting("", "the dataset's name in the privacy ledger: spend composes per name, across runs; "
+                            "empty = the data file's name")
+    text_column: str = setting("", "the file's text column, if it differs from the run's `data.text_column`")
+    label_column: str = setting("", "the file's label column, if it differs from the run's `data.label_column`")
+
+
+@dataclass(frozen=True)
+class SitePrivacySection:
+    budget_epsilon: float = setting(help="this bank's lifetime epsilon on this dataset: a round that would exceed "
+                                         "it is refused", minimum=0.0, exclusive_min=True,
+                                    hint="this bank's lifetime epsilon budget on this dataset, e.g. 8.0")
+    budget_delta: float = setting(1e-5, "delta of this bank's budget; keep it below 1 / the file's number of records",
+                                  0.0, 1.0, True, exclusive_max=True)
+    ledger_path: str = setting("privacy-ledger.json", "the site's privacy ledger: epsilon spent, across runs "
+                                                      "(tamper-evident, mode 0600)")
+    audit_log: str = setting("", "one JSON line per message the site sends (what left, how many bytes); "
+                                 "empty = no audit log")
+    require_secure_aggregation: bool = setting(False, "true: this site sends model updates only masked by "
+                                                      "SecAgg+ and refuses rounds of a run without it")
+    share_train_loss: bool = setting(False, "true: also send each round's training loss, a statistic of the "
+                                            "site's records that DP does not protect")
+
+
+@dataclass(frozen=True)
+class SupernodeSection:
+    runtime_port: int = setting(9094, "local port of the SuperNode's Runtime API (bound to 127.0.0.1); distinct "
+                                      "per site sharing a host", 1, 65535)
+
+
+@dataclass(frozen=True)
+class SiteFile:
+    """Every section and key a ``site.toml`` may hold: a misspelt one is an error, not an ignored setting."""
+
+    site: SiteSection
+    coordinator: CoordinatorSection
+    auth: AuthSection
+    data: SiteDataSection
+    privacy: SitePrivacySection
+    supernode: SupernodeSection
+
+
+REFUSED_KEYS = {"insecure": "finfed never connects a site without TLS"}
 
 
 @dataclass(frozen=True)
@@ -111,21 +169,6 @@ def _toml_scalar(key: str, value: Any) -> str:
 
 # --------------------------------------------------------------------------- loading
 
-class _Problems:
-    """Collects every problem in one site.toml so the bank fixes them in one pass."""
-
-    def __init__(self, file: Path) -> None:
-        self.file, self.items = file, []
-
-    def add(self, key: str, message: str) -> None:
-        self.items.append(f"[{key.split('.')[0]}] {key.split('.', 1)[1]}: {message}" if "." in key
-                          else f"{key}: {message}")
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ConfigError(f"{self.file} has {len(self.items)} problem(s):\n  - " + "\n  - ".join(self.items))
-
-
 def site_file(path: Path) -> Path:
     """Accept the site folder or its site.toml."""
     path = Path(path)
@@ -135,114 +178,38 @@ def site_file(path: Path) -> Path:
 def load_site_config(path: Path) -> SiteConfig:
     """Read and check a site.toml (or the folder holding it); raise one error listing every problem."""
     file = site_file(path)
-    values = read_toml(file, "site configuration")
-    problems = _Problems(file)
-    _check_known_keys(values, problems)
-    get = _Getter(values, file.parent, problems)
+    problems = Problems(file, toml=True)
+    read = read_sections(SiteFile, read_toml(file, "site configuration"), problems, REFUSED_KEYS)
+    site, coordinator, auth = read["site"], read["coordinator"], read["auth"]
+    data, privacy, supernode = read["data"], read["privacy"], read["supernode"]
+
+    def local(section: Any, key: str) -> Path | None:  # relative paths start at the site's folder
+        value = getattr(section, key) if section is not None else ""
+        return (file.parent / Path(value).expanduser()).resolve() if value else None
+
     config = {
-        "file": file, "name": get.text("site.name"), "site_id": get.integer("site.id", 0, None),
-        "superlink": get.text("coordinator.address"),
-        "root_certificates": get.path("coordinator.root_certificates"),
-        "private_key": get.path("auth.private_key"),
-        "data_path": get.path("data.path", hint="the path of this bank's data file (CSV, JSONL or Parquet)"),
-        "dataset_name": get.text("data.name", default=""),
-        "text_column": get.text("data.text_column", default=""),
-        "label_column": get.text("data.label_column", default=""),
-        "budget_epsilon": get.number("privacy.budget_epsilon", exclusive_min=0.0,
-                                     hint="this bank's lifetime epsilon budget on this dataset, e.g. 8.0"),
-        "budget_delta": get.number("privacy.budget_delta", exclusive_min=0.0, below=1.0, default=1e-5),
-        "ledger_path": get.path("privacy.ledger_path", default="privacy-ledger.json"),
-        "audit_log": get.path("privacy.audit_log", default="") or None,
-        "require_secure_aggregation": get.boolean("privacy.require_secure_aggregation", default=False),
-        "runtime_port": get.integer("supernode.runtime_port", 1, 65535, default=9094),
-        "share_train_loss": get.boolean("privacy.share_train_loss", default=False)}
+        "file": file, "name": site and site.name, "site_id": site and site.id,
+        "superlink": coordinator and coordinator.address,
+        "root_certificates": local(coordinator, "root_certificates"), "private_key": local(auth, "private_key"),
+        "data_path": local(data, "path"), "dataset_name": data and data.name,
+        "text_column": data and data.text_column, "label_column": data and data.label_column,
+        "budget_epsilon": privacy and privacy.budget_epsilon, "budget_delta": privacy and privacy.budget_delta,
+        "ledger_path": local(privacy, "ledger_path"), "audit_log": local(privacy, "audit_log"),
+        "require_secure_aggregation": privacy and privacy.require_secure_aggregation,
+        "share_train_loss": privacy and privacy.share_train_loss,
+        "runtime_port": supernode and supernode.runtime_port}
     _check_files(config, problems)
     problems.raise_if_any()
     return SiteConfig(**config)
 
 
-def _check_known_keys(values: dict, problems: _Problems) -> None:
-    for section, entries in values.items():
-        if section not in KNOWN_KEYS:
-            problems.add(section, f"unknown section; known sections: {', '.join(KNOWN_KEYS)}")
-            continue
-        if not isinstance(entries, dict):
-            problems.add(section, "must be a [section] of keys")
-            continue
-        for key in sorted(set(entries) - KNOWN_KEYS[section]):
-            hint = (" (finfed never connects a site without TLS)" if key == "insecure" else "")
-            problems.add(f"{section}.{key}", f"unknown key{hint}; known keys: {', '.join(sorted(KNOWN_KEYS[section]))}")
-
-
-class _Getter:
-    """Typed access to ``section.key`` values, recording what is missing or wrong."""
-
-    _MISSING = object()
-
-    def __init__(self, values: dict, folder: Path, problems: _Problems) -> None:
-        self.values, self.folder, self.problems = values, folder, problems
-
-    def _raw(self, dotted: str, default: Any, hint: str = "") -> Any:
-        section, key = dotted.split(".")
-        entries = self.values.get(section)
-        value = entries.get(key, default) if isinstance(entries, dict) else default
-        if value is self._MISSING:
-            self.problems.add(dotted, "is missing" + (f": set {hint}" if hint else ""))
-        return value
-
-    def text(self, dotted: str, default: Any = _MISSING, hint: str = "") -> str:
-        value = self._raw(dotted, default, hint)
-        if value is self._MISSING:
-            return ""
-        if not isinstance(value, str):
-            self.problems.add(dotted, f"must be text (in quotes), got {value!r}")
-            return ""
-        if default is self._MISSING and not value.strip():
-            self.problems.add(dotted, "is empty" + (f": set {hint}" if hint else ""))
-            return ""
-        return value
-
-    def path(self, dotted: str, default: Any = _MISSING, hint: str = "") -> Path | None:
-        value = self.text(dotted, default, hint)
-        return (self.folder / Path(value).expanduser()).resolve() if value else None
-
-    def integer(self, dotted: str, low: int | None, high: int | None, default: Any = _MISSING) -> int:
-        value = self._raw(dotted, default)
-        if value is self._MISSING:
-            return 0
-        if isinstance(value, bool) or not isinstance(value, int) or \
-                (low is not None and value < low) or (high is not None and value > high):
-            self.problems.add(dotted, f"must be a whole number in {low}..{high if high is not None else ''}, "
-                                      f"got {value!r}")
-            return 0
-        return value
-
-    def boolean(self, dotted: str, default: Any = _MISSING) -> bool:
-        value = self._raw(dotted, default)
-        if value is not self._MISSING and not isinstance(value, bool):
-            self.problems.add(dotted, f"must be true or false, got {value!r}")
-        return value is True
-
-    def number(self, dotted: str, *, exclusive_min: float, below: float | None = None, default: Any = _MISSING,
-               hint: str = "") -> float:
-        value = self._raw(dotted, default, hint)
-        if value is self._MISSING:
-            return 0.0
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= exclusive_min or \
-                (below is not None and value >= below):
-            bound = f"> {exclusive_min}" + (f" and < {below}" if below is not None else "")
-            self.problems.add(dotted, f"must be a number {bound}, got {value!r}")
-            return 0.0
-        return float(value)
-
-
-def _check_files(values: dict[str, Any], problems: _Problems) -> None:
+def _check_files(values: dict[str, Any], problems: Problems) -> None:
     """The files the site names: present, readable, of the right kind (each one whose key is valid)."""
     checks = (("coordinator.root_certificates", "root_certificates",
                lambda path: pki.load_certificate(path, "CA certificate")),
               ("auth.private_key", "private_key", _check_key),
-              ("data.path", "data_path", lambda path: _check_data(path, values["text_column"],
-                                                                 values["label_column"])),
+              ("data.path", "data_path", lambda path: _check_data(path, values["text_column"] or "",
+                                                                 values["label_column"] or "")),
               ("privacy.ledger_path", "ledger_path", lambda path: _check_ledger(path, values["file"].parent)),
               ("privacy.audit_log", "audit_log", _check_writable_parent))
     for dotted, field, check in checks:

@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from finfed.atomic import PRIVATE_MODE, write_text_atomic
 from finfed.errors import LedgerIntegrityError
 
 GENESIS_PREV = "0" * 64
 HEAD_FILE = "ledger-head.json"
 HEAD_VERSION = 1
-PRIVATE_MODE = 0o600
 
 
 def record_hash(record: dict[str, Any]) -> str:
@@ -78,19 +77,7 @@ def in_seq_order(path: Path, *groups: Iterable[dict[str, Any]]) -> list[dict[str
 
 def write_private_json(path: Path, payload: Any) -> None:
     """Write JSON atomically (temporary file, fsync, rename) with mode 0600 from creation on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
-    try:
-        os.fchmod(descriptor, PRIVATE_MODE)  # the umask may not widen it, but a stale tmp file might
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(payload, indent=1), mode=PRIVATE_MODE)
 
 
 class ChainHead:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from finfed.atomic import write_bytes_atomic
 from finfed.errors import RunError
 from finfed.runs.outputs import CHECKPOINT as CHECKPOINT_DIR
 from finfed.runs.outputs import read_status
@@ -49,15 +50,6 @@ def checkpoint_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / STATE_FILE
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _arrays_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     # Positional keys: parameter names need not be valid zip member names; the JSON keeps the names.
@@ -71,12 +63,12 @@ def write_checkpoint(run_dir: str | Path, checkpoint: Checkpoint) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     arrays_name = f"arrays-round-{checkpoint.round}.npz"
     payload = _arrays_bytes(checkpoint.arrays)
-    _fsync_write(folder / arrays_name, payload)
+    write_bytes_atomic(folder / arrays_name, payload)
     state = {"format": FORMAT_VERSION, "round": checkpoint.round, "total_rounds": checkpoint.total_rounds,
              "arrays_file": arrays_name, "arrays_sha256": hashlib.sha256(payload).hexdigest(),
              "tensor_names": list(checkpoint.arrays), "run_config": checkpoint.run_config,
              "run_state": checkpoint.run_state, "strategy_state": checkpoint.strategy_state}
-    _fsync_write(folder / STATE_FILE, json.dumps(state, default=float).encode("utf-8"))
+    write_bytes_atomic(folder / STATE_FILE, json.dumps(state, default=float).encode("utf-8"))
     for old in folder.glob("arrays-round-*.npz"):
         if old.name != arrays_name:
             old.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finfed.atomic import write_json_atomic, write_text_atomic
 from finfed.config import ExperimentConfig, save_config
 from finfed.errors import RunError
 
@@ -33,13 +34,6 @@ MODEL_INFO = "finfed_model.json"
 CHECKPOINT = "checkpoint"
 RUN_LEDGERS = "ledgers"  # `finfed simulate` keeps sites' ledgers here when `privacy.ledger_dir` is unset
 RUN_SITES = "sites"  # simulated sites' own folders (finfed/site.py `site_folder`)
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=float), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
@@ -162,9 +156,7 @@ class RunOutputs:
         write_json_atomic(self.run_dir / PRIVACY, privacy)
 
     def write_text(self, name: str, text: str) -> None:
-        tmp = self.run_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.run_dir / name)
+        write_text_atomic(self.run_dir / name, text)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

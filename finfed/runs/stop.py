@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from finfed.atomic import write_json_atomic
+
 STOP_FILE = ".stop"
 # How long the CLI waits for the ServerApp to record `interrupted`, then for Flower to end by itself,
 # before it stops every process it started.
@@ -44,9 +46,8 @@ def request_stop(run_dir: str | Path, reason: str) -> float:
         return earlier
     requested_at = time.time()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{STOP_FILE}.tmp")
-    tmp.write_text(json.dumps({"requested_at": requested_at, "reason": reason}), encoding="utf-8")
-    tmp.replace(path)  # whole or absent: a reader never sees half of it
+    # whole or absent: a reader never sees half of it
+    write_json_atomic(path, {"requested_at": requested_at, "reason": reason}, indent=None)
     return requested_at
 
 

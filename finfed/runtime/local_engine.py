@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import tomli_w
+
 from finfed.config import ExperimentConfig, from_run_config
 from finfed.errors import RunError
 from finfed.runs.checkpoint import resume_point
@@ -65,18 +67,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
 def write_run_config(values: Mapping[str, object], path: Path) -> None:
-    """One TOML file of overrides: `-c k=v` flags sharing a dotted prefix overwrite each other."""
-    lines = [f"{json.dumps(key)} = {toml_value(value)}" for key, value in values.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    """One TOML file of overrides: `-c k=v` flags sharing a dotted prefix overwrite each other.
+
+    Its keys stay dotted (quoted in TOML), as Flower's run config names them."""
+    path.write_text(tomli_w.dumps(dict(values)), encoding="utf-8")
+
+
+def connection_config(connection: str, address: str, **options: object) -> str:
+    """``$FLWR_HOME/config.toml`` making ``connection`` (at ``address``) the default SuperLink of `flwr`."""
+    return tomli_w.dumps({"superlink": {"default": connection,
+                                        connection: {"address": address, **options}}})
 
 
 class LocalSuperLink:
@@ -88,8 +89,7 @@ class LocalSuperLink:
 
     def __enter__(self) -> "LocalSuperLink":
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "127.0.0.1:{self.port}"\ninsecure = true\n', encoding="utf-8")
+            connection_config(CONNECTION, f"127.0.0.1:{self.port}", insecure=True), encoding="utf-8")
         self.process = subprocess.Popen(
             [flower_tool("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
              "--port", str(self.port), "--disable-runtime-dependency-installation",
