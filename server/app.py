@@ -9,7 +9,7 @@ Message API) or SecAgg+ (``federation.secure_aggregation``: Flower's legacy work
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Context, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Strategy
 
@@ -36,10 +36,11 @@ class RecordingFedAvg(FedAvg):
                          configrecord_key=keys.CONFIG, min_available_nodes=1, **kwargs)
         self.sampler = sampler
 
-    def ask(self, nodes: list[int], arrays, config, server_round: int, message_type: str):
+    def ask(self, nodes: list[int], arrays, config, server_round: int, message_type: str) -> list[Message]:
+        """One message per node, all carrying the same records (what FedAvg's own configure_* sends)."""
         config["server-round"] = server_round
-        return self._construct_messages(RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config}), nodes,
-                                        message_type)
+        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: config})
+        return [Message(content=content, message_type=message_type, dst_node_id=node) for node in nodes]
 
     def configure_train(self, server_round, arrays, config, grid):
         return self.ask(self.sampler.train_nodes(grid), arrays, config, server_round, MessageType.TRAIN)

@@ -28,6 +28,7 @@ from deployment_harness import (
 from test_faults import FakeClock, FakeGrid
 
 from finfed.cli.main import main
+from finfed.compat import registered_node_id
 from finfed.config import FederationSettings
 from finfed.coordinator.sampling import SiteSampler, parse_site_nodes
 from finfed.deploy.consortium import (
@@ -41,7 +42,6 @@ from finfed.deploy.nodes import (
     format_rows,
     read_site_nodes,
     record_site_node,
-    registered_node_id,
     run_config_value,
     site_nodes_path,
     site_rows,

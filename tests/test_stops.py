@@ -32,7 +32,15 @@ from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import plan_privacy
 from finfed.runs.checkpoint import read_checkpoint, resume_point, write_checkpoint
 from finfed.runs.outputs import read_metrics, read_status
-from finfed.runs.stop import clear_stop, request_stop, stop_path, stop_time
+from finfed.runs.stop import (
+    SignalStop,
+    clear_stop,
+    request_stop,
+    signals_handled,
+    sigterm_interrupts,
+    stop_path,
+    stop_time,
+)
 from finfed.site.rounds import site_context, train_round
 from finfed.training.local import train_locally
 
@@ -137,6 +145,48 @@ def _stop_when(kind: str, server_round: int):
         if message.metadata.message_type == kind and message_round(message) == server_round:
             request_stop(grid.run_dir, "test")
     return hook
+
+
+# --------------------------------------------------------------------------- signals (one scheme: finfed.runs.stop)
+
+def test_inside_sigterm_interrupts_sigterm_is_ctrl_c_and_the_earlier_handler_comes_back():
+    earlier = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), sigterm_interrupts():
+        signal.raise_signal(signal.SIGTERM)
+        time.sleep(5)  # not reached: the handler raises first
+    assert signal.getsignal(signal.SIGTERM) is earlier
+
+
+def test_signals_handled_changes_nothing_outside_the_main_thread():
+    seen = []
+
+    def install():
+        with signals_handled(lambda *_: None, (signal.SIGTERM,)):
+            seen.append(signal.getsignal(signal.SIGTERM))
+    earlier = signal.getsignal(signal.SIGTERM)
+    worker = threading.Thread(target=install)
+    worker.start()
+    worker.join()
+    assert seen == [earlier]
+
+
+def test_signal_stop_asks_the_run_to_stop_then_a_second_signal_is_ctrl_c(tmp_path):
+    earlier = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(KeyboardInterrupt), SignalStop(tmp_path, record_wait=60) as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.requested_at == stop_time(tmp_path) and stop_path(tmp_path).exists()
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(5)  # not reached
+    assert {s: signal.getsignal(s) for s in earlier} == earlier
+
+
+def test_a_supervised_deployment_process_is_stopped_by_sigterm():
+    from finfed.deploy.launch import _supervise
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    threading.Timer(0.5, signal.pthread_kill, (threading.main_thread().ident, signal.SIGTERM)).start()
+    assert _supervise(child, child.wait) == 130
+    assert child.poll() is not None
 
 
 @pytest.mark.slow  # five in-process rounds

@@ -156,6 +156,7 @@ def _site(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from finfed.cli.main import _show, finish_run, submit_stoppable
+    from finfed.compat import log_shows_started_run
     from finfed.deploy.commands import DEPLOY_ENV, run_command
     from finfed.deploy.consortium import load_consortium
     from finfed.deploy.launch import (
@@ -193,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
         result = submit_stoppable(run_dir, lambda: start_run(consortium, config, on_line=_show(args.verbose)))
     except (RuntimeError, OSError) as exc:
         log = run_dir / "flower.log"
-        if log.is_file() and "Successfully started run" in log.read_text(encoding="utf-8", errors="replace"):
+        if log.is_file() and log_shows_started_run(log.read_text(encoding="utf-8", errors="replace")):
             raise
         raise RunError(f"the run was not started: {unstarted_run_log(run_dir, fresh)}{exc}") from None
     hint = shlex.join(["finfed", "deploy", "run", str(args.folder), "--resume",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 from finfed.cli.deploy import add_deploy_parser, deploy
 from finfed.errors import FinfedError
+from finfed.runs.stop import sigterm_interrupts
 
 ACTOR_PREFIX = re.compile(r"^\S*\(ClientAppActor pid=\d+\)\S*\s*")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -244,14 +243,6 @@ def ledger(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interrupt_on_sigterm() -> None:
-    """Treat SIGTERM like Ctrl-C, so the processes finfed started are stopped before it exits."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-
-
 def _held_back(site: dict) -> str:
     held = site.get("audit_holdout", 0)
     return f" (+{held} held back, never trained on, for the membership audit)" if held else ""
@@ -259,10 +250,11 @@ def _held_back(site: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _interrupt_on_sigterm()
     try:
-        return {"simulate": simulate, "predict": predict, "report": report,
-                "export": export, "deploy": deploy, "ledger": ledger}[args.command](args)
+        # SIGTERM is Ctrl-C: the processes finfed started are stopped before it exits.
+        with sigterm_interrupts():
+            return {"simulate": simulate, "predict": predict, "report": report,
+                    "export": export, "deploy": deploy, "ledger": ledger}[args.command](args)
     except FinfedError as error:
         print(f"finfed: error: {error}", file=sys.stderr)
         return 2

@@ -39,12 +39,19 @@ class ClientLevelDP(Strategy):
 
     @property
     def clipping_norm(self) -> float:
-        """Saved in checkpoints: adaptive clipping resumes from the norm it had reached."""
         return self.mechanism.clipping_norm
 
     @clipping_norm.setter
     def clipping_norm(self, value: float) -> None:
         self.mechanism.clipping_norm = float(value)
+
+    def checkpoint_state(self) -> dict[str, float]:
+        """Saved in checkpoints: adaptive clipping resumes from the norm it had reached."""
+        return {"clipping_norm": self.clipping_norm}
+
+    def restore_checkpoint_state(self, state: dict) -> None:
+        if "clipping_norm" in state:
+            self.clipping_norm = float(state["clipping_norm"])
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from flwr.app import ConfigRecord, Message
@@ -52,6 +52,15 @@ class TrainingStep(Protocol):
     def state(self) -> dict[str, Any]: ...
 
     def restore(self, state: dict[str, Any]) -> None: ...
+
+
+@runtime_checkable
+class CheckpointedStrategy(Protocol):
+    """A strategy with state of its own that a resumed run must continue from (finfed's, not a Flower wrapper's)."""
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
+
+    def restore_checkpoint_state(self, state: dict[str, Any]) -> None: ...
 
 
 def failure_lines(sent: Iterable[Message], replies: Iterable[Message], names: SiteNames,
@@ -104,12 +113,11 @@ class PlainTraining:
 
     def state(self) -> dict[str, Any]:
         # Adaptive client-level clipping adapts its norm each round: a resumed run must start from it.
-        norm = getattr(self.strategy, "clipping_norm", None)
-        return {"clipping_norm": norm} if norm is not None else {}
+        return self.strategy.checkpoint_state() if isinstance(self.strategy, CheckpointedStrategy) else {}
 
     def restore(self, state: dict[str, Any]) -> None:
-        if "clipping_norm" in state:
-            self.strategy.clipping_norm = float(state["clipping_norm"])
+        if isinstance(self.strategy, CheckpointedStrategy):
+            self.strategy.restore_checkpoint_state(state)
 
 
 class Coordinator:

@@ -16,21 +16,22 @@ refusal), its public keys, encrypted key shares it forwards, and its masked vect
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Error
 from flwr.common import FitIns, Parameters, parameters_to_ndarrays
-from flwr.server import ServerConfig
-from flwr.server.compat.grid_client_proxy import GridClientProxy
-from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
 
 from finfed import constants as keys
+from finfed.compat import (
+    check_secagg_workflow,
+    grid_client_proxy,
+    legacy_round_context,
+    secagg_drop_error_replies,
+    secagg_failure_error,
+    secagg_keep_participants,
+)
 from finfed.config import FederationSettings
 from finfed.coordinator.rounds import Arrays, RoundOutcome
 from finfed.coordinator.sampling import SiteNames, SiteSampler
@@ -61,17 +62,12 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
         proceed = super().setup_stage(seen, context, state)
         self.refused = {reply.metadata.src_node_id: site for reply in seen.replies
                         if (site := refusing_site(reply)) is not None}
-        state.failures = [f for f in state.failures
-                          if getattr(f.args[0] if f.args else None, "code", None) != keys.REFUSAL_ERROR_CODE]
+        secagg_drop_error_replies(state, keys.REFUSAL_ERROR_CODE)
         return proceed
 
     def share_keys_stage(self, grid, context, state) -> bool:
         super().share_keys_stage(grid, context, state)
-        participants = set(state.active_node_ids)
-        state.sampled_node_ids = participants
-        state.nid_to_neighbours = {node: neighbours & participants
-                                   for node, neighbours in state.nid_to_neighbours.items() if node in participants}
-        return self._check_threshold(state)
+        return secagg_keep_participants(self, state)
 
 
 class _RepliesSeen:
@@ -93,6 +89,7 @@ def secagg_workflow(federation: FederationSettings) -> SecAggPlusWorkflow:
     """Flower's workflow from finfed's settings (a share <= 1 is a fraction, above it a count)."""
     def share_or_count(value: float) -> int | float:
         return float(value) if value <= 1 else int(value)
+    check_secagg_workflow()
     return DropoutTolerantSecAggPlus(
         num_shares=share_or_count(federation.secagg_num_shares),
         reconstruction_threshold=share_or_count(federation.secagg_reconstruction_threshold),
@@ -111,7 +108,7 @@ class RoundFace(Strategy):
     def configure_fit(self, server_round, parameters: Parameters, client_manager):
         fit = FitIns(parameters, {**self.config, "server-round": server_round})
         run_id = self.grid.run.run_id
-        return [(GridClientProxy(node_id=node, grid=self.grid, run_id=run_id), fit) for node in self.nodes]
+        return [(grid_client_proxy(node, self.grid, run_id), fit) for node in self.nodes]
 
     def aggregate_fit(self, server_round, results, failures):
         self.results, self.failures = list(results), list(failures)
@@ -143,10 +140,8 @@ class SecureTraining:
     def train(self, server_round: int, arrays: Arrays, config: dict[str, Any]) -> RoundOutcome:
         nodes = self.sampler.train_nodes(self.grid)
         face = RoundFace(self.grid, nodes, {**config, keys.TENSOR_NAMES: ",".join(arrays)})
-        legacy = LegacyContext(self.context, config=ServerConfig(num_rounds=self.federation.rounds), strategy=face)
-        legacy.state.array_records[MAIN_PARAMS_RECORD] = to_array_record(arrays)
-        legacy.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
-            {WorkflowKey.CURRENT_ROUND: server_round, WorkflowKey.START_TIME: time.time()})
+        legacy = legacy_round_context(self.context, face, self.federation.rounds, server_round,
+                                      to_array_record(arrays))
         self.workflow.refused = {}
         self.workflow(self.grid, legacy)
         return self._outcome(face, nodes, list(arrays))
@@ -182,8 +177,8 @@ class SecureTraining:
 
 def _failure_reason(failure: BaseException) -> str:
     """Flower's SecAgg+ workflow wraps a site's error reply as ``Exception(Error)``: keep its record-free reason."""
-    error = failure.args[0] if failure.args else None
-    if isinstance(error, Error):
+    error = secagg_failure_error(failure)
+    if error is not None:
         return f"error {error.code}: {shown_reason(error.code, error.reason)}"
     return f"{type(failure).__name__} in the SecAgg+ workflow"
 

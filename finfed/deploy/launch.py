@@ -12,9 +12,7 @@ route and one TLS handshake); every process it starts is stopped with it.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -27,8 +25,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from flwr.supercore.address import parse_address
-
+from finfed.compat import (
+    PLAIN_CONNECTION_TO_TLS,
+    PRIVATE_KEY_UNREADABLE,
+    SUPERNODE_NOT_REGISTERED,
+    TLS_CERTIFICATE_UNTRUSTED,
+    key_already_registered,
+    listed_nodes,
+    log_error_lines,
+    parse_flower_address,
+    port_taken,
+    registered_node_id,
+    registration_succeeded,
+)
 from finfed.config import (
     ExperimentConfig,
     apply_overrides,
@@ -39,11 +48,12 @@ from finfed.config import (
 )
 from finfed.deploy import commands
 from finfed.deploy.consortium import Consortium, check_coordinator_files
-from finfed.deploy.nodes import record_site_node, registered_node_id, run_config_value
+from finfed.deploy.nodes import record_site_node, run_config_value
 from finfed.deploy.ports import check_port_free
 from finfed.deploy.site_config import SiteConfig
 from finfed.errors import ConfigError, RunError
 from finfed.runs.checkpoint import resume_point
+from finfed.runs.stop import sigterm_interrupts
 from finfed.runtime.flower_app import write_app
 from finfed.runtime.local_engine import (
     FlowerRunResult,
@@ -59,14 +69,6 @@ Printer = Callable[[str], None]
 # What finfed's Flower processes create (SuperLink database and log, run outputs, a site's ledger and log)
 # is for their owner only.
 PRIVATE_UMASK = 0o077
-
-
-class _Stopped(Exception):
-    """SIGTERM reached finfed: stop what it started."""
-
-
-def _raise_stopped(signum, frame) -> None:
-    raise _Stopped()
 
 
 def _executable(command: list[str]) -> list[str]:
@@ -95,14 +97,12 @@ def private_files(*paths: Path) -> None:
 
 def _supervise(process: subprocess.Popen, wait: Callable[[], int]) -> int:
     """Wait for a child; Ctrl-C or SIGTERM stops it and everything it started."""
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
-        return wait()
-    except (KeyboardInterrupt, _Stopped):
+        with sigterm_interrupts():
+            return wait()
+    except KeyboardInterrupt:
         stop_process_tree(process)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------- coordinator
@@ -177,8 +177,8 @@ def superlink_exit_message(consortium: Consortium, code: int | None) -> str:
         lines = consortium.log_file.read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         lines = []
-    errors = [line.strip() for line in lines[-30:] if "ERROR" in line or "Error" in line]
-    reason = ("its port was taken: " if any("address already in use" in line.lower() for line in errors)
+    errors = log_error_lines(lines[-30:])
+    reason = ("its port was taken: " if any(port_taken(line) for line in errors)
               else "") + (errors[-1] if errors else "no error in its log")
     return f"the SuperLink on {consortium.local_address} exited (code {code}): {reason}; see {consortium.log_file}"
 
@@ -198,12 +198,12 @@ def register_sites(consortium: Consortium, env: Mapping[str, str], out: Printer 
         done = subprocess.run(_executable(command), env=dict(env), capture_output=True, text=True, timeout=120,
                               cwd=str(consortium.coordinator_dir), check=False)
         text = done.stdout + done.stderr
-        if done.returncode == 0 and '"success": true' in done.stdout:
+        if done.returncode == 0 and registration_succeeded(done.stdout):
             outcome[site.name] = "registered"
             node_id = registered_node_id(done.stdout)
             if node_id is not None:  # Flower's listing shows node ids only: keep which bank each is
                 record_site_node(consortium, site.name, node_id)
-        elif "already in use" in text:
+        elif key_already_registered(text):
             outcome[site.name] = "already registered"
         else:
             raise RunError(f"registering site {site.name} ({consortium.public_key(site.name)}) failed:\n"
@@ -235,16 +235,16 @@ def serve_coordinator(consortium: Consortium, out: Printer = print) -> int:
 
 # What Flower prints when a SuperNode is turned away, and what it means for a bank.
 DIAGNOSES = (
-    ("Failed to activate SuperNode",
+    (SUPERNODE_NOT_REGISTERED,
      ("the coordinator refused this site: its public key {pub} is not registered there. The coordinator's "
       "operator registers it with `finfed deploy register <consortium folder>` "
       "(or `flwr supernode register {pub} ...`).")),
-    ("CERTIFICATE_VERIFY_FAILED",
+    (TLS_CERTIFICATE_UNTRUSTED,
      ("the coordinator at {address} presented a TLS certificate that {ca} does not trust: wrong CA file, "
       "or not the consortium's coordinator.")),
-    ("Unable to parse the private key file",
+    (PRIVATE_KEY_UNREADABLE,
      "Flower could not read the private key {key}."),
-    ("Server disconnected without sending a response",
+    (PLAIN_CONNECTION_TO_TLS,
      "the coordinator at {address} closed the connection: it speaks TLS and this connection did not."),
 )
 
@@ -255,7 +255,7 @@ def check_coordinator_tls(site: SiteConfig, timeout: float = 5.0) -> bool:
     A certificate the CA did not sign stops the site now, with the reason; a
     coordinator not up yet is fine (the SuperNode keeps trying); returns whether it answered.
     """
-    parsed = parse_address(site.superlink)
+    parsed = parse_flower_address(site.superlink)
     if not parsed:
         raise ConfigError(f"{site.file}: [coordinator] address must be host:port, got {site.superlink!r}")
     host, port, _ = parsed
@@ -389,6 +389,6 @@ def registered_nodes(env: Mapping[str, str]) -> list[dict[str, Any]]:
     done = subprocess.run(_executable(commands.list_nodes_command()), env=dict(env), capture_output=True,
                           text=True, timeout=120, check=False)
     try:
-        return json.loads(done.stdout)["nodes"]
+        return listed_nodes(done.stdout)
     except (ValueError, KeyError) as exc:
         raise RunError(f"`flwr supernode ls` gave no node list ({exc}): {done.stdout}{done.stderr}") from None

@@ -42,22 +42,6 @@ def record_site_node(consortium: Consortium, name: str, node_id: int) -> None:
     write_private_json(site_nodes_path(consortium), dict(sorted(nodes.items())))
 
 
-def registered_node_id(output: str) -> int | None:
-    """The node id in `flwr supernode register --format json`'s answer (a JSON object, maybe indented,
-    maybe after other lines), if it has one."""
-    decoder = json.JSONDecoder()
-    start = output.find("{")
-    while start != -1:
-        try:
-            value, _ = decoder.raw_decode(output, start)
-        except ValueError:
-            start = output.find("{", start + 1)
-            continue
-        node = value.get("node-id") if isinstance(value, dict) else None
-        return int(node) if node is not None else None
-    return None
-
-
 def run_config_value(consortium: Consortium) -> str:
     """``node:name`` pairs for the ServerApp (``federation.site_nodes``, read by server/sampling.py)."""
     known = read_site_nodes(consortium)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.supercore.address import parse_address
-
 from finfed import constants as keys
+from finfed.compat import parse_flower_address
 from finfed.data.loading import read_table
 from finfed.deploy import pki
 from finfed.deploy.consortium import SITE_FILE, read_toml
@@ -219,7 +218,7 @@ def _check_files(values: dict[str, Any], problems: Problems) -> None:
             check(values[field])
         except FinfedError as exc:
             problems.add(dotted, str(exc))
-    if values["superlink"] and not parse_address(values["superlink"]):
+    if values["superlink"] and not parse_flower_address(values["superlink"]):
         problems.add("coordinator.address", f"must be host:port, got {values['superlink']!r}")
 
 

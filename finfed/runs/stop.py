@@ -20,7 +20,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from finfed.atomic import write_json_atomic
@@ -76,6 +77,33 @@ def stop_check(run_dir: str | Path) -> Callable[[], bool]:
     return path.exists
 
 
+@contextmanager
+def signals_handled(handler: Callable, signums: tuple[int, ...]) -> Iterator[None]:
+    """The one way finfed installs signal handlers: ``handler`` for ``signums`` while inside, then the previous ones.
+
+    Python lets only the main thread install handlers; elsewhere this changes nothing (the main
+    thread's handlers stay in force).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def sigterm_interrupts() -> AbstractContextManager[None]:
+    """While inside, SIGTERM is Ctrl-C: KeyboardInterrupt, whose path stops the processes finfed started."""
+    return signals_handled(_interrupt, (signal.SIGTERM,))
+
+
 class SignalStop:
     """While a run is submitted: SIGINT/SIGTERM ask it to stop instead of killing finfed at once.
 
@@ -91,25 +119,22 @@ class SignalStop:
         self.run_dir = Path(run_dir)
         self.record_wait, self.end_wait = record_wait, end_wait
         self.requested_at: float | None = None
-        self._previous: dict[int, object] = {}
+        self._handlers = ExitStack()
         self._ended = threading.Event()
         self._lock = threading.Lock()
 
     def __enter__(self) -> "SignalStop":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._handlers.enter_context(signals_handled(self._handle, (signal.SIGINT, signal.SIGTERM)))
         return self
 
     def __exit__(self, *exc) -> None:
         with self._lock:  # after this, the watcher signals nobody
             self._ended.set()
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        self._handlers.close()
 
     def _handle(self, signum, frame) -> None:
         if self.requested_at is not None:
-            raise KeyboardInterrupt  # a second signal, or the watcher's deadline: stop everything now
+            _interrupt(signum, frame)  # a second signal, or the watcher's deadline: stop everything now
         name = signal.Signals(signum).name
         self.requested_at = request_stop(self.run_dir, name)
         print(f"finfed: {name}: stopping the run (no new round; simulated sites stop between steps)...",

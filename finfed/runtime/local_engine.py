@@ -10,7 +10,6 @@ even when the run failed. Every process started here is stopped here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import socket
@@ -24,6 +23,7 @@ from typing import Callable, Mapping
 
 import tomli_w
 
+from finfed.compat import FLOWER_RUN_COMPLETED, listed_run_status, started_run_id
 from finfed.config import ExperimentConfig, from_run_config
 from finfed.errors import RunError
 from finfed.runs.checkpoint import resume_point
@@ -58,7 +58,7 @@ class FlowerRunResult:
 
     @property
     def succeeded(self) -> bool:
-        return self.status == "finished:completed"
+        return self.status == FLOWER_RUN_COMPLETED
 
 
 def free_port() -> int:
@@ -204,8 +204,7 @@ def stream_flower_run(command: list[str], env: Mapping[str, str], log_path: Path
         try:
             for line in process.stdout:
                 log.write(line)
-                if "Successfully started run" in line:
-                    run_id = line.split()[-1]
+                run_id = started_run_id(line) or run_id
                 on_line(line.rstrip("\n"))
         except BaseException:
             stop_process_tree(process)
@@ -219,8 +218,4 @@ def final_run_status(run_id: str, env: Mapping[str, str], connection: str = CONN
                   cwd: Path) -> tuple[str, str]:
     listing = subprocess.run([flower_tool("flwr"), "ls", connection, "--run-id", run_id, "--format", "json"],
                              env=dict(env), capture_output=True, text=True, cwd=str(cwd), timeout=120)
-    try:
-        run = json.loads(listing.stdout)["runs"][0]
-    except (ValueError, KeyError, IndexError):
-        return "unknown", listing.stdout + listing.stderr
-    return run.get("status", "unknown"), run.get("status-details", "")
+    return listed_run_status(listing.stdout) or ("unknown", listing.stdout + listing.stderr)

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 
 from finfed import constants as keys
+from finfed.compat import secagg_names
 from finfed.config import from_run_config
 from finfed.privacy.disclosure import error_reason, reply_policy
 from finfed.site.guard import error_reply, secagg_stage
@@ -54,7 +54,7 @@ def describe_request(message: Message) -> dict[str, Any]:
     """Round, SecAgg+ stage and tensor names of an incoming message (read before SecAgg+ consumes them)."""
     content = message.content
     config = next((dict(content[name]) for name in CONFIG_RECORDS if name in content), {})
-    stage = content[RECORD_KEY_CONFIGS].get(Key.STAGE) if RECORD_KEY_CONFIGS in content else None
+    stage = secagg_stage(message)
     group = message.metadata.group_id
     server_round = config.get("server-round", int(group) if str(group).isdigit() else None)
     names = [n for n in str(config.get(keys.TENSOR_NAMES, "")).split(",") if n]
@@ -89,7 +89,7 @@ def _masked_tensors(blobs: list[bytes], names: list[str]) -> list[dict[str, Any]
     tensors = []
     for label, blob in zip(labels, blobs):
         array = np.load(io.BytesIO(blob), allow_pickle=False)
-        tensors.append({"record": RECORD_KEY_CONFIGS, "name": f"masked:{label}", "dtype": str(array.dtype),
+        tensors.append({"record": secagg_names().record, "name": f"masked:{label}", "dtype": str(array.dtype),
                         "shape": list(array.shape), "bytes": len(blob), "masked": True})
     return tensors
 
@@ -108,10 +108,11 @@ def describe_reply(reply: Message, request: dict[str, Any]) -> dict[str, Any]:
             other_bytes += sum(value_bytes(k) + value_bytes(v) for k, v in record.items())
         elif isinstance(record, ConfigRecord):
             values = {k: _describe_value(v) for k, v in record.items()}
-            if name == RECORD_KEY_CONFIGS and Key.MASKED_PARAMETERS in record:
-                tensors += _masked_tensors(list(record[Key.MASKED_PARAMETERS]), request["tensor_names"])
-                values[Key.MASKED_PARAMETERS] = {"type": "masked tensors", "see": "sent_tensors"}
-            other_bytes += sum(value_bytes(k) + (0 if k == Key.MASKED_PARAMETERS else value_bytes(v))
+            masked = secagg_names().masked_parameters
+            if name == secagg_names().record and masked in record:
+                tensors += _masked_tensors(list(record[masked]), request["tensor_names"])
+                values[masked] = {"type": "masked tensors", "see": "sent_tensors"}
+            other_bytes += sum(value_bytes(k) + (0 if k == masked else value_bytes(v))
                                for k, v in record.items())
             records[name] = {"kind": "config", "values": values}
         else:

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 
 from flwr.app import Context, Error, Message
-from flwr.common.constant import ErrorCode
 
 from finfed import constants as keys
+from finfed.compat import client_app_error_code
+from finfed.compat import secagg_stage as _secagg_stage
 from finfed.config import from_run_config
 from finfed.privacy.disclosure import (
     CATEGORIES,
     INTERNAL_ERROR,
-    SECAGG_RECORD,
     DisclosureError,
     disallowed_fields,
     error_reason,
@@ -34,9 +34,7 @@ logger = logging.getLogger(__name__)
 
 def secagg_stage(message: Message) -> str | None:
     """The SecAgg+ protocol stage a request asks for (None: not a SecAgg+ message)."""
-    if SECAGG_RECORD not in message.content.config_records:
-        return None
-    return str(message.content.config_records[SECAGG_RECORD].get("stage", ""))
+    return _secagg_stage(message.content)
 
 
 def request_tensor_names(message: Message) -> list[str]:
@@ -57,7 +55,7 @@ def _site_settings(context: Context) -> tuple[str | None, bool]:
 
 
 def error_reply(message: Message, reason: str) -> Message:
-    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+    return Message(Error(code=client_app_error_code(), reason=reason), reply_to=message)
 
 
 def checked_reply(reply: Message, message: Message, stage: str | None, share_loss: bool,

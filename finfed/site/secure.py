@@ -14,13 +14,9 @@ from typing import Any
 import numpy as np
 from flwr.app import Context, Message, MessageType
 from flwr.client.mod import secaggplus_mod
-from flwr.common.secure_aggregation.secaggplus_constants import (
-    RECORD_KEY_CONFIGS,
-    Key,
-    Stage,
-)
 
 from finfed import constants as keys
+from finfed.compat import secagg_names, secagg_stage
 from finfed.config import FederationSettings
 from finfed.errors import PrivacyError, TrainingError
 from finfed.wire import setup_refusal
@@ -34,8 +30,9 @@ def secure_aggregation_mod(message: Message, context: Context, call_next) -> Mes
     """Route SecAgg+ train messages through Flower's mod; enforce the site's own SecAgg+ requirement."""
     if message.metadata.message_type != MessageType.TRAIN:
         return call_next(message, context)
-    if RECORD_KEY_CONFIGS in message.content.config_records:
-        if message.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE) == Stage.SETUP:
+    stage = secagg_stage(message.content)
+    if stage is not None:
+        if stage == secagg_names().setup:
             refusal = refuse_at_setup(message, context)
             if refusal is not None:
                 return refusal

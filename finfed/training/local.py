@@ -16,6 +16,7 @@ from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
+from finfed.compat import empty_per_sample_gradients, is_missing_per_sample_gradient
 from finfed.config import TrainSettings
 from finfed.errors import PrivacyError, RunInterrupted, TrainingError
 from finfed.models.adapters import trainable_state
@@ -88,8 +89,7 @@ def _check_private_setup(model: nn.Module, loss_reduction: str) -> None:
 
 def _noise_only_step(optimizer: DPOptimizer) -> None:
     """An empty Poisson batch still takes a step: zero clipped gradients plus Gaussian noise."""
-    for param in optimizer.params:
-        param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
+    empty_per_sample_gradients(optimizer)
     optimizer.step()
 
 
@@ -192,7 +192,7 @@ def _step(optimizer) -> None:
     try:
         optimizer.step()
     except ValueError as error:
-        if "Per sample gradient" not in str(error):
+        if not is_missing_per_sample_gradient(error):
             raise
         # Opacus needs a gradient for every trainable tensor; one that never reaches the loss has none.
         raise TrainingError("a trainable tensor received no gradient under DP-SGD: an adapter sits on a "
