@@ -353,3 +353,22 @@ def secagg_keep_participants(workflow, state) -> bool:
 
 
 warn_unsupported_versions()
+
+
+# --------------------------------------------------------------------------- Flower's run-config flattening
+# flwr.common.config is not part of Flower's documented API, but its flattening rule is the one `flwr run`
+# applies to the app's `[tool.flwr.app.config]`; using it keeps finfed's keys identical to Flower's.
+
+def flatten_run_config(nested: dict[str, Any]) -> dict[str, Any]:
+    """Nested sections -> Flower's dotted ``run_config`` keys."""
+    from flwr.common.config import flatten_dict
+
+    return flatten_dict(nested)
+
+
+def unflatten_run_config(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flower's dotted ``run_config`` keys -> nested sections (TypeError if a key is both value and section)."""
+    from flwr.common.config import unflatten_dict
+
+    return unflatten_dict(flat)
+

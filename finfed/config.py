@@ -377,21 +377,21 @@ def save_config(config: ExperimentConfig, path: str | Path) -> None:
 def to_run_config(config: ExperimentConfig) -> dict[str, bool | int | float | str]:
     """Flatten to Flower's scalar ``run_config`` (dotted keys; lists become comma-joined text)."""
     # Flower's own flattening rule, imported here: importing flwr takes a second the CLI need not spend.
-    from flwr.common.config import flatten_dict
+    from finfed.compat import flatten_run_config
 
     def lists_joined(values: Mapping[str, Any]) -> dict[str, Any]:
         return {key: lists_joined(value) if isinstance(value, Mapping) else
                 ",".join(value) if isinstance(value, list) else value for key, value in values.items()}
 
-    return flatten_dict(lists_joined(config_to_dict(config)))
+    return flatten_run_config(lists_joined(config_to_dict(config)))
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> ExperimentConfig:
     """Rebuild the config from Flower's flat ``run_config``."""
-    from flwr.common.config import unflatten_dict
+    from finfed.compat import unflatten_run_config
 
     try:
-        nested = unflatten_dict(dict(run_config))
+        nested = unflatten_run_config(dict(run_config))
     except TypeError:  # a key that is both a value and a section, e.g. `privacy` and `privacy.enabled`
         raise ConfigError(f"run config keys {sorted(run_config)} mix a value and a section of one name") from None
     return config_from_dict(nested)
