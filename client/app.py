@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from finfed import constants as keys
@@ -22,6 +22,7 @@ from finfed.records import from_array_record
 from finfed.site.audit import audit_mod
 from finfed.site.guard import disclosure_mod
 from finfed.site.node_settings import share_train_loss
+from finfed.site.run_state import keep_accountant_state, stored_accountant_state
 from finfed.site.secure import (
     check_secure_range,
     check_secure_weight,
@@ -52,13 +53,12 @@ def train(message: Message, context: Context) -> Message:
     site = site_context(from_run_config(context.run_config), context.node_config)
     request = read_train_request(message)
     server_round = int(request.config[keys.SERVER_ROUND])
-    stored = context.state.config_records.get(keys.ACCOUNTANT_STATE)
     federation = site.config.federation
     if request.secure:
         check_secure_weight(len(site.train_examples), federation, site.data.site_id)
     try:
         update = train_round(site, request.arrays, server_round=server_round,
-                             accountant_state=dict(stored) if stored else None,
+                             accountant_state=stored_accountant_state(context),
                              expected_fingerprint=str(request.config.get(keys.FROZEN_FINGERPRINT, "")),
                              run_id=str(context.run_id), progress=_progress(site.data.site_id, server_round),
                              resumed_at_round=int(request.config.get(keys.RESUMED_AT_ROUND, 0)))
@@ -66,8 +66,7 @@ def train(message: Message, context: Context) -> Message:
         # The site declines: no update leaves, only the fact of the refusal.
         logger.info("round %d site %d refused: %s", server_round, site.data.site_id, refusal)
         return refusal_reply(message, request, {keys.SITE_ID: site.data.site_id, keys.REFUSED: 1})
-    if update.accountant_state is not None:
-        context.state[keys.ACCOUNTANT_STATE] = ConfigRecord(update.accountant_state)
+    keep_accountant_state(context, update.accountant_state)
     if request.secure:
         check_secure_range(update.arrays, federation, site.data.site_id)
     metrics = outgoing_train_metrics(update.metrics, share_train_loss(site.config, context.node_config))

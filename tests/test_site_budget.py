@@ -169,3 +169,19 @@ def test_the_legacy_column_state_is_still_read_and_the_new_one_written():
 def test_a_damaged_saved_state_is_refused_not_reset(state, message):
     with pytest.raises(PrivacyError, match=message):
         SiteAccountant.from_plain(state, "rdp")
+
+
+def test_the_state_kept_in_flowers_context_continues_the_accountant():
+    from flwr.app import Context, RecordDict
+
+    from finfed.site.run_state import keep_accountant_state, stored_accountant_state
+
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    assert stored_accountant_state(context) is None  # a run's first round
+    keep_accountant_state(context, None)  # without DP nothing is kept
+    assert stored_accountant_state(context) is None
+    accountant = SiteAccountant("prv")
+    accountant.record(1.1, 0.05, 20)
+    keep_accountant_state(context, accountant.to_plain())
+    restored = SiteAccountant.from_plain(stored_accountant_state(context), "prv")
+    assert restored.state_dict() == accountant.state_dict()
