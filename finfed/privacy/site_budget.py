@@ -25,8 +25,8 @@ from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan, plan_privacy
 from finfed.privacy.ledger import PrivacyLedger, new_entry
 
-# Admission allows float noise in the projection; the spent epsilon may exceed the projection
-# by less than this before the two are taken to disagree.
+# Floating-point tolerances against the budget: of the projection at admission, and of the spent epsilon
+# at commit (an excess beyond it means the projection and the accountant disagree: a bug, not a refusal).
 PROJECTION_SLACK = 1e-9
 SPENT_SLACK = 1e-6
 
