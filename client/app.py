@@ -10,29 +10,25 @@ one) so epsilon is cumulative.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from finfed import constants as keys
 from finfed.config import from_run_config
-from finfed.errors import BudgetExhausted, PrivacyError
+from finfed.errors import BudgetExhausted
 from finfed.privacy.disclosure import outgoing_train_metrics
 from finfed.records import from_array_record
 from finfed.site.audit import audit_mod
 from finfed.site.guard import disclosure_mod
 from finfed.site.node_settings import share_train_loss
+from finfed.site.run_state import keep_accountant_state, stored_accountant_state
 from finfed.site.secure import (
     check_secure_range,
     check_secure_weight,
     secure_aggregation_mod,
 )
 from finfed.wire import read_train_request, refusal_reply, train_reply
-
-if TYPE_CHECKING:
-    from finfed.site.rounds import SiteContext
 
 # The audit mod is outermost: it records what actually leaves, i.e. after SecAgg+ masking and after
 # the disclosure guard turned any failure into a record-free error reply (client/guard.py).
@@ -48,17 +44,6 @@ def _progress(site_id: int, server_round: int):
     return report
 
 
-def check_history_kept(site: SiteContext, config: Mapping[str, Any], stored: Any) -> None:
-    """A resumed run is a new Flower run with an empty ``context.state``: without a ledger the site
-    cannot know what it spent before the coordinator restarted, and would under-report epsilon."""
-    resumed_at = int(config.get(keys.RESUMED_AT_ROUND, 0))
-    if site.config.privacy.enabled and resumed_at > 0 and not site.policy.ledger_path and stored is None:
-        message = (f"site {site.data.site_id}: the run resumed after round {resumed_at}, and this site keeps "
-                   f"no privacy ledger (node config `{keys.NODE_LEDGER_PATH}`), so its spend before the "
-                   "restart is unknown; refusing rather than under-reporting epsilon")
-        raise PrivacyError(message, public_reason=message)  # names a setting, nothing of the records
-
-
 @app.train()
 def train(message: Message, context: Context) -> Message:
     # Imported here, not at the top: Flower starts a fresh process per message, and SecAgg+'s key
@@ -68,22 +53,20 @@ def train(message: Message, context: Context) -> Message:
     site = site_context(from_run_config(context.run_config), context.node_config)
     request = read_train_request(message)
     server_round = int(request.config[keys.SERVER_ROUND])
-    stored = context.state.config_records.get(keys.ACCOUNTANT_STATE)
-    check_history_kept(site, request.config, stored)
     federation = site.config.federation
     if request.secure:
         check_secure_weight(len(site.train_examples), federation, site.data.site_id)
     try:
         update = train_round(site, request.arrays, server_round=server_round,
-                             accountant_state=dict(stored) if stored else None,
+                             accountant_state=stored_accountant_state(context),
                              expected_fingerprint=str(request.config.get(keys.FROZEN_FINGERPRINT, "")),
-                             run_id=str(context.run_id), progress=_progress(site.data.site_id, server_round))
+                             run_id=str(context.run_id), progress=_progress(site.data.site_id, server_round),
+                             resumed_at_round=int(request.config.get(keys.RESUMED_AT_ROUND, 0)))
     except BudgetExhausted as refusal:
         # The site declines: no update leaves, only the fact of the refusal.
         logger.info("round %d site %d refused: %s", server_round, site.data.site_id, refusal)
         return refusal_reply(message, request, {keys.SITE_ID: site.data.site_id, keys.REFUSED: 1})
-    if update.accountant_state is not None:
-        context.state[keys.ACCOUNTANT_STATE] = ConfigRecord(update.accountant_state)
+    keep_accountant_state(context, update.accountant_state)
     if request.secure:
         check_secure_range(update.arrays, federation, site.data.site_id)
     metrics = outgoing_train_metrics(update.metrics, share_train_loss(site.config, context.node_config))

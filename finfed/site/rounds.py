@@ -23,7 +23,6 @@ from finfed.data.partition import (
     simulated_site,
 )
 from finfed.errors import (
-    BudgetExhausted,
     ConfigError,
     PrivacyError,
     RunInterrupted,
@@ -35,11 +34,10 @@ from finfed.models.adapters import (
     trainable_state,
 )
 from finfed.models.backbone import load_tokenizer, quiet_transformers
-from finfed.privacy.accounting import SiteAccountant
-from finfed.privacy.calibration import PrivacyPlan, plan_privacy, steps_per_round
-from finfed.privacy.ledger import PrivacyLedger, new_entry
+from finfed.privacy.calibration import PrivacyPlan, steps_per_round
 from finfed.privacy.membership_audit import audit_holdout_fraction
 from finfed.privacy.randomness import warn_if_reproducible
+from finfed.privacy.site_budget import SiteBudget, SitePolicy
 from finfed.runs.stop import stop_path
 from finfed.site.log import site_log
 from finfed.site.node_settings import site_folder  # noqa: F401  (re-exported: it lived here)
@@ -57,20 +55,9 @@ class SiteContext:
     train_examples: list
     validation_examples: list
     fingerprint: str
-    policy: "SitePolicy"
+    policy: SitePolicy
     # Simulation only: the coordinator's RUN/.stop, which a simulated site can see (finfed.runs.stop).
     stop_request: str = ""
-
-
-@dataclass(frozen=True)
-class SitePolicy:
-    """What the site decides, never the server: its lifetime budget and where its ledger lives."""
-
-    budget_epsilon: float
-    budget_delta: float
-    ledger_path: str
-    folder: str  # site-side files (site log, ledger chain head): never read by the coordinator
-    dataset: str = ""  # the name its ledger composes spend under (see `dataset_name`)
 
 
 @dataclass(frozen=True)
@@ -105,12 +92,9 @@ def site_policy(config: ExperimentConfig, node_config: Mapping[str, Any], site_i
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"node config `{keys.NODE_BUDGET_EPSILON}` / `{keys.NODE_BUDGET_DELTA}` must be "
                           f"numbers: {exc}") from None
-    if budget <= 0 or not 0 < delta < 1:
-        raise ConfigError(f"site {site_id}: budget epsilon must be > 0 and delta in (0, 1), "
-                          f"got epsilon={budget}, delta={delta}")
     return SitePolicy(budget_epsilon=budget, budget_delta=delta, ledger_path=ledger,
                       folder=site_folder(config, node_config, site_id),
-                      dataset=dataset_name(config, node_config, site_id))
+                      dataset=dataset_name(config, node_config, site_id), site_id=site_id)
 
 
 def dataset_name(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> str:
@@ -186,12 +170,20 @@ def with_site_columns(config: ExperimentConfig, node_config: Mapping[str, Any]) 
     return replace(config, data=replace(config.data, **columns)) if columns else config
 
 
-def site_plan(site: SiteContext) -> PrivacyPlan | None:
-    config = site.config
-    if not config.privacy.enabled:
+def site_budget(site: SiteContext, accountant_state: Mapping[str, Any] | None,
+                resumed_at_round: int = 0) -> SiteBudget | None:
+    """The site's privacy flow for this round (finfed/privacy/site_budget.py), or None without DP."""
+    if not site.config.privacy.enabled:
         return None
-    return plan_privacy(num_records=len(site.train_examples), train=config.train, privacy=config.privacy,
-                        rounds=config.federation.rounds, site=f"site {site.data.site_id}")
+    return SiteBudget.open(site.policy, site.config.privacy, fingerprint=site.fingerprint,
+                           stored_state=accountant_state, resumed_at_round=resumed_at_round,
+                           log=site_log(site.policy.folder))
+
+
+def _round_shape(site: SiteContext) -> dict[str, Any]:
+    """What the noise is calibrated for: the site's record count, its training settings, the run's rounds."""
+    return {"num_records": len(site.train_examples), "train": site.config.train,
+            "rounds": site.config.federation.rounds}
 
 
 def _model_with(site: SiteContext, arrays: Mapping[str, np.ndarray], expected_fingerprint: str):
@@ -206,62 +198,23 @@ def _model_with(site: SiteContext, arrays: Mapping[str, np.ndarray], expected_fi
     return model
 
 
-def _site_accountant(site: SiteContext, accountant_state: Mapping[str, Any] | None):
-    """Prior spend: the ledger's (all runs on this dataset) if the site keeps one, else this run's."""
-    mechanism = site.config.privacy.accountant
-    policy = site.policy
-    if policy.ledger_path:
-        ledger = PrivacyLedger(policy.ledger_path, head_dir=policy.folder, log=site_log(policy.folder))
-        ledger.warn_if_changed(policy.dataset, site.fingerprint)
-        return ledger, ledger.accountant(policy.dataset, mechanism)
-    return None, SiteAccountant.from_plain(accountant_state, mechanism)
-
-
-def check_budget(site: SiteContext, plan: PrivacyPlan, accountant: SiteAccountant) -> float:
-    """Refuse a round that would take the site past its own budget; return the delta to report at.
-
-    The plan comes from the server's run configuration; the budget from the site.
-    Whatever epsilon or noise the server asks for, the projection uses the noise
-    that would actually be applied, so the site cannot be made to overspend.
-    """
-    policy = site.policy
-    if plan.target_delta > policy.budget_delta:
-        raise BudgetExhausted(f"site {site.data.site_id}: the run asks for delta={plan.target_delta:g}, "
-                              f"above the site's delta budget {policy.budget_delta:g}")
-    delta = policy.budget_delta
-    projected = accountant.projected_epsilon(delta, plan.noise_multiplier, plan.sample_rate,
-                                             plan.steps_per_round)
-    if projected > policy.budget_epsilon + 1e-9:
-        raise BudgetExhausted(f"site {site.data.site_id}: this round would raise epsilon from "
-                              f"{accountant.epsilon(delta):.3f} to {projected:.3f}, above the site's budget "
-                              f"{policy.budget_epsilon:g}")
-    return delta
-
-
 def budget_refusal(site: SiteContext, accountant_state: Mapping[str, Any] | None) -> str | None:
     """Why this site would refuse the next round for its budget, or None: asked before SecAgg+ key sharing,
     so that a refusing site sends nothing at all (the same check train_round makes)."""
-    plan = site_plan(site)
-    if plan is None:
-        return None
-    _, accountant = _site_accountant(site, accountant_state)
-    try:
-        check_budget(site, plan, accountant)
-    except BudgetExhausted as refusal:
-        return str(refusal)
-    return None
+    budget = site_budget(site, accountant_state)
+    return budget.refusal(**_round_shape(site)) if budget else None
 
 
 def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_round: int,
                 accountant_state: Mapping[str, Any] | None, expected_fingerprint: str = "",
-                run_id: str = "local", progress=None) -> SiteUpdate:
-    """Train the global adapter on this site's data for one round (or refuse, over budget)."""
+                run_id: str = "local", progress=None, resumed_at_round: int = 0) -> SiteUpdate:
+    """Train the global adapter on this site's data for one round (or refuse, over budget).
+
+    ``resumed_at_round`` > 0: the coordinator restarted from that round's checkpoint (the site's
+    ``accountant_state`` is then gone unless it keeps a ledger)."""
     config = site.config
-    plan = site_plan(site)
-    ledger, accountant, delta = None, None, None
-    if plan is not None:
-        ledger, accountant = _site_accountant(site, accountant_state)
-        delta = check_budget(site, plan, accountant)
+    budget = site_budget(site, accountant_state, resumed_at_round)
+    plan = budget.admit(**_round_shape(site)) if budget else None
     model = _model_with(site, arrays, expected_fingerprint)
     steps = plan.steps_per_round if plan else steps_per_round(len(site.train_examples), config.train)
     should_stop = Path(site.stop_request).exists if site.stop_request else None
@@ -269,28 +222,17 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
         model, site.train_examples, site.task.collate, site.task.loss,
         loss_reduction=site.task.loss_reduction, settings=config.train, steps=steps,
         seed=config.seed * 100_003 + server_round * 1_009 + site.data.site_id,
-        plan=plan, accountant=accountant, progress=progress, should_stop=should_stop,
+        plan=plan, accountant=budget.accountant if budget else None, progress=progress, should_stop=should_stop,
         reproducible_dp=config.privacy.reproducible)
     if should_stop is not None and should_stop():  # the stop came after the last step: still nothing recorded
         raise RunInterrupted(f"site {site.data.site_id}: the run was asked to stop; round {server_round} abandoned")
     metrics = {keys.SITE_ID: site.data.site_id, keys.NUM_EXAMPLES: len(site.train_examples),
                keys.TRAIN_LOSS: outcome.mean_loss, keys.STEPS: outcome.steps}
-    if plan is not None:
-        epsilon = accountant.epsilon(delta)
-        if epsilon > site.policy.budget_epsilon + 1e-6:  # the projection and the accountant must agree
-            raise PrivacyError(f"site {site.data.site_id}: spent epsilon {epsilon:.4f} exceeds its budget")
-        if ledger is not None:
-            ledger.append(new_entry(run_id=run_id, server_round=server_round, fingerprint=site.fingerprint,
-                                    accountant=config.privacy.accountant,
-                                    noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate,
-                                    steps=outcome.steps, max_grad_norm=plan.max_grad_norm, delta=delta,
-                                    epsilon_after=epsilon, dataset=site.policy.dataset,
-                                    budget_epsilon=site.policy.budget_epsilon))
-        metrics.update({keys.EPSILON: epsilon, keys.DELTA: delta, keys.NOISE_MULTIPLIER: plan.noise_multiplier,
-                        keys.SAMPLE_RATE: plan.sample_rate})
+    if budget is not None:
+        metrics.update(budget.commit(run_id=run_id, server_round=server_round, steps=outcome.steps).metrics())
     new_arrays = {name: tensor.numpy() for name, tensor in trainable_state(model).items()}
     return SiteUpdate(arrays=new_arrays, metrics=metrics,
-                      accountant_state=accountant.to_plain() if accountant else None, plan=plan)
+                      accountant_state=budget.state() if budget else None, plan=plan)
 
 
 def evaluate_round(site: SiteContext, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:

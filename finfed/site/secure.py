@@ -19,6 +19,7 @@ from finfed import constants as keys
 from finfed.compat import secagg_names, secagg_stage
 from finfed.config import FederationSettings
 from finfed.errors import PrivacyError, TrainingError
+from finfed.site.run_state import stored_accountant_state
 from finfed.wire import setup_refusal
 
 
@@ -57,8 +58,7 @@ def refuse_at_setup(message: Message, context: Context) -> Message | None:
     )
 
     site = site_context(config, context.node_config)
-    stored = context.state.config_records.get(keys.ACCOUNTANT_STATE)
-    reason = budget_refusal(site, dict(stored) if stored else None)
+    reason = budget_refusal(site, stored_accountant_state(context))
     if reason is None:
         return None
     print(f"[finfed] round {message.metadata.group_id} site {site.data.site_id} refused before SecAgg+ key "
