@@ -8,6 +8,7 @@ from finfed.data.partition import load_federated_data, local_site, simulated_sit
 from finfed.data.synthetic_news import LABELS, generate_news
 from finfed.errors import ConfigError, DataError
 from finfed.privacy.calibration import plan_privacy
+from finfed.tasks.classification import SENTENCES
 
 
 def test_synthetic_news_is_deterministic_and_marked_synthetic():
@@ -29,9 +30,9 @@ def test_synthetic_institutions_differ_in_vocabulary_and_label_mix():
 
 def test_default_split_is_flowertune_25_percent_seed_42():
     config = load_config(None, ["data.synthetic_size=400"])
-    data = load_federated_data(config.data, 3)
+    data = load_federated_data(config.data, 3, SENTENCES)
     assert len(data.test) == 100 and len(data.train_pool) == 300
-    again = load_federated_data(load_config(None, ["data.synthetic_size=400", "name=x"]).data, 3)
+    again = load_federated_data(load_config(None, ["data.synthetic_size=400", "name=x"]).data, 3, SENTENCES)
     assert data.test["text"].tolist() == again.test["text"].tolist()
 
 
@@ -39,9 +40,9 @@ def test_default_split_is_flowertune_25_percent_seed_42():
 def test_partitions_cover_the_training_pool_once(partitioner):
     config = load_config(None, ["data.synthetic_size=600", f"data.partitioner={partitioner}",
                                 "data.validation_fraction=0.1", "data.dirichlet_alpha=5"])
-    sites = [simulated_site(config.data, i, 3) for i in range(3)]
+    sites = [simulated_site(config.data, i, 3, SENTENCES) for i in range(3)]
     total = sum(len(s.train) + len(s.validation) for s in sites)
-    assert total == len(load_federated_data(config.data, 3).train_pool)
+    assert total == len(load_federated_data(config.data, 3, SENTENCES).train_pool)
     assert all(len(s.validation) >= 1 for s in sites)
 
 
@@ -54,14 +55,14 @@ def _write_csv(tmp_path, frame, name="data.csv"):
 def test_missing_file_is_named(tmp_path):
     config = load_config(None, ["data.source=file", f"data.path={tmp_path / 'absent.csv'}"])
     with pytest.raises(DataError, match="absent.csv does not exist"):
-        load_federated_data(config.data, 2)
+        load_federated_data(config.data, 2, SENTENCES)
 
 
 def test_missing_column_names_the_column_and_file(tmp_path):
     path = _write_csv(tmp_path, pd.DataFrame({"sentence": ["a", "b"], "label": ["x", "y"]}))
     config = load_config(None, ["data.source=file", f"data.path={path}"])
     with pytest.raises(DataError, match=r"data.csv: missing column\(s\) \['text'\]"):
-        load_federated_data(config.data, 2)
+        load_federated_data(config.data, 2, SENTENCES)
 
 
 def test_unknown_label_names_row_and_expected_labels(tmp_path):
@@ -70,9 +71,9 @@ def test_unknown_label_names_row_and_expected_labels(tmp_path):
     config = load_config(None, ["data.source=file", f"data.path={path}",
                                 "data.labels=negative,neutral,positive"])
     with pytest.raises(DataError, match=r"row 3 has unknown label 'sideways'; expected one of"):
-        load_federated_data(config.data, 2)
+        load_federated_data(config.data, 2, SENTENCES)
     with pytest.raises(DataError, match="unknown label 'sideways'"):
-        local_site(config.data, str(path), ["negative", "neutral", "positive"], 0)
+        local_site(config.data, str(path), ["negative", "neutral", "positive"], 0, SENTENCES)
 
 
 def test_jsonl_and_parquet_are_read_with_configured_columns(tmp_path):
@@ -83,7 +84,7 @@ def test_jsonl_and_parquet_are_read_with_configured_columns(tmp_path):
         config = load_config(None, ["data.source=file", f"data.path={tmp_path / name}",
                                     "data.text_column=body", "data.label_column=tone",
                                     "data.partitioner=iid"])
-        data = load_federated_data(config.data, 2)
+        data = load_federated_data(config.data, 2, SENTENCES)
         assert data.labels == ["a", "b"] and len(data.train_pool) == 30
 
 
@@ -95,10 +96,10 @@ def test_empty_partition_is_refused(tmp_path):
                                 "data.dirichlet_alpha=0.01", "federation.num_sites=8"])
     with pytest.raises(DataError, match="empty partition"):
         for site in range(8):
-            simulated_site(config.data, site, 8)
+            simulated_site(config.data, site, 8, SENTENCES)
     config = load_config(None, ["data.source=file", f"data.path={path}", "data.partition_column=bank"])
     with pytest.raises(ConfigError, match="has 1 distinct values but `federation.num_sites` is 3"):
-        simulated_site(config.data, 0, 3)
+        simulated_site(config.data, 0, 3, SENTENCES)
 
 
 def test_fewer_examples_than_a_batch_is_refused():

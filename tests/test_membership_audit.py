@@ -29,6 +29,7 @@ from finfed.privacy.membership_audit import (
     roc_auc,
 )
 from finfed.tasks import get_task
+from finfed.tasks.classification import SENTENCES
 from finfed.training.local import train_locally
 
 
@@ -88,8 +89,8 @@ def test_audit_non_members_are_the_audited_sites_own_records_never_in_its_traini
     settings, sites = config.data, config.federation.num_sites
     fraction = audit_holdout_fraction(config, AUDITED_SITE)
     assert fraction == 0.25
-    whole = simulated_site(settings, AUDITED_SITE, sites)  # the site's training pool, nothing held back
-    audited = simulated_site(settings, AUDITED_SITE, sites, audit_holdout=fraction)
+    whole = simulated_site(settings, AUDITED_SITE, sites, SENTENCES)  # the site's training pool, nothing held back
+    audited = simulated_site(settings, AUDITED_SITE, sites, SENTENCES, audit_holdout=fraction)
 
     # Same site: every non-member carries the audited site's own institution (column partitioning).
     assert set(audited.audit_holdout[settings.partition_column]) == set(whole.train[settings.partition_column])
@@ -101,10 +102,10 @@ def test_audit_non_members_are_the_audited_sites_own_records_never_in_its_traini
     assert _texts(audited.train) | _texts(audited.audit_holdout) == _texts(whole.train)
     assert audited.validation.equals(whole.validation)
     # Deterministic by the split seed, so the site and the coordinator hold back the same records.
-    again = simulated_site(settings, AUDITED_SITE, sites, audit_holdout=fraction)
+    again = simulated_site(settings, AUDITED_SITE, sites, SENTENCES, audit_holdout=fraction)
     assert again.audit_holdout.equals(audited.audit_holdout)
     other_seed = simulated_site(type(settings)(**{**settings.__dict__, "split_seed": 5}), AUDITED_SITE, sites,
-                                audit_holdout=fraction)
+                                SENTENCES, audit_holdout=fraction)
     assert _texts(other_seed.audit_holdout) != _texts(audited.audit_holdout)
 
 
@@ -141,7 +142,7 @@ def test_the_coordinators_audit_attacks_with_members_and_held_back_records_and_s
 
     monkeypatch.setattr(federation, "loss_threshold_auc", spy)
     audit = run.membership_audit()
-    site = simulated_site(config.data, AUDITED_SITE, config.federation.num_sites,
+    site = simulated_site(config.data, AUDITED_SITE, config.federation.num_sites, SENTENCES,
                           audit_holdout=config.privacy.audit_holdout_fraction)
     tokenizer = federation.load_tokenizer(config.model.backbone)
     ids = lambda examples: {tuple(e["input_ids"]) for e in examples}  # noqa: E731
@@ -198,9 +199,9 @@ def test_overfit_non_private_model_is_more_exposed_than_the_dp_model(tiny_config
     # which is exactly the leak the attack looks for.
     rng = random.Random(3)
     members = [{**e, "label": rng.randrange(3)} for e in
-               task.encode(simulated_site(config.data, 0, 2).train.head(32), tokenizer)]
+               task.encode(simulated_site(config.data, 0, 2, SENTENCES).train.head(32), tokenizer)]
     non_members = [{**e, "label": rng.randrange(3)} for e in
-                   task.encode(load_federated_data(config.data, 2).test.head(32), tokenizer)]
+                   task.encode(load_federated_data(config.data, 2, SENTENCES).test.head(32), tokenizer)]
 
     task, overfit = _trained_model(config, members)
     plan = plan_privacy(num_records=len(members), train=config.train, privacy=config.privacy, rounds=1)

@@ -11,9 +11,10 @@ import torch
 from finfed.config import load_config
 from finfed.data.partition import load_federated_data
 from finfed.data.qa_records import normalise_qa_records, read_qa_file
-from finfed.errors import DataError
+from finfed.errors import ConfigError, DataError
 from finfed.models.backbone import load_tokenizer
-from finfed.tasks import get_task
+from finfed.tasks import get_task, task_class
+from finfed.tasks.qa import QA_RECORDS
 from finfed.tasks.qa_decoding import decode_answer
 from finfed.tasks.qa_metrics import exact_match, f1, normalize_answer, squad_scores
 from finfed.tasks.qa_windows import NO_ANSWER, record_windows, training_windows
@@ -125,9 +126,20 @@ def test_squad_json_and_custom_field_names(tmp_path):
         normalise_qa_records(custom, qa_settings(), "custom")
 
 
-def test_dirichlet_partitioning_is_refused_for_qa():
-    with pytest.raises(Exception, match="dirichlet"):
-        load_config(None, ["task=qa", "data.partitioner=dirichlet"])
+def test_the_qa_task_refuses_settings_it_cannot_run_with():
+    # The task checks its own settings wherever it is looked up (preflight, sites, coordinator, deploy).
+    with pytest.raises(ConfigError, match="dirichlet"):
+        task_class(load_config(None, ["task=qa", "data.partitioner=dirichlet"]))
+    with pytest.raises(ConfigError, match="doc_stride"):
+        task_class(load_config(None, ["task=qa", "data.max_length=80", "qa.doc_stride=64"]))
+    task_class(load_config(None, ["task=qa", "data.max_length=96", "qa.doc_stride=32"]))
+    task_class(load_config(None, ["data.partitioner=dirichlet"]))  # classification splits by label
+
+
+def test_simulate_refuses_dirichlet_qa_before_anything_starts(tiny_simulate, tmp_path, capsys):
+    assert tiny_simulate("task=qa", "data.partitioner=dirichlet") == 2
+    assert "dirichlet" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------ metrics and decoding
@@ -190,12 +202,12 @@ def test_federated_qa_data_splits_by_record(tmp_path):
              "answers": {"text": [f"{i}%"], "answer_start": [13]}} for i in range(40)]
     path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
     settings = qa_settings("data.source=file", f"data.path={path}")
-    data = load_federated_data(settings, 2, "qa")
+    data = load_federated_data(settings, 2, QA_RECORDS)
     assert len(data.train_pool) + len(data.test) == 40 and data.labels == []
     assert set(data.train_pool["id"]).isdisjoint(data.test["id"])
 
 
 def test_qa_test_split_keeps_each_passage_on_one_side():
-    data = load_federated_data(qa_settings("data.synthetic_size=600", "data.partitioner=column"), 3, "qa")
+    data = load_federated_data(qa_settings("data.synthetic_size=600", "data.partitioner=column"), 3, QA_RECORDS)
     assert set(data.train_pool["context"]).isdisjoint(data.test["context"])
     assert 0.15 < len(data.test) / 600 < 0.35

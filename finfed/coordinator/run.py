@@ -70,7 +70,7 @@ class FederatedRun:
         self.round_started = time.time()
 
     def _central_test(self):
-        return load_federated_data(self.config.data, self.config.federation.num_sites, self.config.task).test
+        return load_federated_data(self.config.data, self.config.federation.num_sites, self.task.records).test
 
     def _central_test_examples(self) -> list[dict]:
         return self.task.encode_for_evaluation(self._central_test(), load_tokenizer(self.config.model.backbone))
@@ -294,7 +294,7 @@ class FederatedRun:
         fraction = audit_holdout_fraction(config, site_id)
         if not fraction:
             return None
-        site = simulated_site(config.data, site_id, config.federation.num_sites, config.task,
+        site = simulated_site(config.data, site_id, config.federation.num_sites, self.task.records,
                               audit_holdout=fraction)
         tokenizer = load_tokenizer(config.model.backbone)
         members = self.task.encode(site.train, tokenizer)

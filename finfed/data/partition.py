@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pandas as pd
 from datasets import Dataset
@@ -17,17 +18,29 @@ from flwr_datasets.partitioner import (
     NaturalIdPartitioner,
 )
 
-from finfed.config import TASK_SYNTHETIC_SIZE, DataSettings
-from finfed.data.loading import (
-    check_labels,
-    normalise_examples,
-    read_hub_dataset,
-    read_table,
-    resolve_labels,
-)
-from finfed.data.qa_records import normalise_qa_records, read_qa_file
-from finfed.data.synthetic_news import generate_news
+from finfed.config import DataSettings
+from finfed.data.loading import check_labels, read_hub_dataset, resolve_labels
 from finfed.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class RecordFormat:
+    """How one kind of record is read, checked, generated and split.
+
+    Each task names its format (finfed.tasks); the functions here take it as a
+    parameter and never ask which task is running.
+    """
+
+    read_file: Callable[[str], pd.DataFrame]
+    #: raw rows -> the normalised columns the task encodes (``(frame, settings, source)``)
+    normalise: Callable[[pd.DataFrame, DataSettings, str], pd.DataFrame]
+    #: finfed's synthetic generator: ``(size, num_sites, seed=...)``
+    generate: Callable[..., pd.DataFrame]
+    synthetic_name: str  # what the generator produces, for the data source's description
+    synthetic_size: int  # rows generated when `data.synthetic_size` is 0
+    labelled: bool  # records carry a label from a fixed label list
+    #: records sharing this column's value are split as one (QA: a context), so no group straddles a split
+    group_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,32 +65,19 @@ class SiteData:
     audit_holdout: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
-def _raw_examples(settings: DataSettings, num_sites: int, task: str) -> tuple[pd.DataFrame, str]:
-    if settings.source == "synthetic" and task == "qa":
-        from finfed.data.synthetic_filings import generate_filings_qa
-
-        size = settings.synthetic_size or TASK_SYNTHETIC_SIZE["qa"]
-        frame = generate_filings_qa(size, num_sites, seed=settings.synthetic_seed)
-        return frame, f"synthetic financial filings QA (seed {settings.synthetic_seed})"
+def _raw_examples(settings: DataSettings, num_sites: int, records: RecordFormat) -> tuple[pd.DataFrame, str]:
     if settings.source == "synthetic":
-        size = settings.synthetic_size or TASK_SYNTHETIC_SIZE["classification"]
-        frame = generate_news(size, num_sites, seed=settings.synthetic_seed)
-        return frame, f"synthetic financial news (seed {settings.synthetic_seed})"
+        size = settings.synthetic_size or records.synthetic_size
+        frame = records.generate(size, num_sites, seed=settings.synthetic_seed)
+        return frame, f"{records.synthetic_name} (seed {settings.synthetic_seed})"
     if settings.source == "hub":
         return read_hub_dataset(settings.path), f"hub dataset {settings.path}"
-    return _read_file(settings.path, task), f"data file {settings.path}"
+    return records.read_file(settings.path), f"data file {settings.path}"
 
 
-def _read_file(path: str, task: str) -> pd.DataFrame:
-    return read_qa_file(path) if task == "qa" else read_table(path)
-
-
-def normalise(frame: pd.DataFrame, settings: DataSettings, source: str, task: str) -> pd.DataFrame:
-    """The task's normalised records: ``text``/``label`` for classification, QA columns for qa."""
-    frame = frame.reset_index(drop=True)
-    if task == "qa":
-        return normalise_qa_records(frame, settings, source)
-    return normalise_examples(frame, settings, source)
+def normalise(frame: pd.DataFrame, settings: DataSettings, source: str, records: RecordFormat) -> pd.DataFrame:
+    """The normalised records of ``records``' kind (e.g. ``text``/``label``, or the QA columns)."""
+    return records.normalise(frame.reset_index(drop=True), settings, source)
 
 
 def _split_test(frame: pd.DataFrame, settings: DataSettings,
@@ -99,19 +99,19 @@ def _split_test(frame: pd.DataFrame, settings: DataSettings,
 
 
 @functools.lru_cache(maxsize=4)
-def load_federated_data(settings: DataSettings, num_sites: int, task: str = "classification") -> FederatedData:
+def load_federated_data(settings: DataSettings, num_sites: int, records: RecordFormat) -> FederatedData:
     """Read, validate and split the consortium dataset (cached per process)."""
-    raw, source = _raw_examples(settings, num_sites, task)
-    frame = normalise(raw, settings, source, task)
-    labels = resolve_labels(frame, settings, source) if task != "qa" else []
+    raw, source = _raw_examples(settings, num_sites, records)
+    frame = normalise(raw, settings, source, records)
+    labels = resolve_labels(frame, settings, source) if records.labelled else []
     if settings.test_path:
         test_source = f"test file {settings.test_path}"
-        test = normalise(_read_file(settings.test_path, task), settings, test_source, task)
+        test = normalise(records.read_file(settings.test_path), settings, test_source, records)
         if labels:
             check_labels(test, labels, test_source)
         train_pool = frame
     else:
-        train_pool, test = _split_test(frame, settings, "context" if task == "qa" else None)
+        train_pool, test = _split_test(frame, settings, records.group_column)
     return FederatedData(labels=labels, train_pool=train_pool, test=test, source=source)
 
 
@@ -126,8 +126,8 @@ def _partitioner(settings: DataSettings, num_sites: int, seed: int):
 
 
 @functools.lru_cache(maxsize=4)
-def _partitions(settings: DataSettings, num_sites: int, task: str) -> tuple[pd.DataFrame, ...]:
-    data = load_federated_data(settings, num_sites, task)
+def _partitions(settings: DataSettings, num_sites: int, records: RecordFormat) -> tuple[pd.DataFrame, ...]:
+    data = load_federated_data(settings, num_sites, records)
     if settings.partitioner == "column":
         if settings.partition_column not in data.train_pool.columns:
             raise DataError(f"{data.source}: `data.partition_column` {settings.partition_column!r} "
@@ -142,8 +142,8 @@ def _partitions(settings: DataSettings, num_sites: int, task: str) -> tuple[pd.D
     return tuple(partitioner.load_partition(i).to_pandas() for i in range(num_sites))
 
 
-def simulated_site(settings: DataSettings, site_id: int, num_sites: int,
-                   task: str = "classification", audit_holdout: float = 0.0) -> SiteData:
+def simulated_site(settings: DataSettings, site_id: int, num_sites: int, records: RecordFormat,
+                   audit_holdout: float = 0.0) -> SiteData:
     """Site ``site_id``'s share of the simulated consortium's data.
 
     ``audit_holdout``: share of the site's training records set aside, never trained on,
@@ -151,21 +151,21 @@ def simulated_site(settings: DataSettings, site_id: int, num_sites: int,
     """
     if not 0 <= site_id < num_sites:
         raise ConfigError(f"partition id {site_id} is outside 0..{num_sites - 1}")
-    partition = _partitions(settings, num_sites, task)[site_id]
+    partition = _partitions(settings, num_sites, records)[site_id]
     if partition.empty:
         message = (f"site {site_id} received an empty partition from the {settings.partitioner!r} "
                    f"partitioner over {num_sites} sites; raise `data.dirichlet_alpha`, lower "
                    "`federation.num_sites` or use more data")
         raise DataError(message, public_reason=message)
     site = split_validation(partition, settings, site_id)
-    return hold_back_for_audit(site, audit_holdout, "context" if task == "qa" else None)
+    return hold_back_for_audit(site, audit_holdout, records.group_column)
 
 
 def local_site(settings: DataSettings, path: str, labels: list[str], site_id: int,
-               task: str = "classification") -> SiteData:
+               records: RecordFormat) -> SiteData:
     """A deployed site's own file, checked against the federation's labels."""
     source = f"data file {path}"
-    frame = normalise(_read_file(path, task), settings, source, task)
+    frame = normalise(records.read_file(path), settings, source, records)
     if labels:
         check_labels(frame, labels, source)
     return split_validation(frame, settings, site_id)

@@ -348,7 +348,11 @@ def deployment_config(consortium: Consortium, path: Path | None, overrides: list
         raise ConfigError(f"{path or 'the run'}: `privacy.reproducible` is for tests and benchmarks only: it derives "
                           "each site's DP sampling and noise from the run's seed, which the coordinator knows, so "
                           "no site's epsilon would hold against it; remove it (deployed sites refuse it too)")
-    if config.task == "classification" and not config.data.labels:
+    from finfed.tasks import (
+        task_class,  # late: the task registry loads torch, which other commands never need
+    )
+
+    if task_class(config).needs_labels and not config.data.labels:  # task_class also checks the task's settings
         raise ConfigError("sites hold their own data, so the labels must be listed: set `data.labels` "
                           "(e.g. --set data.labels=negative,neutral,positive)")
     if config.federation.num_sites > len(consortium.sites):

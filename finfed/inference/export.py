@@ -10,9 +10,11 @@ Two forms, both loaded with ``pipeline(TASK, model=OUT, trust_remote_code=True)`
 
 Code that is not stock ``transformers`` travels as files copied from one source
 in finfed, never as strings: the mean-pooling classifier
-(:mod:`finfed.models.hf_pooled_classifier`, named in ``auto_map``) and, because
-transformers 5 removed its ``question-answering`` pipeline, an extractive QA
-pipeline (:mod:`finfed.models.hf_qa_pipeline`, named in ``custom_pipelines``).
+(:mod:`finfed.models.hf_pooled_classifier`, named in ``auto_map``: finfed trains
+this very class) and, because transformers 5 removed its ``question-answering``
+pipeline, an extractive QA pipeline (:mod:`finfed.models.hf_qa_pipeline`, named in
+``custom_pipelines``; finfed decodes with its decoder). The task says which
+(:meth:`finfed.tasks.Task.ship_export_code`).
 
 Every export carries ``finfed_export.json`` with the run's privacy record, so a
 model never travels without its privacy parameters.
@@ -32,36 +34,27 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from finfed.errors import RunError
-from finfed.models import hf_qa_pipeline
-from finfed.models.classifier import PooledClassifier
-from finfed.models.hf_pooled_classifier import (
-    FinfedPooledClassifier,
-    FinfedPooledClassifierConfig,
-)
 from finfed.privacy.randomness import REPRODUCIBLE_LABEL
 from finfed.runs.model_store import load_run_model
 from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, read_privacy, require_model
+from finfed.tasks import Task, task_named
 
 EXPORT_INFO = "finfed_export.json"
 EXPORT_FORMAT = "finfed-export/1"
-PIPELINE_TASKS = {"classification": "text-classification", "qa": hf_qa_pipeline.PIPELINE_TASK}
 
 
 @dataclass(frozen=True)
 class ExportSpec:
     """What the exported folder must know about the model, beyond its weights."""
 
-    task: str
+    task: Task
     labels: tuple[str, ...]
     max_length: int
-    qa_settings: dict[str, int] | None = None  # pipeline defaults: max_seq_len, doc_stride, max_answer_len
+    pipeline_settings: dict[str, int] | None = None  # e.g. QA's pipeline defaults (Task.export_settings)
 
     @property
     def pipeline_task(self) -> str:
-        try:
-            return PIPELINE_TASKS[self.task]
-        except KeyError:
-            raise RunError(f"task {self.task!r} cannot be exported; known: {sorted(PIPELINE_TASKS)}") from None
+        return self.task.pipeline_task
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False,
@@ -76,7 +69,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False,
     check_destination(run_dir, out, overwrite=overwrite)
     task, model, tokenizer = load_run_model(run_dir)
     info = json.loads((run_dir / MODEL / MODEL_INFO).read_text(encoding="utf-8"))
-    spec = spec_for(task.config, info)
+    spec = spec_for(task, info)
     manifest = export_manifest(run_dir, task.config.name, info, spec, privacy, merged=merge)
     manifest["training"] = {key: status.get(key) for key in ("state", "rounds", "trained_rounds", "model_round",
                                                              "budget_exhausted_at_round")}
@@ -94,13 +87,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False,
     return manifest
 
 
-def spec_for(config: Any, info: dict[str, Any]) -> ExportSpec:
-    qa = None
-    if config.task == "qa":
-        qa = {"max_seq_len": int(info["max_length"]), "doc_stride": config.qa.doc_stride,
-              "max_answer_len": config.qa.max_answer_tokens}
-    return ExportSpec(task=config.task, labels=tuple(info["labels"]), max_length=int(info["max_length"]),
-                      qa_settings=qa)
+def spec_for(task: Task, info: dict[str, Any]) -> ExportSpec:
+    max_length = int(info["max_length"])
+    return ExportSpec(task=task, labels=tuple(info["labels"]), max_length=max_length,
+                      pipeline_settings=task.export_settings(max_length))
 
 
 # --------------------------------------------------------------------------- destination
@@ -148,45 +138,13 @@ def write_adapter(model: PeftModel, base: nn.Module, tokenizer: Any, spec: Expor
 
 def save_transformers(module: nn.Module, tokenizer: Any, spec: ExportSpec, folder: Path) -> None:
     """``module`` as a ``transformers`` model folder with its tokenizer and any code it needs."""
-    model = as_transformers(module, spec)
-    if spec.task == "qa":
-        ship_qa_pipeline(model, spec, folder)
+    if not isinstance(module, PreTrainedModel):
+        raise RunError(f"cannot export a {type(module).__name__}: finfed exports transformers models")
+    spec.task.ship_export_code(module, spec.pipeline_settings, folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))  # a custom class (auto_map) copies its own module file here
+    module.save_pretrained(str(folder))  # a custom class (auto_map) copies its own module file here
     tokenizer.model_max_length = spec.max_length  # pipeline(..., truncation=True) cuts where finfed did
     tokenizer.save_pretrained(str(folder))
-
-
-def as_transformers(module: nn.Module, spec: ExportSpec) -> PreTrainedModel:
-    if isinstance(module, PreTrainedModel):
-        return module  # a stock head (QA): nothing to convert
-    if isinstance(module, PooledClassifier):
-        return pooled_classifier(module, spec.labels)
-    raise RunError(f"cannot export a {type(module).__name__}: finfed exports PooledClassifier and "
-                   "transformers models")
-
-
-def pooled_classifier(module: PooledClassifier, labels: tuple[str, ...]) -> FinfedPooledClassifier:
-    """The same weights in the shipped custom architecture (same module tree, so the state dict loads as is)."""
-    encoder_config = module.encoder.config.to_dict()
-    encoder_config.pop("_name_or_path", None)  # the exporter's local path means nothing elsewhere
-    config = FinfedPooledClassifierConfig(
-        encoder_config=encoder_config, pooling=module.pooling, head_dropout=module.dropout.p,
-        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
-    model = FinfedPooledClassifier(config)
-    model.load_state_dict(module.state_dict(), strict=True)
-    return model.eval()
-
-
-def ship_qa_pipeline(model: PreTrainedModel, spec: ExportSpec, folder: Path) -> None:
-    """Name the shipped QA pipeline in the config and copy its one source file beside the weights."""
-    source = Path(hf_qa_pipeline.__file__)
-    model.config.custom_pipelines = {spec.pipeline_task: {
-        "impl": f"{source.stem}.{hf_qa_pipeline.ExtractiveQAPipeline.__name__}",
-        "pt": ["AutoModelForQuestionAnswering"], "type": "text"}}
-    model.config.finfed_qa = dict(spec.qa_settings or {})
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, folder / source.name)
 
 
 # --------------------------------------------------------------------------- metadata
@@ -200,7 +158,7 @@ def export_manifest(run_dir: Path, name: str, info: dict[str, Any], spec: Export
         **warning,
         "run": {"name": name, "dir": str(run_dir.resolve()), "config": str((run_dir / CONFIG).resolve())},
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "task": spec.task,
+        "task": spec.task.name,
         "labels": list(spec.labels),
         "form": "merged" if merged else "adapter",
         "backbone": info.get("backbone"),
@@ -236,14 +194,9 @@ def write_export_info(folder: Path, manifest: dict[str, Any]) -> None:
 
 def load_snippet(manifest: dict[str, Any], folder: str = "OUT") -> str:
     """The exact Python that loads and uses the exported folder."""
-    task = manifest["pipeline"]["task"]
-    if manifest["task"] == "qa":
-        call = 'pipe(question="Who raised its outlook?", context="Cedar Foods raised its outlook.")'
-    else:
-        call = 'pipe("Cedar Foods raised its outlook for the full year.", truncation=True)'
-    extra = ", top_k=None" if manifest["task"] == "classification" else ""
-    return (f'from transformers import pipeline\n\npipe = pipeline("{task}", model="{folder}", '
-            f"trust_remote_code=True{extra})\n{call}")
+    task, pipeline_task = task_named(manifest["task"]), manifest["pipeline"]["task"]
+    return (f'from transformers import pipeline\n\npipe = pipeline("{pipeline_task}", model="{folder}", '
+            f"trust_remote_code=True{task.pipeline_arguments})\n{task.pipeline_example}")
 
 
 def privacy_line(manifest: dict[str, Any]) -> str:
@@ -286,8 +239,7 @@ def export_readme(manifest: dict[str, Any]) -> str:
     what = ("the LoRA adapters merged into the weights" if form == "merged" else
             "the PEFT adapter (`adapter_config.json`, `adapter_model.safetensors`) beside the untouched base "
             "model (`config.json`, `model.safetensors`); transformers' PEFT integration applies it on load")
-    code = ("`hf_qa_pipeline.py` (extractive QA pipeline: transformers 5 has none)" if manifest["task"] == "qa"
-            else "`hf_pooled_classifier.py` (the mean-pooling classifier architecture)")
+    code = task_named(manifest["task"]).export_code
     peft = "" if form == "merged" else " Loading the adapter form needs the `peft` package."
     return f"""# finfed export: run `{run['name']}` ({manifest['task']}, {form})
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from pathlib import Path
-
-import pandas as pd
 
 from finfed.errors import ConfigError
 from finfed.runs.model_store import load_run_model
@@ -14,17 +12,8 @@ from finfed.runs.model_store import load_run_model
 def predict_texts(run_dir: str | Path, texts: list[str]) -> list[dict]:
     """Each text's label and class probabilities under the run's global model."""
     task, model, tokenizer = load_run_model(run_dir)
-    if task.config.task != "classification":
-        raise ConfigError(f"run {run_dir} trained a {task.config.task!r} model; ask it with --question and "
-                          "--context")
-    frame = pd.DataFrame({"text": texts, "label": task.labels[0]})  # label unused for prediction
-    probs = task.probabilities(model, task.encode(frame, tokenizer))
-    results = []
-    for text, row in zip(texts, probs.tolist()):
-        best = max(range(len(row)), key=row.__getitem__)
-        results.append({"text": text, "label": task.labels[best],
-                        "probabilities": dict(zip(task.labels, row))})
-    return results
+    with _naming_the_run(run_dir):
+        return task.label_texts(model, tokenizer, texts)
 
 
 def answer_question(run_dir: str | Path, question: str, context: str,
@@ -35,14 +24,16 @@ def answer_question(run_dir: str | Path, question: str, context: str,
     character offsets in ``context`` (``context[start:end] == answer``).
     """
     task, model, tokenizer = load_run_model(run_dir)
-    if task.config.task != "qa":
-        raise ConfigError(f"run {run_dir} trained a {task.config.task!r} model; --question/--context need a "
-                          "'qa' run (use texts instead)")
-    if max_answer_tokens:
-        task.config = dataclasses.replace(task.config, qa=dataclasses.replace(task.config.qa,
-                                                                              max_answer_tokens=max_answer_tokens))
-    frame = pd.DataFrame([{"id": "question", "question": question, "context": context,
-                           "answer_texts": [context[:1]], "answer_starts": [0]}])  # gold unused
-    [answer] = task.answers(model, task.encode_for_evaluation(frame, tokenizer))
+    with _naming_the_run(run_dir):
+        answer = task.answer_question(model, tokenizer, question, context, max_answer_tokens=max_answer_tokens)
     return {"question": question, "answer": answer.text, "score": answer.score, "start": answer.start,
             "end": answer.end}
+
+
+@contextlib.contextmanager
+def _naming_the_run(run_dir: str | Path):
+    """A task asked what it cannot answer (a QA run given texts, ...) refuses; say which run."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"run {run_dir}: {exc}") from None

@@ -18,10 +18,9 @@ from torch import nn
 
 from finfed.config import LoraSettings
 from finfed.errors import TrainingError
-from finfed.models.classifier import HEAD_NAME
 
 
-def add_adapters(model: nn.Module, settings: LoraSettings, head: str = HEAD_NAME) -> PeftModel:
+def add_adapters(model: nn.Module, settings: LoraSettings, head: str) -> PeftModel:
     """Wrap ``model`` with LoRA on ``settings.target_modules``; ``head`` stays fully trainable."""
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=list(settings.target_modules), modules_to_save=[head],

@@ -1,14 +1,15 @@
-"""finfed's pooled sentence classifier as a ``transformers`` architecture.
+"""finfed's pooled sentence classifier, a ``transformers`` architecture: the one class finfed trains and exports.
 
-``finfed export`` copies this very file beside an exported classifier's weights
+Mean pooling is the default because sentence-embedding backbones (MiniLM) were
+trained with it: their [CLS] pooler is untrained for the task, and a head on it
+predicted one class for everything in our trials, where mean pooling learned.
+
+Training builds it with :meth:`FinfedPooledClassifier.on_encoder` around a
+pretrained encoder. ``finfed export`` copies this very file beside an exported classifier's weights
 (``config.json`` names it in ``auto_map``), so that
 ``pipeline("text-classification", model=FOLDER, trust_remote_code=True)`` loads
 the model with no finfed installed. It must therefore stay self-contained:
 it imports only ``torch`` and ``transformers``, never ``finfed``.
-
-The module tree (``encoder``, ``dropout``, ``classifier``) mirrors
-``finfed.models.classifier.PooledClassifier`` so that its state dict, and the
-PEFT adapter keys trained on it, load unchanged.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+HEAD_NAME = "classifier"  # the head module: trained in full beside the adapters, and sent with them
 
 
 class FinfedPooledClassifierConfig(PretrainedConfig):
@@ -43,14 +46,32 @@ class FinfedPooledClassifier(PreTrainedModel):
     base_model_prefix = "encoder"
     _auto_class = "AutoModelForSequenceClassification"
 
-    def __init__(self, config: FinfedPooledClassifierConfig) -> None:
+    def __init__(self, config: FinfedPooledClassifierConfig, encoder: nn.Module | None = None) -> None:
         super().__init__(config)
-        encoder_config = dict(config.encoder_config)
-        encoder_config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
-        self.encoder = AutoModel.from_config(encoder_config)
+        if encoder is None:  # loading a saved classifier: its weights come from the checkpoint
+            encoder_config = dict(config.encoder_config)
+            encoder_config = AutoConfig.for_model(encoder_config.pop("model_type"), **encoder_config)
+            encoder = AutoModel.from_config(encoder_config)
+        self.encoder = encoder
         self.dropout = nn.Dropout(config.head_dropout)
-        self.classifier = nn.Linear(encoder_config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(encoder.config.hidden_size, config.num_labels)
         self.post_init()
+
+    @classmethod
+    def on_encoder(cls, encoder: PreTrainedModel, labels: list[str], pooling: str = "mean",
+                   head_dropout: float = 0.1) -> "FinfedPooledClassifier":
+        """A new head on a (pretrained) encoder, labelled with ``labels``: where training starts."""
+        encoder_config = encoder.config.to_dict()
+        encoder_config.pop("_name_or_path", None)  # the trainer's local path means nothing elsewhere
+        config = FinfedPooledClassifierConfig(
+            encoder_config=encoder_config, pooling=pooling, head_dropout=head_dropout,
+            id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)})
+        return cls(config, encoder=encoder)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The head keeps torch's default Linear initialisation, drawn (under finfed's seed) when it is
+        # created; the encoder is pretrained or initialises itself. transformers' default would redraw the head.
+        pass
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,

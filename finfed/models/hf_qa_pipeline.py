@@ -19,7 +19,7 @@ answers as ``finfed`` does.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import Pipeline
@@ -73,18 +73,31 @@ class ExtractiveQAPipeline(Pipeline):
         return {"start_logits": outputs.start_logits, "end_logits": outputs.end_logits, **extras}
 
     def postprocess(self, model_outputs: dict, max_answer_len: int) -> dict:
-        best = None  # (score, window, first token, last token); the first window wins ties
-        for window, context in enumerate(model_outputs["context_mask"]):
-            found = span_in_window(model_outputs["start_logits"][window], model_outputs["end_logits"][window],
-                                   context, max_answer_len)
-            if found and (best is None or found[0] > best[0]):
-                best = (found[0], window, found[1], found[2])
-        if best is None:
-            return {"answer": "", "score": 0.0, "start": 0, "end": 0}
-        score, window, first, last = best
-        offsets = model_outputs["offset_mapping"][window]
-        start, end = int(offsets[first][0]), int(offsets[last][1])
-        return {"answer": model_outputs["context"][start:end], "score": score, "start": start, "end": end}
+        offsets = [[(int(s), int(e)) for s, e in window] for window in model_outputs["offset_mapping"]]
+        answer = best_answer(model_outputs["context"], offsets, model_outputs["context_mask"],
+                             model_outputs["start_logits"], model_outputs["end_logits"], max_answer_len)
+        return {"answer": answer[0], "score": answer[1], "start": answer[2], "end": answer[3]}
+
+
+def best_answer(context: str, offsets: Sequence[Sequence[tuple[int, int] | None]], context_masks: Sequence,
+                start_logits: Sequence[torch.Tensor], end_logits: Sequence[torch.Tensor],
+                max_answer_tokens: int) -> tuple[str, float, int, int]:
+    """(text, score, start, end character) of the best span over all windows of one context.
+
+    The one decoder: this pipeline and finfed's own evaluation (finfed.tasks.qa_decoding) both call it.
+    ``offsets[w][t]``: the characters token ``t`` of window ``w`` covers; ``context_masks[w]``: which
+    of its tokens are context. ``("", 0.0, 0, 0)`` when no window has a context token.
+    """
+    best = None  # (score, window, first token, last token); the first window wins ties
+    for window, (is_context, starts, ends) in enumerate(zip(context_masks, start_logits, end_logits)):
+        found = span_in_window(starts, ends, torch.as_tensor(is_context), max_answer_tokens)
+        if found and (best is None or found[0] > best[0]):
+            best = (found[0], window, found[1], found[2])
+    if best is None:
+        return "", 0.0, 0, 0
+    score, window, first, last = best
+    start, end = offsets[window][first][0], offsets[window][last][1]
+    return context[start:end], score, start, end
 
 
 def span_in_window(start_logits: torch.Tensor, end_logits: torch.Tensor, is_context: torch.Tensor,

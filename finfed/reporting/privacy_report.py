@@ -20,8 +20,9 @@ from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.guarantee import guarantee_text, sites_that_sent
 from finfed.privacy.randomness import randomness_warning
 from finfed.reporting.ledger_report import ledger_summary, render_ledger  # noqa: F401  (`finfed report --ledger`)
-from finfed.reporting.run_report import QA_UNIT, audit_text, privacy_table, round_table
+from finfed.reporting.run_report import audit_text, privacy_table, round_table
 from finfed.runs.outputs import CONFIG, read_metrics, read_privacy, require_finished
+from finfed.tasks import task_named
 
 # PRV's epsilon is an upper bound computed to within eps_error; RDP is looser but analytic.
 CROSS_CHECK_NOTE = ("PRV (privacy random variables) and RDP (Rényi DP) are two sound accountants for the same "
@@ -97,7 +98,8 @@ def stated_guarantee(privacy: dict[str, Any], config, rounds: list[dict[str, Any
 def plain_language(privacy: dict[str, Any], config, rounds: list[dict[str, Any]]) -> str:
     """How the guarantee arises, then the guarantee itself (the same text as privacy.json and report.md)."""
     guarantee = stated_guarantee(privacy, config, rounds)
-    unit = f" {QA_UNIT}" if config.task == "qa" else ""
+    protected_unit = task_named(config.task).protected_unit
+    unit = f" {protected_unit}" if protected_unit else ""
     if not privacy.get("dp_enabled"):
         return guarantee
     return ("Each site trained with DP-SGD: every record's influence on each step was clipped and Gaussian noise "

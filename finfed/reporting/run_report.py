@@ -7,6 +7,7 @@ from typing import Any
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
 from finfed.privacy.randomness import randomness_warning
+from finfed.tasks import task_named
 
 
 def round_table(history: list[dict[str, Any]]) -> str:
@@ -61,14 +62,6 @@ def audit_text(audit: dict[str, Any] | None) -> str:
     return audit_reading(audit)
 
 
-QA_UNIT = ("For question answering the protected unit is one record: a question, its context and its answer. "
-           "A context longer than one model window is cut into overlapping windows, but training uses exactly one "
-           "window per record (the first that holds the answer, chosen from that record alone), so a record joins "
-           "each DP-SGD step at most once and contributes at most one clipped gradient to it; records whose "
-           "answer fits no window are left out of training. Several questions about the same passage are "
-           "separate records: the passage itself is protected only as far as each of its records is.")
-
-
 def disclosed_text(privacy: dict[str, Any]) -> str:
     """The non-private statistics sites sent beside their updates (opt-in), named so no one reads them as covered."""
     losses = privacy.get("non_private_statistics", {}).get(keys.TRAIN_LOSS)
@@ -82,7 +75,8 @@ def write_report(outputs, config: ExperimentConfig, history: list[dict[str, Any]
                  privacy: dict[str, Any], baseline: dict[str, float], audit: dict[str, Any] | None = None,
                  baseline_description: str = "a trivial predictor") -> None:
     final = history[-1]["central"] if history else {}
-    generated = "financial-news sentences" if config.task == "classification" else "financial passages and questions"
+    task = task_named(config.task)
+    generated = task.synthetic_description
     data_note = (f"**Data: synthetic.** These figures come from finfed's generated {generated}, "
                  "not from real institutions' data." if config.data.source == "synthetic"
                  else f"Data: `{config.data.path}` ({config.data.partitioner} partitioning).")
@@ -106,7 +100,7 @@ Trivial baseline ({baseline_description}): {", ".join(f"{k} {v:.4f}" for k, v in
 
 {privacy_table(privacy)}
 
-Guarantee: {privacy["guarantee"]}{" " + QA_UNIT if config.task == "qa" else ""}
+Guarantee: {privacy["guarantee"]}{" " + task.protected_unit if task.protected_unit else ""}
 
 Each site's noise multiplier was calibrated once, before round 1, so that its target ε covers every
 round of the run; ε above is cumulative over all rounds, from the Opacus accountant's full history.{disclosed_text(privacy)}

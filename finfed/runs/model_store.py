@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from finfed.config import ExperimentConfig, load_config
 from finfed.models.backbone import load_tokenizer, quiet_transformers, resolve_backbone
 from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, require_model
+from finfed.tasks import get_task, task_class
 
 
 def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], folder: Path) -> None:
@@ -21,15 +22,13 @@ def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], fo
     load_tokenizer(config.model.backbone).save_pretrained(str(folder))
     info = {"task": config.task, "labels": labels, "backbone": config.model.backbone,
             "backbone_path": resolve_backbone(config.model.backbone), "pooling": config.model.pooling,
-            "max_length": config.max_length, "lora_method": config.lora.method,
+            "max_length": task_class(config).max_length_for(config), "lora_method": config.lora.method,
             "synthetic_data": config.data.source == "synthetic"}
     (folder / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 def load_run_model(run_dir: str | Path) -> tuple[Any, PeftModel, Any]:
     """(task, model, tokenizer) of a completed run's global model."""
-    from finfed.tasks import get_task  # late: tasks import models
-
     quiet_transformers()
     run_dir = Path(run_dir)
     require_model(run_dir)

@@ -7,14 +7,16 @@ from finfed.data.partition import simulated_site
 from finfed.privacy.calibration import plan_privacy, steps_per_round
 from finfed.privacy.membership_audit import audit_holdout_fraction
 from finfed.site.rounds import federation_labels
+from finfed.tasks import task_class
 
 
 def check_simulation(config: ExperimentConfig) -> list[dict]:
     """Load every simulated site's data and plan its privacy; return one summary per site."""
+    record_format = task_class(config).records  # task_class refuses settings the task cannot run with
     federation_labels(config)
     summaries = []
     for site_id in range(config.federation.num_sites):
-        site = simulated_site(config.data, site_id, config.federation.num_sites, config.task,
+        site = simulated_site(config.data, site_id, config.federation.num_sites, record_format,
                               audit_holdout=audit_holdout_fraction(config, site_id))
         records = len(site.train)
         summary = {"site": site_id, "train": records, "validation": len(site.validation),

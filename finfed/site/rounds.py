@@ -41,7 +41,7 @@ from finfed.privacy.site_budget import SiteBudget, SitePolicy
 from finfed.runs.stop import stop_path
 from finfed.site.log import site_log
 from finfed.site.node_settings import site_folder  # noqa: F401  (re-exported: it lived here)
-from finfed.tasks import Task, get_task
+from finfed.tasks import Task, get_task, task_class
 from finfed.training.local import train_locally
 
 
@@ -70,12 +70,13 @@ class SiteUpdate:
 
 def federation_labels(config: ExperimentConfig) -> list[str]:
     """The label list every participant uses: configured, or inferred from the simulated dataset."""
-    if config.task == "qa":
-        return []  # extractive QA points to spans: there is no label list
+    task = task_class(config)
+    if not task.needs_labels:
+        return []  # e.g. extractive QA points to spans: there is no label list
     if config.data.labels:
         return list(config.data.labels)
     if config.data.source == "synthetic" or config.data.path:
-        return load_federated_data(config.data, config.federation.num_sites).labels
+        return load_federated_data(config.data, config.federation.num_sites, task.records).labels
     raise ConfigError("`data.labels` must list the labels when sites hold their own data")
 
 
@@ -110,7 +111,7 @@ def dataset_name(config: ExperimentConfig, node_config: Mapping[str, Any], site_
     if data_path:
         return Path(data_path).name
     if config.data.source == "synthetic":
-        source = "synthetic-qa" if config.task == "qa" else "synthetic"
+        source = task_class(config).synthetic_dataset
     else:
         source = Path(config.data.path).name if config.data.source == "file" else config.data.path
     return f"{source}/site-{site_id}"
@@ -123,9 +124,9 @@ def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy
     labels = federation_labels(config)
     task = get_task(config, labels)
     if data_path:
-        data = local_site(config.data, data_path, labels, site_id, config.task)
+        data = local_site(config.data, data_path, labels, site_id, task.records)
     else:
-        data = simulated_site(config.data, site_id, config.federation.num_sites, config.task,
+        data = simulated_site(config.data, site_id, config.federation.num_sites, task.records,
                               audit_holdout=audit_holdout_fraction(config, site_id))
     tokenizer = load_tokenizer(config.model.backbone)
     return SiteContext(config=config, task=task, data=data,

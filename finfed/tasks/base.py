@@ -1,15 +1,22 @@
-"""The interface every task implements, and the registry that finds one by name."""
+"""The interface every task implements, and the registry that finds one by name.
+
+Everything that differs between tasks (data format, defaults, settings checks, model,
+metrics, export pieces, report wording, prediction) is an attribute or method here,
+so no code outside finfed.tasks asks which task is running (tests/test_boundaries.py).
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
 from finfed.config import ExperimentConfig
+from finfed.data.partition import RecordFormat
 from finfed.errors import ConfigError
 from finfed.models.adapters import add_adapters
 
@@ -27,10 +34,64 @@ class Task(ABC):
     needs_labels: bool = True
     #: what :meth:`baseline` predicts, for reports
     baseline_description: str = "a trivial predictor"
+    #: the name the task is registered under (the `task` setting)
+    name: ClassVar[str] = ""
+    #: how the task's records are read, checked, generated and split (finfed.data.partition)
+    records: ClassVar[RecordFormat]
+    #: tokens per example when `data.max_length` is 0
+    default_max_length: ClassVar[int]
+    #: what finfed's generator produces for this task, as reports name it
+    synthetic_description: ClassVar[str]
+    #: a simulated site's dataset name on synthetic data, under which its ledger composes spend (never change it)
+    synthetic_dataset: ClassVar[str]
+    #: said after the privacy guarantee where the protected unit needs explaining; empty = nothing to add
+    protected_unit: ClassVar[str] = ""
+    #: the ``transformers.pipeline`` task an exported model loads under
+    pipeline_task: ClassVar[str]
+    #: the exported README's note on the code ``trust_remote_code=True`` runs
+    export_code: ClassVar[str]
+    #: the example call (on ``pipe``) and extra ``pipeline(...)`` arguments of an export's load snippet
+    pipeline_example: ClassVar[str]
+    pipeline_arguments: ClassVar[str] = ""
+    #: how `finfed predict` asks this task's model (said when it is asked the wrong way)
+    predict_usage: ClassVar[str]
 
     def __init__(self, config: ExperimentConfig, labels: Sequence[str]) -> None:
         self.config = config
         self.labels = list(labels)
+
+    # ------------------------------------------------------------------ settings and data
+    @classmethod
+    def check_config(cls, config: ExperimentConfig) -> None:
+        """Refuse settings this task cannot run with (ConfigError); called wherever a task is looked up."""
+
+    @classmethod
+    def max_length_for(cls, config: ExperimentConfig) -> int:
+        """Tokens per example: configured, or the task's default."""
+        return config.data.max_length or cls.default_max_length
+
+    @property
+    def max_length(self) -> int:
+        return self.max_length_for(self.config)
+
+    # ------------------------------------------------------------------ export and prediction
+    def export_settings(self, max_length: int) -> dict[str, int] | None:
+        """Settings an exported model's pipeline needs beyond its weights (None: none)."""
+        return None
+
+    def ship_export_code(self, model: Any, settings: dict[str, int] | None, folder: Path) -> None:
+        """Put into ``folder`` (and name in ``model.config``) any code the export needs that the model's own
+        ``save_pretrained`` does not copy."""
+
+    def label_texts(self, model: nn.Module, tokenizer: Any, texts: Sequence[str]) -> list[dict]:
+        """Each text's label and class probabilities."""
+        raise ConfigError(f"a {self.name!r} model labels no texts; {self.predict_usage}")
+
+    def answer_question(self, model: nn.Module, tokenizer: Any, question: str, context: str, *,
+                        max_answer_tokens: int | None = None) -> Any:
+        """The answer span (text, score, character offsets) of ``question`` in ``context``; answers up to
+        ``max_answer_tokens`` long if given, else as long as the run's settings allow."""
+        raise ConfigError(f"a {self.name!r} model answers no questions; {self.predict_usage}")
 
     @abstractmethod
     def build_base_model(self) -> nn.Module:
@@ -79,11 +140,30 @@ _TASKS: dict[str, type[Task]] = {}
 def register_task(name: str, cls: type[Task]) -> None:
     if name in _TASKS and _TASKS[name] is not cls:
         raise ValueError(f"task {name!r} is already registered to {_TASKS[name].__name__}")
+    cls.name = name
     _TASKS[name] = cls
 
 
-def get_task(config: ExperimentConfig, labels: Sequence[str]) -> Task:
+def task_names() -> tuple[str, ...]:
+    return tuple(sorted(_TASKS))
+
+
+def task_class(config: ExperimentConfig) -> type[Task]:
+    """The class of ``config``'s task, after it has checked the settings (ConfigError if they do not suit it)."""
+    cls = task_named(config.task)
+    cls.check_config(config)
+    return cls
+
+
+def task_named(name: str) -> type[Task]:
+    """The task class registered as ``name`` (e.g. the ``task`` an export manifest records)."""
     try:
-        return _TASKS[config.task](config, labels)
+        return _TASKS[name]
     except KeyError:
-        raise ConfigError(f"`task` {config.task!r} is not registered; known: {sorted(_TASKS)}") from None
+        raise ConfigError(f"`task` {name!r} is not registered; known: {sorted(_TASKS)}") from None
+
+
+def get_task(config: ExperimentConfig, labels: Sequence[str], **options: Any) -> Task:
+    """The task of ``config`` for ``labels``; ``options``: the task's own constructor options (e.g. QA's
+    ``max_answer_tokens`` at prediction time)."""
+    return task_class(config)(config, labels, **options)

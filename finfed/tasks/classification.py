@@ -8,8 +8,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from finfed.data.loading import normalise_examples, read_table
+from finfed.data.partition import RecordFormat
+from finfed.data.synthetic_news import generate_news
 from finfed.models.backbone import load_encoder
-from finfed.models.classifier import HEAD_NAME, PooledClassifier
+from finfed.models.hf_pooled_classifier import HEAD_NAME, FinfedPooledClassifier
 from finfed.privacy.ledger import dataset_fingerprint
 from finfed.tasks.base import Task
 from finfed.tasks.classification_metrics import accuracy, macro_f1, majority_accuracy
@@ -25,10 +28,23 @@ def pad_batch(items: Sequence[dict], keys: Sequence[str], pad_id: int = 0) -> di
     return batch
 
 
+SENTENCES = RecordFormat(read_file=read_table, normalise=normalise_examples, generate=generate_news,
+                         synthetic_name="synthetic financial news", synthetic_size=3000, labelled=True)
+
+
 class ClassificationTask(Task):
     metric_names = ("accuracy", "macro_f1", "loss")
     head_name = HEAD_NAME
     baseline_description = "the majority class"
+    records = SENTENCES
+    default_max_length = 64
+    synthetic_description = "financial-news sentences"
+    synthetic_dataset = "synthetic"
+    pipeline_task = "text-classification"
+    export_code = "`hf_pooled_classifier.py` (the mean-pooling classifier architecture)"
+    pipeline_example = 'pipe("Cedar Foods raised its outlook for the full year.", truncation=True)'
+    pipeline_arguments = ", top_k=None"
+    predict_usage = "give it texts to label (no --question/--context)"
 
     def __init__(self, config, labels) -> None:
         super().__init__(config, labels)
@@ -39,10 +55,14 @@ class ClassificationTask(Task):
         encoder = load_encoder(settings.backbone)
         with torch.random.fork_rng():
             torch.manual_seed(self.config.lora.init_seed)  # same initial head everywhere
-            return PooledClassifier(encoder, len(self.labels), settings.pooling, settings.head_dropout)
+            return FinfedPooledClassifier.on_encoder(encoder, self.labels, settings.pooling, settings.head_dropout)
+
+    @staticmethod
+    def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
-        encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=self.config.max_length)
+        encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=self.max_length)
         index = {label: i for i, label in enumerate(self.labels)}
         return [{"input_ids": ids, "attention_mask": mask, "label": index[label]}
                 for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"])]
@@ -53,8 +73,7 @@ class ClassificationTask(Task):
         return batch
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return self.criterion(logits, batch["labels"])
+        return self.criterion(self.logits(model, batch), batch["labels"])
 
     @torch.no_grad()
     def probabilities(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
@@ -63,7 +82,7 @@ class ClassificationTask(Task):
         chunks = []
         for start in range(0, len(examples), size):
             batch = self.collate(examples[start:start + size])
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = self.logits(model, batch)
             chunks.append(torch.softmax(logits, dim=-1))
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.labels))
 
@@ -74,7 +93,7 @@ class ClassificationTask(Task):
         size = self.config.train.eval_batch_size
         for start in range(0, len(examples), size):
             batch = self.collate(list(examples[start:start + size]))
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            logits = self.logits(model, batch)
             losses += nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
         return losses
 
@@ -95,3 +114,12 @@ class ClassificationTask(Task):
         majority = max(set(y_true), key=y_true.count) if y_true else 0
         return {"accuracy": majority_accuracy(y_true),
                 "macro_f1": macro_f1(y_true, [majority] * len(y_true), len(self.labels))}
+
+    def label_texts(self, model: nn.Module, tokenizer: Any, texts: Sequence[str]) -> list[dict]:
+        frame = pd.DataFrame({"text": list(texts), "label": self.labels[0]})  # label unused for prediction
+        probs = self.probabilities(model, self.encode(frame, tokenizer))
+        results = []
+        for text, row in zip(texts, probs.tolist()):
+            best = max(range(len(row)), key=row.__getitem__)
+            results.append({"text": text, "label": self.labels[best], "probabilities": dict(zip(self.labels, row))})
+        return results

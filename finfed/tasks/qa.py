@@ -8,13 +8,21 @@ model. See :mod:`finfed.tasks.qa_windows` for windowing and the privacy unit.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
+from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
+from finfed.config import ExperimentConfig
+from finfed.data.partition import RecordFormat
+from finfed.data.qa_records import normalise_qa_records, read_qa_file
+from finfed.data.synthetic_filings import generate_filings_qa
+from finfed.errors import ConfigError
+from finfed.models import hf_qa_pipeline
 from finfed.models.backbone import load_qa_model
 from finfed.privacy.ledger import dataset_fingerprint
 from finfed.tasks.base import Task
@@ -26,11 +34,50 @@ from finfed.tasks.qa_windows import Window, record_windows, training_windows
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
+# Test splits and audit hold-backs take whole contexts: questions about a passage seen in training would
+# flatter the test score (SQuAD splits by article for the same reason).
+QA_RECORDS = RecordFormat(read_file=read_qa_file, normalise=normalise_qa_records, generate=generate_filings_qa,
+                          synthetic_name="synthetic financial filings QA", synthetic_size=600, labelled=False,
+                          group_column="context")
+
+PROTECTED_UNIT = (
+    "For question answering the protected unit is one record: a question, its context and its answer. "
+    "A context longer than one model window is cut into overlapping windows, but training uses exactly one "
+    "window per record (the first that holds the answer, chosen from that record alone), so a record joins "
+    "each DP-SGD step at most once and contributes at most one clipped gradient to it; records whose "
+    "answer fits no window are left out of training. Several questions about the same passage are "
+    "separate records: the passage itself is protected only as far as each of its records is.")
+
+
 class QuestionAnsweringTask(Task):
     metric_names = ("exact_match", "f1", "loss")
     head_name = "qa_outputs"
     needs_labels = False
     baseline_description = "the context's first words, as many as the median gold answer has"
+    records = QA_RECORDS
+    default_max_length = 192
+    synthetic_description = "financial passages and questions"
+    synthetic_dataset = "synthetic-qa"
+    protected_unit = PROTECTED_UNIT
+    pipeline_task = hf_qa_pipeline.PIPELINE_TASK
+    export_code = "`hf_qa_pipeline.py` (extractive QA pipeline: transformers 5 has none)"
+    pipeline_example = 'pipe(question="Who raised its outlook?", context="Cedar Foods raised its outlook.")'
+    predict_usage = "ask it with --question and --context"
+
+    def __init__(self, config: ExperimentConfig, labels: Sequence[str], *,
+                 max_answer_tokens: int | None = None) -> None:
+        """``max_answer_tokens``: the longest answer decoded, if not the run's `qa.max_answer_tokens`."""
+        super().__init__(config, labels)
+        self.max_answer_tokens = max_answer_tokens or config.qa.max_answer_tokens
+
+    @classmethod
+    def check_config(cls, config: ExperimentConfig) -> None:
+        if config.data.partitioner == "dirichlet":
+            raise ConfigError("`data.partitioner` 'dirichlet' splits by label, and `task` 'qa' has no labels; "
+                              "use 'iid' or 'column'")
+        if 0 < config.data.max_length <= config.qa.doc_stride + 16:
+            raise ConfigError(f"`qa.doc_stride` ({config.qa.doc_stride}) must be well below `data.max_length` "
+                              f"({config.data.max_length}) so that windows advance")
 
     def build_base_model(self) -> nn.Module:
         with torch.random.fork_rng():
@@ -39,7 +86,7 @@ class QuestionAnsweringTask(Task):
 
     # ------------------------------------------------------------------ encoding
     def windows(self, frame: pd.DataFrame, tokenizer: Any) -> list[Window]:
-        return record_windows(frame.reset_index(drop=True), tokenizer, max_length=self.config.max_length,
+        return record_windows(frame.reset_index(drop=True), tokenizer, max_length=self.max_length,
                               stride=self.config.qa.doc_stride)
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
@@ -48,7 +95,7 @@ class QuestionAnsweringTask(Task):
         chosen, unanswerable = training_windows(self.windows(frame, tokenizer))
         if unanswerable:
             print(f"[finfed] {len(unanswerable)} of {len(frame)} QA record(s) left out of training: no window of "
-                  f"{self.config.max_length} tokens holds the whole answer", flush=True)
+                  f"{self.max_length} tokens holds the whole answer", flush=True)
         return [{**{k: getattr(w, k) for k in TOKEN_KEYS}, "start": w.start, "end": w.end, "record": w.record,
                  "id": str(frame["id"].iloc[w.record])} for w in chosen]
 
@@ -110,7 +157,7 @@ class QuestionAnsweringTask(Task):
         by_record: dict[int, list[int]] = {}
         for index, item in enumerate(examples):
             by_record.setdefault(item["record"], []).append(index)
-        limit = self.config.qa.max_answer_tokens
+        limit = self.max_answer_tokens
         return [decode_answer(examples[idx[0]]["meta"]["context"], [examples[i]["window"] for i in idx],
                               [starts[i] for i in idx], [ends[i] for i in idx], limit)
                 for _, idx in sorted(by_record.items())]
@@ -148,3 +195,29 @@ class QuestionAnsweringTask(Task):
         answers = [json.dumps([list(t), [int(s) for s in starts]])
                    for t, starts in zip(frame["answer_texts"], frame["answer_starts"])]
         return dataset_fingerprint((frame["question"] + "\x1f" + frame["context"]).tolist(), answers)
+
+    # ------------------------------------------------------------------ export and prediction
+    def export_settings(self, max_length: int) -> dict[str, int]:
+        """The shipped pipeline's defaults: the windows and answer limit the model was trained and evaluated with."""
+        return {"max_seq_len": max_length, "doc_stride": self.config.qa.doc_stride,
+                "max_answer_len": self.config.qa.max_answer_tokens}
+
+    def ship_export_code(self, model: Any, settings: dict[str, int] | None, folder: Path) -> None:
+        """Name the shipped QA pipeline in the config and copy its one source file beside the weights."""
+        source = Path(hf_qa_pipeline.__file__)
+        model.config.custom_pipelines = {self.pipeline_task: {
+            "impl": f"{source.stem}.{hf_qa_pipeline.ExtractiveQAPipeline.__name__}",
+            "pt": ["AutoModelForQuestionAnswering"], "type": "text"}}
+        model.config.finfed_qa = dict(settings or {})
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, folder / source.name)
+
+    def answer_question(self, model: nn.Module, tokenizer: Any, question: str, context: str, *,
+                        max_answer_tokens: int | None = None) -> Answer:
+        decoder = self
+        if max_answer_tokens:  # a decoder of its own: this task's settings stay the run's
+            decoder = QuestionAnsweringTask(self.config, self.labels, max_answer_tokens=max_answer_tokens)
+        frame = pd.DataFrame([{"id": "question", "question": question, "context": context,
+                               "answer_texts": [context[:1]], "answer_starts": [0]}])  # gold unused
+        [answer] = decoder.answers(model, decoder.encode_for_evaluation(frame, tokenizer))
+        return answer
