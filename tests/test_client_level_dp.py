@@ -233,3 +233,21 @@ def test_a_report_of_a_run_from_the_old_weighted_mechanism_claims_no_client_leve
            "epsilon": 13.8, "guarantee": "client-level (epsilon, delta)-DP"}
     text = client_level_text(old)
     assert "does not hold" in text and "none is claimed" in text
+
+
+def test_a_resumed_run_continues_from_the_adaptive_clipping_norm_it_had_reached():
+    cfg = config(mode="adaptive", noise_multiplier=0.1, count_stddev=0.06, clipping_norm=0.5, target_quantile=0.5)
+    cfg = config_from_dict({**_values(cfg), "federation": {"num_sites": 4, "fraction_train": 1.0}})
+    grid = InProcessGrid(fake_site_app(updates_for(1, 1e-4)), cfg)
+    trained = PlainTraining(strategy_for(cfg, np.random.default_rng(5)), grid, SiteNames(), timeout=5.0)
+    trained.train(1, zeros(), {})
+    saved = trained.state()
+    assert saved == {"clipping_norm": trained.strategy.clipping_norm} and saved["clipping_norm"] < 0.5
+    resumed = PlainTraining(strategy_for(cfg), grid, SiteNames(), timeout=5.0)
+    resumed.restore(saved)
+    assert resumed.strategy.clipping_norm == saved["clipping_norm"]
+    # Plain FedAvg checkpoints nothing, whatever attributes a strategy happens to have.
+    plain = PlainTraining(SimpleNamespace(clipping_norm=1.0), grid, SiteNames(), timeout=5.0)
+    assert plain.state() == {}
+    plain.restore(saved)
+    assert plain.strategy.clipping_norm == 1.0
