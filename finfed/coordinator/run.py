@@ -42,8 +42,7 @@ from finfed.privacy.randomness import (
 from finfed.reporting.run_report import write_report
 from finfed.runs.model_store import save_model
 from finfed.runs.outputs import MODEL, RunOutputs
-from finfed.site.rounds import federation_labels
-from finfed.tasks import get_task
+from finfed.tasks import federation_labels, get_task
 
 
 class FederatedRun:

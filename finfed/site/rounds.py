@@ -18,7 +18,6 @@ from finfed import constants as keys
 from finfed.config import ExperimentConfig
 from finfed.data.partition import (
     SiteData,
-    load_federated_data,
     local_site,
     simulated_site,
 )
@@ -43,7 +42,7 @@ from finfed.privacy.randomness import warn_if_reproducible
 from finfed.runs.stop import stop_path
 from finfed.site.log import site_log
 from finfed.site.node_settings import site_folder  # noqa: F401  (re-exported: it lived here)
-from finfed.tasks import Task, get_task
+from finfed.tasks import Task, federation_labels, get_task
 from finfed.training.local import train_locally
 
 
@@ -79,17 +78,6 @@ class SiteUpdate:
     metrics: dict[str, float]
     accountant_state: dict[str, Any] | None
     plan: PrivacyPlan | None
-
-
-def federation_labels(config: ExperimentConfig) -> list[str]:
-    """The label list every participant uses: configured, or inferred from the simulated dataset."""
-    if config.task == "qa":
-        return []  # extractive QA points to spans: there is no label list
-    if config.data.labels:
-        return list(config.data.labels)
-    if config.data.source == "synthetic" or config.data.path:
-        return load_federated_data(config.data, config.federation.num_sites).labels
-    raise ConfigError("`data.labels` must list the labels when sites hold their own data")
 
 
 def site_policy(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> SitePolicy:

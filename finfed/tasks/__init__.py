@@ -4,11 +4,11 @@ The federation, privacy and run-directory machinery never branch on the task;
 they call the :class:`~finfed.tasks.base.Task` interface.
 """
 
-from finfed.tasks.base import Task, get_task, register_task
+from finfed.tasks.base import Task, federation_labels, get_task, register_task
 from finfed.tasks.classification import ClassificationTask
 from finfed.tasks.qa import QuestionAnsweringTask
 
 register_task("classification", ClassificationTask)
 register_task("qa", QuestionAnsweringTask)
 
-__all__ = ["ClassificationTask", "QuestionAnsweringTask", "Task", "get_task", "register_task"]
+__all__ = ["ClassificationTask", "QuestionAnsweringTask", "Task", "federation_labels", "get_task", "register_task"]

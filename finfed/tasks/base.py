@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from finfed.config import ExperimentConfig
+from finfed.data.partition import load_federated_data
 from finfed.errors import ConfigError
 from finfed.models.adapters import add_adapters
 
@@ -82,8 +83,23 @@ def register_task(name: str, cls: type[Task]) -> None:
     _TASKS[name] = cls
 
 
-def get_task(config: ExperimentConfig, labels: Sequence[str]) -> Task:
+def _task_class(name: str) -> type[Task]:
     try:
-        return _TASKS[config.task](config, labels)
+        return _TASKS[name]
     except KeyError:
-        raise ConfigError(f"`task` {config.task!r} is not registered; known: {sorted(_TASKS)}") from None
+        raise ConfigError(f"`task` {name!r} is not registered; known: {sorted(_TASKS)}") from None
+
+
+def get_task(config: ExperimentConfig, labels: Sequence[str]) -> Task:
+    return _task_class(config.task)(config, labels)
+
+
+def federation_labels(config: ExperimentConfig) -> list[str]:
+    """The label list every participant uses: configured, or inferred from the simulated dataset."""
+    if not _task_class(config.task).needs_labels:
+        return []  # e.g. extractive QA points to spans: there is no label list
+    if config.data.labels:
+        return list(config.data.labels)
+    if config.data.source == "synthetic" or config.data.path:
+        return load_federated_data(config.data, config.federation.num_sites).labels
+    raise ConfigError("`data.labels` must list the labels when sites hold their own data")
