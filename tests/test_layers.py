@@ -8,8 +8,9 @@ imports inside functions too.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from source_imports import absolute_imports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,20 +56,6 @@ def source_modules(root: Path) -> dict[Path, str]:
     return {path: name.removesuffix(".__init__") for path, name in modules.items()}
 
 
-def finfed_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every absolute import of a finfed module in the file."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        elif isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        else:
-            continue
-        found += [(node.lineno, name) for name in names if name.startswith("finfed.")]
-    return found
-
-
 def layer_violations(root: Path = ROOT) -> list[str]:
     problems = []
     for path, module in sorted(source_modules(root).items()):
@@ -77,7 +64,9 @@ def layer_violations(root: Path = ROOT) -> list[str]:
         if own is None:
             problems.append(f"{where}: module {module} is in no layer (add its package to LAYERS)")
             continue
-        for line, target in finfed_imports(path):
+        for line, target in absolute_imports(path):
+            if not target.startswith("finfed."):
+                continue
             theirs = layer_of(target)
             if theirs is None:
                 problems.append(f"{where}:{line}: imports {target}, which is in no layer")

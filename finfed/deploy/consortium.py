@@ -18,17 +18,13 @@ import ipaddress
 import os
 import re
 import shutil
+import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from finfed.deploy import pki
 from finfed.errors import ConfigError
 from finfed.runtime.local_engine import toml_value
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (tomli ships with Flower)
-    import tomli as tomllib
 
 CONSORTIUM_FILE = "consortium.toml"
 SITE_FILE = "site.toml"

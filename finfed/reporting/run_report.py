@@ -109,7 +109,8 @@ Trivial baseline ({baseline_description}): {", ".join(f"{k} {v:.4f}" for k, v in
 Guarantee: {privacy["guarantee"]}{" " + QA_UNIT if config.task == "qa" else ""}
 
 Each site's noise multiplier was calibrated once, before round 1, so that its target ε covers every
-round of the run; ε above is cumulative over all rounds, from the Opacus accountant's full history.{disclosed_text(privacy)}
+round of the run; ε above is cumulative over all rounds, from the Opacus accountant's full history.\
+{disclosed_text(privacy)}
 
 {audit_text(audit)}
 """
