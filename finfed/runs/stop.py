@@ -69,12 +69,6 @@ def clear_stop(run_dir: str | Path) -> None:
     stop_path(run_dir).unlink(missing_ok=True)
 
 
-def stop_check(run_dir: str | Path) -> Callable[[], bool]:
-    """A cheap check (one stat) for a training loop to call between steps."""
-    path = stop_path(run_dir)
-    return path.exists
-
-
 class SignalStop:
     """While a run is submitted: SIGINT/SIGTERM ask it to stop instead of killing finfed at once.
 
