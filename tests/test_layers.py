@@ -98,3 +98,13 @@ def test_the_check_catches_an_upward_and_a_sideways_import(tmp_path):
                                   "finfed.site"), problems
     assert problems[1].startswith("finfed/data/bad.py:1: finfed.data.bad (layer 3, finfed.data) imports "
                                   "finfed.site.rounds from the higher layer 8"), problems
+
+
+def test_simulations_holds_configs_only():
+    """The one-machine runner is library code (finfed.runtime); nothing imports a `simulations` module."""
+    extra = [p.name for p in (ROOT / "simulations").iterdir() if p.suffix not in {".yaml", ".md"}]
+    assert not extra, f"simulations/ should hold only YAML configs and its README, not {extra}"
+    importers = [f"{path.relative_to(ROOT)}:{line}" for folder in ("finfed", "server", "client", "tests", "benchmarks")
+                 for path in (ROOT / folder).rglob("*.py") for line, name in absolute_imports(path)
+                 if name.split(".")[0] == "simulations"]
+    assert not importers, f"imports of a `simulations` module: {importers}"
