@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from finfed.flower_app.client import app as client_app
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
@@ -34,6 +33,7 @@ from finfed.errors import (
     RunError,
     TrainingError,
 )
+from finfed.flower_app.client import app as client_app
 from finfed.privacy.disclosure import (
     EVALUATE_METRICS,
     TRAIN_METRICS,
