@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: lowest first; the lead keeps this list in step with PLAN.md / docs/design
 LAYERS: list[list[str]] = [
-    ["finfed.errors", "finfed.constants", "finfed.compat", "finfed.records", "finfed.wire"],
+    # single-module helpers (finfed.atomic, finfed.settings: the infra helper's, arriving at merge)
+    ["finfed.errors", "finfed.constants", "finfed.compat", "finfed.records", "finfed.wire", "finfed.atomic",
+     "finfed.settings"],
     ["finfed.config"],
     ["finfed.privacy"],
     ["finfed.data", "finfed.models"],
