@@ -62,6 +62,17 @@ def make_environment(home: Path, wheel: Path) -> Path:
     return python
 
 
+def installed_paths() -> list[str]:
+    """Every source and data file the wheel must carry, at its installed path (server/ -> finfed/flower_app/server/)."""
+    paths = []
+    for folder, installed in (("finfed", "finfed"), ("server", "finfed/flower_app/server"),
+                              ("client", "finfed/flower_app/client")):
+        paths += [f"{installed}/{path.relative_to(ROOT / folder).as_posix()}"
+                  for path in (ROOT / folder).rglob("*")
+                  if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"]
+    return paths
+
+
 def clean_env(bin_dir: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items()
            if key not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONSTARTUP"}}
@@ -74,9 +85,9 @@ def test_the_wheel_holds_finfed_and_its_flower_apps_only(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"finfed", wheel.name.split("-py3")[0] + ".dist-info"}, top_level  # no server/, tests/
-    for needed in ("finfed/flower_app/server/app.py", "finfed/flower_app/client/app.py",
-                   "finfed/cli/main.py", "finfed/runtime/flower_app.py"):
-        assert needed in names, f"{needed} missing from {wheel.name}"
+    missing = sorted(set(installed_paths()) - set(names))
+    assert not missing, (f"{wheel.name} lacks {missing}: list new packages in pyproject's [tool.setuptools] "
+                         "packages and data files in its package-data")
     entry_points = zipfile.ZipFile(wheel).read(wheel.name.split("-py3")[0] + ".dist-info/entry_points.txt")
     assert b"finfed = finfed.cli:main" in entry_points
 
