@@ -322,7 +322,7 @@ def check_secagg_workflow() -> None:
     for stage in ("setup_stage", "share_keys_stage"):
         require(callable(getattr(SecAggPlusWorkflow, stage, None)), "flwr", f"SecAggPlusWorkflow.{stage}", purpose)
     fields = {field.name for field in dataclasses.fields(WorkflowState)}
-    require(_SECAGG_STATE_FIELDS <= fields, "flwr", f"WorkflowState fields {sorted(_SECAGG_STATE_FIELDS - fields)}",
+    require(fields >= _SECAGG_STATE_FIELDS, "flwr", f"WorkflowState fields {sorted(_SECAGG_STATE_FIELDS - fields)}",
             purpose)
 
 

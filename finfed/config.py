@@ -17,6 +17,7 @@ from finfed.errors import ConfigError
 from finfed.settings import Problems, read_section
 from finfed.settings import setting as _opt
 
+
 @dataclass(frozen=True)
 class DataSettings:
     source: Literal["synthetic", "file", "hub"] = _opt(

@@ -34,7 +34,6 @@ ACCOUNTANT_STATE = "finfed-accountant"
 
 # node_config keys
 NODE_PARTITION_ID = "partition-id"
-NODE_NUM_PARTITIONS = "num-partitions"
 NODE_DATA_PATH = "data-path"
 NODE_LEDGER_PATH = "ledger-path"
 NODE_BUDGET_EPSILON = "budget-epsilon"

@@ -12,8 +12,6 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 from finfed.config import load_config
 from finfed.data.synthetic_news import generate_news
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def _write_tiny_bert(folder: Path) -> Path:
     words = set()
@@ -58,11 +56,3 @@ def tiny_simulate(tiny_backbone, tmp_path):
         settings = [*_tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides]
         return main(["simulate", *[arg for item in settings for arg in ("--set", item)]])
     return run
-
-
-@pytest.fixture
-def phrasebank_csv() -> Path:
-    path = SHARED_DATA / "financial_phrasebank" / "sentences_50agree.csv"
-    if not path.is_file():
-        pytest.skip(f"{path} is not available")
-    return path

@@ -23,7 +23,7 @@ from finfed.deploy.consortium import (
     init_consortium,
     site_template,
 )
-from finfed.deploy.launch import deploy_env, registered_nodes, write_flower_config
+from finfed.deploy.launch import registered_nodes, write_flower_config
 from finfed.runtime.local_engine import free_port
 from finfed.runtime.processes import stop_process_tree
 
@@ -161,6 +161,3 @@ def metrics(run_dir: Path) -> list[dict]:
 def audit_entries(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
-
-def flower_env(consortium: Consortium) -> dict[str, str]:
-    return deploy_env(consortium.flwr_home)

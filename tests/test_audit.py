@@ -3,12 +3,12 @@
 import json
 
 import pytest
-from finfed.flower_app.client import app as client_app
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 from inprocess_grid import InProcessGrid, serve
 
 from finfed.errors import PrivacyError
+from finfed.flower_app.client import app as client_app
 from finfed.models.adapters import trainable_state
 from finfed.runs.outputs import read_metrics
 from finfed.site.audit import audit_mod

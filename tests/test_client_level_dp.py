@@ -20,6 +20,7 @@ from finfed.coordinator.rounds import PlainTraining
 from finfed.coordinator.run import FederatedRun
 from finfed.coordinator.sampling import SiteNames, SiteSampler
 from finfed.errors import ConfigError, RunError
+from finfed.flower_app.server.app import RecordingFedAvg, with_client_dp
 from finfed.privacy.client_level import (
     ORDERS,
     ClientLevelMechanism,
@@ -28,7 +29,6 @@ from finfed.privacy.client_level import (
 )
 from finfed.records import from_array_record, to_array_record
 from finfed.reporting.privacy_report import client_level_text
-from server.app import RecordingFedAvg, with_client_dp
 
 SHAPES = {"lora.B": (64, 8), "head.weight": (3, 64)}
 SIZES = [10, 200, 3000, 40000]  # example counts per site: the largest is 4000x the smallest

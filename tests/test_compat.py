@@ -148,7 +148,7 @@ def test_flwr_ls_json_is_read_as_flower_writes_it():
     source = inspect.getsource(ls)
     assert '"status": row.status_text' in source and '"status-details": row.details' in source
     assert '"runs": runs_list' in source
-    assert compat.FLOWER_RUN_COMPLETED == f"{Status.FINISHED}:{SubStatus.COMPLETED}"
+    assert f"{Status.FINISHED}:{SubStatus.COMPLETED}" == compat.FLOWER_RUN_COMPLETED
     listing = '{"success": true, "runs": [{"run-id": "1", "status": "finished:failed", "status-details": "boom"}]}'
     assert compat.listed_run_status(listing) == ("finished:failed", "boom")
     assert compat.listed_run_status('{"success": true, "runs": []}') is None
@@ -223,7 +223,7 @@ def test_finfeds_spelled_out_legacy_and_secagg_names_are_flowers():
             disclosure.FITRES_PARAMETERS} == set(fitres.keys())
     assert {wire.RES_PARAMETERS, wire.RES_NUM_EXAMPLES, wire.RES_METRICS, wire.RES_STATUS} == set(fitres.keys())
     assert {wire.FIT_PARAMETERS, wire.FIT_CONFIG} == set(fitins_to_recorddict(FitIns(empty, {}), True).keys())
-    assert disclosure.SECAGG_RECORD == compat.secagg_names().record
+    assert compat.secagg_names().record == disclosure.SECAGG_RECORD
     assert set(disclosure.SECAGG_STAGE_KEYS) == {Stage.SETUP, Stage.SHARE_KEYS, Stage.COLLECT_MASKED_VECTORS,
                                                  Stage.UNMASK}
     flower_keys = {v for k, v in vars(Key).items() if k.isupper()}

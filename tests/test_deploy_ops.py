@@ -188,7 +188,8 @@ def test_registration_answers_and_recorded_node_ids_name_the_sites(consortium):
 # --------------------------------------------------------------------------- waiting for sites
 
 def test_the_wait_for_sites_names_who_is_missing_every_report_interval():
-    federation = FederationSettings(num_sites=3, min_sites=2, round_timeout=100.0, site_nodes="11:bank-a,12:bank-b,13:bank-c")
+    federation = FederationSettings(num_sites=3, min_sites=2, round_timeout=100.0,
+                                    site_nodes="11:bank-a,12:bank-b,13:bank-c")
     clock, lines = FakeClock(), []
     sampler = SiteSampler(federation, poll_s=1.0, report_s=30.0, clock=clock, sleep=clock.sleep, out=lines.append)
     assert sampler.online(FakeGrid([11, 12])) == [11, 12]  # after round_timeout: goes on with those that came

@@ -52,7 +52,8 @@ from finfed.runs.outputs import read_status
 
 pytestmark = pytest.mark.deployment
 
-SECURE_AGGREGATION = "secure_aggregation" in ExperimentConfig.__dataclass_fields__["federation"].default_factory().__dict__
+SECURE_AGGREGATION = ("secure_aggregation" in
+                      ExperimentConfig.__dataclass_fields__["federation"].default_factory().__dict__)
 RESUME = "resume_from" in ExperimentConfig.__dataclass_fields__
 
 

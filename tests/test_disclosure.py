@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 
 import pytest
-from finfed.flower_app.client import app as client_app
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
@@ -34,6 +33,7 @@ from finfed.errors import (
     RunError,
     TrainingError,
 )
+from finfed.flower_app.client import app as client_app
 from finfed.privacy.disclosure import (
     EVALUATE_METRICS,
     TRAIN_METRICS,
@@ -134,7 +134,7 @@ def test_the_coordinator_keeps_only_reasons_in_finfeds_form():
 
 def test_the_allow_list_rejects_an_unknown_metric_key_and_train_loss_without_opt_in():
     plain = reply_policy("train", None, share_train_loss=False)
-    metrics = {k: 1.0 for k in TRAIN_METRICS}
+    metrics = dict.fromkeys(TRAIN_METRICS, 1.0)
     assert disallowed_fields({keys.METRICS: metrics}, plain) == []
     assert disallowed_fields({keys.METRICS: {**metrics, f"eval-{CANARY}": 1.0}}, plain) == [f"metrics.eval-{CANARY}"]
     assert disallowed_fields({keys.METRICS: {keys.TRAIN_LOSS: 0.3}}, plain) == ["metrics.train-loss"]
@@ -142,7 +142,7 @@ def test_the_allow_list_rejects_an_unknown_metric_key_and_train_loss_without_opt
     assert disallowed_fields({"notes": {}}, plain) == ["notes"]
     assert disallowed_fields({keys.ARRAYS: {"lora_B": 0, "extra": 0}}, plain, ["lora_B"]) == ["arrays.extra"]
     evaluate = reply_policy("evaluate", None, True)
-    assert disallowed_fields({keys.METRICS: {k: 0.0 for k in EVALUATE_METRICS}}, evaluate) == []
+    assert disallowed_fields({keys.METRICS: dict.fromkeys(EVALUATE_METRICS, 0.0)}, evaluate) == []
     assert disallowed_fields({keys.METRICS: {keys.EPSILON: 1.0}}, evaluate) == ["metrics.epsilon"]
     collect = reply_policy("train", "collect_masked_vectors", False)
     assert disallowed_fields({"fitres.metrics": {keys.TRAIN_LOSS: 0.1}}, collect) == ["fitres.metrics.train-loss"]

@@ -1,11 +1,11 @@
 """A site that dies mid-run does not stop the run; every missing site is recorded per round."""
 
 import pytest
-from finfed.flower_app.client import app as client_app
 from inprocess_grid import NODE_BASE, InProcessGrid, message_round, serve
 
 from finfed.coordinator.sampling import SiteSampler
 from finfed.errors import RunError
+from finfed.flower_app.client import app as client_app
 from finfed.runs.outputs import read_metrics, read_status
 
 DEAD = NODE_BASE + 2  # site 2

@@ -1,9 +1,9 @@
 """The Flower app finfed submits: a manifest only, naming the installed ServerApp and ClientApp."""
 
 import io
+import tomllib
 import zipfile
 
-import tomllib
 from flwr.cli.build import build_fab_from_disk
 from flwr.supercore.object_ref import validate
 

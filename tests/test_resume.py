@@ -12,12 +12,12 @@ import time
 import numpy as np
 import psutil
 import pytest
-from finfed.flower_app.client import app as client_app
 from inprocess_grid import InProcessGrid, message_round, serve
 
 from finfed.cli.main import main
 from finfed.config import to_run_config
 from finfed.errors import RunError
+from finfed.flower_app.client import app as client_app
 from finfed.privacy.accounting import SiteAccountant
 from finfed.runs.checkpoint import (
     Checkpoint,

@@ -5,13 +5,13 @@ import json
 
 import numpy as np
 import pytest
-from finfed.flower_app.client import app as client_app
 from flwr.app import ArrayRecord
 from flwr.clientapp import ClientApp
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from inprocess_grid import InProcessGrid, message_round, serve
 
 from finfed.errors import ConfigError
+from finfed.flower_app.client import app as client_app
 from finfed.models.adapters import trainable_state
 from finfed.runs.checkpoint import read_checkpoint
 from finfed.runs.outputs import read_metrics, read_privacy, read_status

@@ -19,13 +19,13 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from finfed.flower_app.client import app as client_app
 from inprocess_grid import InProcessGrid, message_round, serve
 from torch import nn
 
 from finfed.cli.main import finish_run, main
 from finfed.config import load_config
 from finfed.errors import RunError, RunInterrupted
+from finfed.flower_app.client import app as client_app
 from finfed.inference.export import export_run
 from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant

@@ -42,8 +42,7 @@ from finfed.privacy.randomness import (
 from finfed.reporting.run_report import write_report
 from finfed.runs.model_store import save_model
 from finfed.runs.outputs import MODEL, RunOutputs
-from finfed.site.rounds import federation_labels
-from finfed.tasks import get_task
+from finfed.tasks import federation_labels, get_task
 
 
 class FederatedRun:
@@ -67,7 +66,6 @@ class FederatedRun:
         self.exhausted_round: int | None = None
         self.client_level_rounds: list[int] = []  # rounds whose client-level DP release was applied
         self.history: list[dict[str, Any]] = []
-        self.round_started = time.time()
 
     def _central_test(self):
         return load_federated_data(self.config.data, self.config.federation.num_sites, self.task.records).test
@@ -85,11 +83,6 @@ class FederatedRun:
         if self.config.privacy.enabled and self.config.privacy.reproducible:
             warn_if_reproducible(True, f"run {self.config.name}")
             print(f"[finfed] WARNING: {REPRODUCIBLE_LABEL}", flush=True)
-
-    @property
-    def sites_per_round(self) -> int:
-        federation = self.config.federation
-        return max(int(federation.num_sites * federation.fraction_train), federation.min_sites, 1)
 
     def client_level_summary(self) -> dict[str, Any] | None:
         """What the client-level guarantee covers, with every parameter its epsilon is computed from."""

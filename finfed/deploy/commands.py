@@ -67,10 +67,6 @@ def run_command(app: Path, run_config: Path) -> list[str]:
     return ["flwr", "run", str(app), CONNECTION, "--stream", "--run-config", str(run_config)]
 
 
-def status_command(run_id: str) -> list[str]:
-    return ["flwr", "ls", CONNECTION, "--run-id", run_id, "--format", "json"]
-
-
 def shell(command: list[str]) -> str:
     return shlex.join(command)
 

@@ -18,6 +18,7 @@ import ipaddress
 import os
 import re
 import shutil
+import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,11 +28,6 @@ from finfed.atomic import write_text_atomic
 from finfed.deploy import pki
 from finfed.errors import ConfigError
 from finfed.settings import Problems, read_section, setting
-
-try:  # Python 3.11+
-    import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 (tomli ships with Flower)
-    import tomli as tomllib
 
 CONSORTIUM_FILE = "consortium.toml"
 SITE_FILE = "site.toml"

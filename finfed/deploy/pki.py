@@ -36,7 +36,7 @@ class KeyPair:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -45,13 +45,14 @@ def guarantee_text(privacy: Mapping[str, Any], *, reproducible: bool = False,
     """
     if not privacy.get("dp_enabled"):
         return NO_DP
-    loss_sites = sorted(set(int(s) for s in train_loss_sites))
+    loss_sites = sorted({int(s) for s in train_loss_sites})
     losses = (f", and the training losses that site(s) {', '.join(map(str, loss_sites))} sent"
               if loss_sites else "")
     text = ("Record-level (ε, δ)-differential privacy, per site, for the records of that site's training split "
             f"only: each site's ε is computed by {_accounting(privacy.get('sites', {}))}, over all its DP-SGD "
             "steps on that data (across runs where it keeps a ledger). It bounds what the updates a site "
-            "sent, and everything computed from them (the global model included), reveal about whether any one of those records was used; a customer with many "
+            "sent, and everything computed from them (the global model included), reveal about whether any one of "
+            "those records was used; a customer with many "
             "records is protected only as far as each record is. Not covered, and seen by the coordinator: "
             "each site's record counts, the label set, which sites took part or refused a round, validation "
             "metrics (computed on validation records, which DP does not protect), error categories"

@@ -160,9 +160,6 @@ class PrivacyLedger:
             accountant.record(entry.noise_multiplier, entry.sample_rate, entry.steps)
         return accountant
 
-    def has_round(self, run_id: str, server_round: int, dataset: str) -> bool:
-        return any(e.run_id == run_id and e.round == server_round for e in self.rounds_for(dataset))
-
     def warn_if_changed(self, dataset: str, fingerprint: str) -> bool:
         """Log (site log only) that a dataset's content changed since its last round; it keeps composing."""
         rounds = self.rounds_for(dataset)

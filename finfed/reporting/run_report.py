@@ -103,7 +103,8 @@ Trivial baseline ({baseline_description}): {", ".join(f"{k} {v:.4f}" for k, v in
 Guarantee: {privacy["guarantee"]}{" " + task.protected_unit if task.protected_unit else ""}
 
 Each site's noise multiplier was calibrated once, before round 1, so that its target ε covers every
-round of the run; ε above is cumulative over all rounds, from the Opacus accountant's full history.{disclosed_text(privacy)}
+round of the run; ε above is cumulative over all rounds, from the Opacus accountant's full history.\
+{disclosed_text(privacy)}
 
 {audit_text(audit)}
 """

@@ -69,13 +69,6 @@ RUNNING, COMPLETE, INTERRUPTED, FAILED, BUDGET_EXHAUSTED = (
     "running", "complete", "interrupted", "failed", "budget-exhausted")
 
 
-def require_complete(run_dir: Path) -> None:
-    status = read_status(Path(run_dir))
-    if status.get("state") != "complete":
-        raise RunError(f"run directory {run_dir} is not a completed run (status: {status.get('state')}"
-                       f"{'; ' + status['error'] if status.get('error') else ''})")
-
-
 def require_finished(run_dir: Path) -> dict[str, Any]:
     """The status of a run that ended by itself (complete, or ended by the sites' budgets); others refused."""
     run_dir = Path(run_dir)

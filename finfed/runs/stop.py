@@ -71,12 +71,6 @@ def clear_stop(run_dir: str | Path) -> None:
     stop_path(run_dir).unlink(missing_ok=True)
 
 
-def stop_check(run_dir: str | Path) -> Callable[[], bool]:
-    """A cheap check (one stat) for a training loop to call between steps."""
-    path = stop_path(run_dir)
-    return path.exists
-
-
 @contextmanager
 def signals_handled(handler: Callable, signums: tuple[int, ...]) -> Iterator[None]:
     """The one way finfed installs signal handlers: ``handler`` for ``signums`` while inside, then the previous ones.

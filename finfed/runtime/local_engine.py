@@ -107,7 +107,7 @@ class LocalSuperLink:
                 return
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"SuperLink exited at start; see {self.home / 'superlink.log'}")
+                    raise RuntimeError(f"SuperLink exited at start; see {self.home / 'superlink.log'}") from None
                 time.sleep(0.2)
         raise RuntimeError(f"SuperLink did not answer on 127.0.0.1:{self.port} within {timeout:.0f}s")
 

@@ -6,8 +6,7 @@ from finfed.config import ExperimentConfig
 from finfed.data.partition import simulated_site
 from finfed.privacy.calibration import plan_privacy, steps_per_round
 from finfed.privacy.membership_audit import audit_holdout_fraction
-from finfed.site.rounds import federation_labels
-from finfed.tasks import task_class
+from finfed.tasks import federation_labels, task_class
 
 
 def check_simulation(config: ExperimentConfig) -> list[dict]:

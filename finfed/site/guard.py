@@ -68,7 +68,7 @@ def checked_reply(reply: Message, message: Message, stage: str | None, share_los
         return error_reply(message, f"{INTERNAL_ERROR}: an error outside finfed's handlers (details in the "
                                     "site's log)")
     policy = reply_policy(message.metadata.message_type, stage, share_loss)
-    content = {name: record for name, record in reply.content.items()}
+    content = dict(reply.content.items())
     extra = disallowed_fields(content, policy, tensor_names)
     if not extra:
         return reply

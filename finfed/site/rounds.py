@@ -18,7 +18,6 @@ from finfed import constants as keys
 from finfed.config import ExperimentConfig
 from finfed.data.partition import (
     SiteData,
-    load_federated_data,
     local_site,
     simulated_site,
 )
@@ -41,7 +40,7 @@ from finfed.privacy.site_budget import SiteBudget, SitePolicy
 from finfed.runs.stop import stop_path
 from finfed.site.log import site_log
 from finfed.site.node_settings import site_folder  # noqa: F401  (re-exported: it lived here)
-from finfed.tasks import Task, get_task, task_class
+from finfed.tasks import Task, federation_labels, get_task, task_class
 from finfed.training.local import train_locally
 
 
@@ -66,18 +65,6 @@ class SiteUpdate:
     metrics: dict[str, float]
     accountant_state: dict[str, Any] | None
     plan: PrivacyPlan | None
-
-
-def federation_labels(config: ExperimentConfig) -> list[str]:
-    """The label list every participant uses: configured, or inferred from the simulated dataset."""
-    task = task_class(config)
-    if not task.needs_labels:
-        return []  # e.g. extractive QA points to spans: there is no label list
-    if config.data.labels:
-        return list(config.data.labels)
-    if config.data.source == "synthetic" or config.data.path:
-        return load_federated_data(config.data, config.federation.num_sites, task.records).labels
-    raise ConfigError("`data.labels` must list the labels when sites hold their own data")
 
 
 def site_policy(config: ExperimentConfig, node_config: Mapping[str, Any], site_id: int) -> SitePolicy:

@@ -5,12 +5,13 @@ they call the :class:`~finfed.tasks.base.Task` interface.
 """
 
 from finfed.tasks.base import (
-           Task,
-           get_task,
-           register_task,
-           task_class,
-           task_named,
-           task_names,
+    Task,
+    federation_labels,
+    get_task,
+    register_task,
+    task_class,
+    task_named,
+    task_names,
 )
 from finfed.tasks.classification import ClassificationTask
 from finfed.tasks.qa import QuestionAnsweringTask
@@ -18,5 +19,5 @@ from finfed.tasks.qa import QuestionAnsweringTask
 register_task("classification", ClassificationTask)
 register_task("qa", QuestionAnsweringTask)
 
-__all__ = ["ClassificationTask", "QuestionAnsweringTask", "Task", "get_task", "register_task", "task_class",
-           "task_named", "task_names"]
+__all__ = ["ClassificationTask", "QuestionAnsweringTask", "Task", "federation_labels", "get_task", "register_task",
+           "task_class", "task_named", "task_names"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from finfed.config import ExperimentConfig
-from finfed.data.partition import RecordFormat
+from finfed.data.partition import RecordFormat, load_federated_data
 from finfed.errors import ConfigError
 from finfed.models.adapters import add_adapters
 
@@ -62,7 +62,7 @@ class Task(ABC):
 
     # ------------------------------------------------------------------ settings and data
     @classmethod
-    def check_config(cls, config: ExperimentConfig) -> None:
+    def check_config(cls, config: ExperimentConfig) -> None:  # noqa: B027 (a hook: a task may need no checks)
         """Refuse settings this task cannot run with (ConfigError); called wherever a task is looked up."""
 
     @classmethod
@@ -79,7 +79,7 @@ class Task(ABC):
         """Settings an exported model's pipeline needs beyond its weights (None: none)."""
         return None
 
-    def ship_export_code(self, model: Any, settings: dict[str, int] | None, folder: Path) -> None:
+    def ship_export_code(self, model: Any, settings: dict[str, int] | None, folder: Path) -> None:  # noqa: B027
         """Put into ``folder`` (and name in ``model.config``) any code the export needs that the model's own
         ``save_pretrained`` does not copy."""
 
@@ -167,3 +167,15 @@ def get_task(config: ExperimentConfig, labels: Sequence[str], **options: Any) ->
     """The task of ``config`` for ``labels``; ``options``: the task's own constructor options (e.g. QA's
     ``max_answer_tokens`` at prediction time)."""
     return task_class(config)(config, labels, **options)
+
+
+def federation_labels(config: ExperimentConfig) -> list[str]:
+    """The label list every participant uses: configured, or inferred from the simulated dataset."""
+    task = task_class(config)
+    if not task.needs_labels:
+        return []  # e.g. extractive QA points to spans: there is no label list
+    if config.data.labels:
+        return list(config.data.labels)
+    if config.data.source == "synthetic" or config.data.path:
+        return load_federated_data(config.data, config.federation.num_sites, task.records).labels
+    raise ConfigError("`data.labels` must list the labels when sites hold their own data")
