@@ -61,8 +61,8 @@ class Task(ABC):
         self.labels = list(labels)
 
     # ------------------------------------------------------------------ settings and data
-    @classmethod
-    def check_config(cls, config: ExperimentConfig) -> None:  # noqa: B027 (a hook: a task may need no checks)
+    @classmethod  # noqa: B027 (a hook with nothing to do by default: a task may need no checks)
+    def check_config(cls, config: ExperimentConfig) -> None:
         """Refuse settings this task cannot run with (ConfigError); called wherever a task is looked up."""
 
     @classmethod
