@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -175,3 +176,14 @@ def test_show_drops_a_record_below_the_level(capsys):
     with console_logging(logging.INFO):
         _show(line)
     assert capsys.readouterr().err == "[finfed] round 2\n"
+
+
+def test_libraries_warnings_are_shown_with_verbose_only():
+    from finfed.cli.console import console_logging
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with console_logging(logging.INFO):
+            warnings.warn("opacus says", UserWarning)
+        with console_logging(logging.DEBUG):
+            warnings.warn("torch says", UserWarning)
+    assert [str(w.message) for w in seen] == ["torch says"]

@@ -3,9 +3,9 @@
 Configured once per command (``finfed.cli.main.main``). Records of the ``finfed`` logger tree go to
 stderr as ``[finfed] message`` (``[finfed] WARNING: message`` from warnings up); Flower's output,
 relayed on the ``finfed.engine`` logger, is shown as Flower wrote it. Levels: ``--quiet`` warnings
-and errors; default progress too; ``--verbose`` debug lines, all of Flower's output, and
-transformers' own warnings (``finfed.models.backbone.quiet_transformers``). The processes the command
-starts run at its level (``FINFED_LOG_LEVEL``, read by ``finfed.runtime.app_log``).
+and errors; default progress too; ``--verbose`` debug lines, all of Flower's output, and libraries'
+warnings (Python's ``warnings`` in this process; transformers': ``models.backbone.quiet_transformers``).
+The processes the command starts run at its level (``FINFED_LOG_LEVEL``, read by ``finfed.runtime.app_log``).
 
 The command's results (tables, JSON, paths, ``--dry-run`` plans, the run's outcome) are printed to
 stdout by the command itself, at every level.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -61,7 +62,10 @@ def console_logging(level: int) -> Iterator[None]:
     logger.propagate = False  # not also through a root handler a library installed (opacus' basicConfig)
     os.environ[LOG_LEVEL_ENV] = logging.getLevelName(level)
     try:
-        yield
+        with warnings.catch_warnings():
+            if level > logging.DEBUG:
+                warnings.simplefilter("ignore")  # libraries' warnings (opacus', torch's): with --verbose only
+            yield
     finally:
         logger.handlers, logger.propagate = saved[0], saved[2]
         logger.setLevel(saved[1])  # through setLevel: it clears the loggers' cached levels
