@@ -24,6 +24,7 @@ from finfed.errors import RunInterrupted
 from finfed.privacy.client_level import ClientLevelMechanism, default_count_stddev
 from finfed.runs.checkpoint import resume_point
 from finfed.runs.stop import stop_requested
+from finfed.runtime.app_log import configure_app_logging
 
 app = ServerApp()
 
@@ -88,6 +89,7 @@ def build_coordinator(run: FederatedRun, grid: Grid, context: Context, site_name
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    configure_app_logging()  # progress reaches the `finfed` command as record lines (finfed/runtime/app_log.py)
     config = from_run_config(context.run_config)
     # A bad resume target is refused before anything is written into it.
     checkpoint = resume_point(config.resume_from, to_run_config(config)) if config.resume_from else None

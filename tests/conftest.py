@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -11,6 +12,17 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from finfed.config import load_config
 from finfed.data.synthetic_news import generate_news
+
+
+@pytest.fixture(autouse=True)
+def _finfed_logging_restored():
+    """The ServerApp configures the `finfed` logger for its process (finfed/runtime/app_log.py); a test that
+    runs it in-process must not hand that configuration to the next test (caplog would see no record)."""
+    logger = logging.getLogger("finfed")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers, logger.propagate = handlers, propagate
+    logger.setLevel(level)
 
 
 def _write_tiny_bert(folder: Path) -> Path:

@@ -195,9 +195,9 @@ def test_the_wait_for_sites_names_who_is_missing_every_report_interval():
     assert sampler.online(FakeGrid([11, 12])) == [11, 12]  # after round_timeout: goes on with those that came
     waiting = [line for line in lines if "waiting for sites" in line]
     assert len(waiting) == 4  # at 0, 30, 60 and 90 s
-    assert all(line.startswith("[finfed] waiting for sites: bank-c (not connected); 2 of 3 connected")
+    assert all(line.startswith("waiting for sites: bank-c (not connected); 2 of 3 connected")
                for line in waiting)
-    assert lines[-1].startswith("[finfed] going on without bank-c (not connected)")
+    assert lines[-1].startswith("going on without bank-c (not connected)")
 
 
 def test_the_wait_is_silent_when_every_site_is_there_and_counts_sites_it_cannot_name():
@@ -210,7 +210,7 @@ def test_the_wait_is_silent_when_every_site_is_there_and_counts_sites_it_cannot_
                           sleep=clock.sleep, out=lines.append)
     with pytest.raises(RunError, match="only 1 of 2 sites online"):
         sampler.online(FakeGrid([1]))
-    assert lines[0].startswith("[finfed] waiting for sites: 1 site(s) not connected; 1 of 2 connected")
+    assert lines[0].startswith("waiting for sites: 1 site(s) not connected; 1 of 2 connected")
 
 
 def test_malformed_site_nodes_are_refused():

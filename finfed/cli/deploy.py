@@ -6,10 +6,13 @@ Each step runs Flower's own tools; ``--dry-run`` prints them instead.
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import shutil
 import time
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def add_deploy_parser(commands) -> None:
@@ -58,7 +61,6 @@ def add_deploy_parser(commands) -> None:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--resume", action="store_true", help="continue an interrupted run (same --config and "
                      "--set) from its last completed round, e.g. after the coordinator restarted")
-    run.add_argument("--verbose", action="store_true", help="show Flower's full log")
     run.add_argument("--dry-run", action="store_true", help="check the config, print the Flower command")
 
 
@@ -186,12 +188,12 @@ def _run(args: argparse.Namespace) -> int:
     if not args.resume:  # a resumed run continues in its own directory
         prepare_run_dir(run_dir, overwrite=args.overwrite)
     started = time.time()
-    print(f"[finfed] run {config.name} on {consortium.address}: {config.federation.num_sites} site(s), "
-          f"{config.federation.rounds} round(s); results in {run_dir}")
+    logger.info(f"run {config.name} on {consortium.address}: {config.federation.num_sites} site(s), "
+                f"{config.federation.rounds} round(s); results in {run_dir}")
     # SIGINT/SIGTERM: RUN/.stop on this (the coordinator's) disk; its ServerApp stops after the round in
     # progress (deployed sites cannot see the file: each finishes the round it is training).
     try:
-        result = submit_stoppable(run_dir, lambda: start_run(consortium, config, on_line=_show(args.verbose)))
+        result = submit_stoppable(run_dir, lambda: start_run(consortium, config, on_line=_show))
     except (RuntimeError, OSError) as exc:
         log = run_dir / "flower.log"
         if log.is_file() and log_shows_started_run(log.read_text(encoding="utf-8", errors="replace")):

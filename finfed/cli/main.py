@@ -4,21 +4,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 import time
 from pathlib import Path
 
+from finfed.cli.console import console_level, console_logging
 from finfed.cli.deploy import add_deploy_parser, deploy
 from finfed.errors import FinfedError
 from finfed.runs.stop import sigterm_interrupts
+from finfed.runtime.app_log import ENGINE, parse_app_record
 
 ACTOR_PREFIX = re.compile(r"^\S*\(ClientAppActor pid=\d+\)\S*\s*")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+logger = logging.getLogger(__name__)
+engine = logging.getLogger(ENGINE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command and subcommand takes the console options: before the subcommand or after it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)  # subparsers are made of this class too (argparse's parser_class)
+        console = self.add_mutually_exclusive_group()
+        console.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                             help="show only warnings and errors (and the result)")
+        console.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show debug lines and Flower's, Ray's and transformers' full output")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="finfed", description=__doc__)
+    parser = _Parser(prog="finfed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     simulate = commands.add_parser("simulate", help="run a federation on this machine (Flower simulation)")
@@ -26,7 +43,6 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                           help="override a setting, e.g. --set privacy.target_epsilon=3 (repeatable)")
     simulate.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    simulate.add_argument("--verbose", action="store_true", help="show Flower's full log")
     simulate.add_argument("--resume", type=Path, metavar="RUN_DIR",
                           help="continue a stopped run from its last completed round, with its saved settings")
 
@@ -64,12 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show(verbose: bool):
-    def show(line: str) -> None:
-        clean = ACTOR_PREFIX.sub("", ANSI.sub("", line))
-        if verbose or "[finfed]" in clean or "ERROR" in clean or "Exception" in clean:
-            print(clean, flush=True)
-    return show
+def _show(line: str) -> None:
+    """One line of `flwr run --stream`: a ServerApp's record becomes this command's own (shown at its
+    level); any other line is Flower's, relayed as it is: an error shown, the rest with --verbose."""
+    record = parse_app_record(line)
+    if record is not None:
+        if logging.getLogger(record.name).isEnabledFor(record.levelno):
+            logging.getLogger(record.name).handle(record)
+        return
+    clean = ACTOR_PREFIX.sub("", ANSI.sub("", line))
+    engine.log(logging.ERROR if "ERROR" in clean or "Exception" in clean else logging.DEBUG, "%s", clean)
 
 
 def simulate(args: argparse.Namespace) -> int:
@@ -91,16 +111,16 @@ def simulate(args: argparse.Namespace) -> int:
         config = simulation_config(with_absolute_paths(load_config(args.config, args.overrides)))
     run_dir = config.resolved_run_dir
     for site in check_simulation(config):
-        print(f"[finfed] site {site['site']}: {site['train']} training / {site['validation']} validation "
-              f"examples{_held_back(site)}, {site['steps_per_round']} steps per round"
-              + (f", noise multiplier {site['noise_multiplier']:.3f}" if "noise_multiplier" in site else ""))
+        logger.info(f"site {site['site']}: {site['train']} training / {site['validation']} validation "
+                    f"examples{_held_back(site)}, {site['steps_per_round']} steps per round"
+                    + (f", noise multiplier {site['noise_multiplier']:.3f}" if "noise_multiplier" in site else ""))
     if not args.resume:
         prepare_run_dir(run_dir, overwrite=args.overwrite)
     run_config = to_run_config(config)
     started = time.time()
     result = submit_stoppable(run_dir, lambda: run_simulation(
         run_config, num_sites=config.federation.num_sites, cpus_per_site=config.simulation.cpus_per_site,
-        log_path=run_dir / "flower.log", on_line=_show(args.verbose), append_log=bool(args.resume)))
+        log_path=run_dir / "flower.log", on_line=_show, append_log=bool(args.resume)))
     return finish_run(run_dir, result, started)
 
 
@@ -249,7 +269,16 @@ def _held_back(site: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    quiet, verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    if quiet and verbose:
+        parser.error("--quiet and --verbose: choose one")
+    with console_logging(console_level(quiet, verbose)):
+        return _command(args)
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         # SIGTERM is Ctrl-C: the processes finfed started are stopped before it exits.
         with sigterm_interrupts():

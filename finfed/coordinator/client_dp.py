@@ -65,7 +65,7 @@ class ClientLevelDP(Strategy):
         _refuse_duplicate_sites(server_round, usable)
         updates = [from_array_record(m.content[keys.ARRAYS]) for m in usable]
         released = self.mechanism.release(self.current, updates)
-        log.info("round %d: client-level DP release from %d site update(s), noise std %.3g per coordinate",
+        log.debug("round %d: client-level DP release from %d site update(s), noise std %.3g per coordinate",
                  server_round, len(updates), self.mechanism.update_noise_std)
         return to_array_record(released), MetricRecord({"client-dp-clipping-norm": self.mechanism.clipping_norm})
 
@@ -77,7 +77,7 @@ class ClientLevelDP(Strategy):
         return self.asker.aggregate_evaluate(server_round, replies)
 
     def summary(self) -> None:
-        log.info("client-level DP: sigma %g, clipping norm %g, sample rate %g, denominator %g",
+        log.debug("client-level DP: sigma %g, clipping norm %g, sample rate %g, denominator %g",
                  self.mechanism.noise_multiplier, self.mechanism.clipping_norm, self.sample_rate,
                  self.mechanism.expected_sites)
 

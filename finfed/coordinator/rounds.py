@@ -14,6 +14,7 @@ whose sites have all refused for budget reasons ends after that round: no later 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -30,6 +31,8 @@ from finfed.privacy.disclosure import shown_reason
 from finfed.records import from_array_record, to_array_record
 from finfed.runs.checkpoint import Checkpoint, write_checkpoint
 from finfed.runs.stop import stop_requested
+
+logger = logging.getLogger(__name__)
 
 Arrays = dict[str, np.ndarray]
 
@@ -149,7 +152,7 @@ class Coordinator:
 
     def check_stop(self, when: str) -> None:
         if self.stop_requested():
-            print(f"[finfed] stop requested: no new round ({when})", flush=True)
+            logger.info("stop requested: no new round (%s)", when)
             raise RunInterrupted(f"the run was asked to stop {when}")
 
     def stop_requested(self) -> bool:

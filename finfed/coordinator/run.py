@@ -6,6 +6,7 @@ centrally, keeps per-site records, and writes the run directory.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping
 
@@ -35,7 +36,6 @@ from finfed.privacy.membership_audit import (
     loss_threshold_auc,
 )
 from finfed.privacy.randomness import (
-    REPRODUCIBLE_LABEL,
     randomness_record,
     warn_if_reproducible,
 )
@@ -43,6 +43,8 @@ from finfed.reporting.run_report import write_report
 from finfed.runs.model_store import save_model
 from finfed.runs.outputs import MODEL, RunOutputs
 from finfed.tasks import federation_labels, get_task
+
+logger = logging.getLogger(__name__)
 
 
 class FederatedRun:
@@ -77,12 +79,11 @@ class FederatedRun:
     def start(self) -> None:
         self.outputs.start()
         trainable, total = count_parameters(self.model)
-        print(f"[finfed] run {self.config.name}: {self.config.federation.num_sites} sites, "
-              f"{self.config.federation.rounds} rounds, {trainable:,} of {total:,} parameters trained "
-              f"({self.config.lora.method}), DP {'on' if self.config.privacy.enabled else 'off'}", flush=True)
+        logger.info(f"run {self.config.name}: {self.config.federation.num_sites} sites, "
+                    f"{self.config.federation.rounds} rounds, {trainable:,} of {total:,} parameters trained "
+                    f"({self.config.lora.method}), DP {'on' if self.config.privacy.enabled else 'off'}")
         if self.config.privacy.enabled and self.config.privacy.reproducible:
-            warn_if_reproducible(True, f"run {self.config.name}")
-            print(f"[finfed] WARNING: {REPRODUCIBLE_LABEL}", flush=True)
+            warn_if_reproducible(True, f"run {self.config.name}")  # a warning on the console, once
 
     def client_level_summary(self) -> dict[str, Any] | None:
         """What the client-level guarantee covers, with every parameter its epsilon is computed from."""
@@ -136,12 +137,12 @@ class FederatedRun:
         self.site_train[server_round] = [dict(m) for m in metrics]
         if errors or offline:
             self.failures[server_round] = [*errors, *offline]
-            print(f"[finfed] round {server_round}: {len(errors) + len(offline)} site(s) sent no update: "
-                  f"{'; '.join(self.failures[server_round])}", flush=True)
+            logger.info(f"round {server_round}: {len(errors) + len(offline)} site(s) sent no update: "
+                        f"{'; '.join(self.failures[server_round])}")
         if refusals:
             self.refusals[server_round] = sorted(int(r[keys.SITE_ID]) for r in refusals)
-            print(f"[finfed] round {server_round}: site(s) {self.refusals[server_round]} refused to train "
-                  "(privacy budget reached)", flush=True)
+            logger.info(f"round {server_round}: site(s) {self.refusals[server_round]} refused to train "
+                        "(privacy budget reached)")
         if refusals and not metrics and not errors and self._every_site_refused():
             self.exhausted, self.exhausted_round = True, server_round  # the run ends cleanly
             return
@@ -171,8 +172,8 @@ class FederatedRun:
         self.history.append(record)
         self.outputs.append_round(record)
         self.outputs.write_privacy(self.privacy_summary())
-        print(f"[finfed] round {server_round}: " +
-              ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + self._epsilon_note(record), flush=True)
+        logger.info(f"round {server_round}: " +
+                    ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + self._epsilon_note(record))
         return metrics
 
     def _round_sites(self, server_round: int) -> list[dict[str, Any]]:
@@ -255,8 +256,8 @@ class FederatedRun:
                    "baseline_description": self.task.baseline_description}
         if self.exhausted and not trained:
             self.outputs.set_status("budget-exhausted", **outcome)
-            print(f"[finfed] run ended without training: every site refused round {self.exhausted_round} "
-                  "(privacy budget reached); no model saved", flush=True)
+            logger.info(f"run ended without training: every site refused round {self.exhausted_round} "
+                        "(privacy budget reached); no model saved")
             return
         load_trainable_state(self.model, arrays)
         save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
@@ -265,7 +266,7 @@ class FederatedRun:
                      self.task.baseline_description)
         state = "budget-exhausted" if self.exhausted else "complete"
         self.outputs.set_status(state, membership_audit=audit, **outcome)
-        print(f"[finfed] run {state}: {self.outputs.run_dir}", flush=True)
+        logger.info(f"run {state}: {self.outputs.run_dir}")
 
     def interrupt(self, last_completed_round: int) -> None:
         """Stopped on request or by a signal; a resumed run continues after ``last_completed_round``."""
@@ -273,8 +274,7 @@ class FederatedRun:
                                 last_completed_round=last_completed_round,
                                 site_failures={str(r): f for r, f in sorted(self.failures.items())},
                                 resumed_from_rounds=self.resumed_from)
-        print(f"[finfed] run interrupted after round {last_completed_round} of {self.config.federation.rounds}",
-              flush=True)
+        logger.info(f"run interrupted after round {last_completed_round} of {self.config.federation.rounds}")
 
     def membership_audit(self) -> dict[str, Any] | None:
         """Simulation only: the coordinator can see the audited site's records because all are on this machine.
@@ -294,8 +294,8 @@ class FederatedRun:
         non_members = self.task.encode(site.audit_holdout, tokenizer)
         result = loss_threshold_auc(self.task, self.model, members, non_members, seed=config.seed)
         ceiling = ceiling_for(self.privacy_summary()["sites"].get(str(site_id)) if config.privacy.enabled else None)
-        print(f"[finfed] membership audit (site {site_id}): loss-threshold attack AUC {result['auc']:.3f}"
-              + (f", DP ceiling {ceiling['auc']:.4f}" if ceiling else ""), flush=True)
+        logger.info(f"membership audit (site {site_id}): loss-threshold attack AUC {result['auc']:.3f}"
+                    + (f", DP ceiling {ceiling['auc']:.4f}" if ceiling else ""))
         return {"site": site_id, **result, "ceiling": ceiling,
                 "non_member_source": (f"records of site {site_id}'s own data that it held back and never "
                                       f"trained on (`privacy.audit_holdout_fraction` {fraction:g})")}
@@ -324,8 +324,8 @@ class FederatedRun:
         self.resumed_from = [*snapshot["resumed_from"], from_round]
         self.outputs.resume(self.history, float(snapshot["started"]), from_round)
         self.outputs.write_privacy(self.privacy_summary())
-        print(f"[finfed] run {self.config.name}: resuming after round {from_round} of "
-              f"{self.config.federation.rounds}", flush=True)
+        logger.info(f"run {self.config.name}: resuming after round {from_round} of "
+                    f"{self.config.federation.rounds}")
 
     def fail(self, error: BaseException) -> None:
         self.outputs.set_status("failed", error=f"{type(error).__name__}: {error}")

@@ -14,6 +14,7 @@ when the coordinator knows their node ids (``federation.site_nodes``, set by
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from finfed.config import FederationSettings
 from finfed.errors import ConfigError, RunError
 
 REPORT_S = 30.0  # seconds between "waiting for sites" lines
+logger = logging.getLogger(__name__)
 
 
 def parse_site_nodes(value: str) -> dict[int, str]:
@@ -96,7 +98,7 @@ class SiteSampler:
                 next_report = self.clock() + self.report_s
             if self.clock() >= deadline:
                 if settle and len(nodes) >= self.needed:
-                    self.out(f"[finfed] going on without {self.missing(nodes) or 'the missing sites'}: "
+                    self.out(f"going on without {self.missing(nodes) or 'the missing sites'}: "
                              f"{len(nodes)} of {self.federation.num_sites} sites connected")
                     return nodes  # some sites never came: go on with those that did
                 raise RunError(f"only {len(nodes)} of {self.federation.num_sites} sites online after waiting "
@@ -112,12 +114,12 @@ class SiteSampler:
 
     def waiting_line(self, online: list[int], wanted: int, left: float) -> str:
         missing = self.missing(online) or f"{max(self.federation.num_sites - len(online), 0)} site(s) not connected"
-        return (f"[finfed] waiting for sites: {missing}; {len(online)} of {self.federation.num_sites} connected, "
+        return (f"waiting for sites: {missing}; {len(online)} of {self.federation.num_sites} connected, "
                 f"{wanted} needed; giving up in {max(left, 0):.0f}s (`federation.round_timeout`)")
 
 
 def _progress(line: str) -> None:
-    print(line, flush=True)
+    logger.info("%s", line)
 
 
 class SiteNames:

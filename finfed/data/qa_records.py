@@ -17,6 +17,7 @@ import pandas as pd
 from finfed.config import DataSettings
 from finfed.data.loading import decode_utf8, read_table
 from finfed.errors import DataError
+from finfed.privacy.disclosure import SITE_ONLY
 
 logger = logging.getLogger(__name__)
 
@@ -150,11 +151,11 @@ def _apply_bad_answer_policy(rows: list[dict], bad: list[str], bad_rows: list[in
                         public_reason=f"{len(bad)} QA record(s) whose answer is not at its offset "
                                       f"(first: row {bad_rows[0]})")
     if bad:
-        # Counts and rows only on the console: in simulation a site's output reaches the coordinator's log.
-        print(f"[finfed] dropped {len(bad)} QA record(s) whose answer is not at its offset (first: row "
-              f"{bad_rows[0]})", flush=True)
+        # Counts and rows only off the site: in simulation the coordinator reads the same file.
+        logger.info(f"dropped {len(bad)} QA record(s) whose answer is not at its offset (first: row "
+                    f"{bad_rows[0]})")
         logger.info("%s: dropped %d record(s) whose answer is not at its offset:\n  %s", source, len(bad),
-                    "\n  ".join(bad))
+                    "\n  ".join(bad), extra=SITE_ONLY)
     if not rows:
         raise DataError(f"{source}: no usable QA records", public_reason="no usable QA records")
     frame = pd.DataFrame(rows)

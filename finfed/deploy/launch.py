@@ -12,6 +12,7 @@ route and one TLS handshake); every process it starts is stopped with it.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -54,6 +55,7 @@ from finfed.deploy.site_config import SiteConfig
 from finfed.errors import ConfigError, RunError
 from finfed.runs.checkpoint import resume_point
 from finfed.runs.stop import sigterm_interrupts
+from finfed.runtime.app_log import ENGINE
 from finfed.runtime.flower_app import write_app
 from finfed.runtime.local_engine import (
     FlowerRunResult,
@@ -69,6 +71,8 @@ Printer = Callable[[str], None]
 # What finfed's Flower processes create (SuperLink database and log, run outputs, a site's ledger and log)
 # is for their owner only.
 PRIVATE_UMASK = 0o077
+logger = logging.getLogger(__name__)
+flower_output = logging.getLogger(ENGINE)
 
 
 def _executable(command: list[str]) -> list[str]:
@@ -190,7 +194,7 @@ def require_coordinator(consortium: Consortium) -> None:
                        f"`finfed deploy coordinator {consortium.folder}` and try again (nothing was written)")
 
 
-def register_sites(consortium: Consortium, env: Mapping[str, str], out: Printer = print) -> dict[str, str]:
+def register_sites(consortium: Consortium, env: Mapping[str, str], out: Printer = logger.info) -> dict[str, str]:
     """Register every site's public key (again after a restart: an already known key is fine)."""
     outcome = {}
     for site in consortium.sites:
@@ -208,11 +212,11 @@ def register_sites(consortium: Consortium, env: Mapping[str, str], out: Printer 
         else:
             raise RunError(f"registering site {site.name} ({consortium.public_key(site.name)}) failed:\n"
                            f"$ {commands.shell(command)}\n{text.strip()}")
-        out(f"[finfed] site {site.name} (id {site.site_id}): {outcome[site.name]}")
+        out(f"site {site.name} (id {site.site_id}): {outcome[site.name]}")
     return outcome
 
 
-def serve_coordinator(consortium: Consortium, out: Printer = print) -> int:
+def serve_coordinator(consortium: Consortium, out: Printer = logger.info) -> int:
     """`finfed deploy coordinator`: run the SuperLink until stopped, sites registered."""
     env = write_flower_config(consortium)
     process = start_superlink(consortium, env)
@@ -223,7 +227,7 @@ def serve_coordinator(consortium: Consortium, out: Printer = print) -> int:
     except BaseException:
         stop_process_tree(process)
         raise
-    out(f"[finfed] coordinator ready on {consortium.address} (TLS, SuperNode authentication; "
+    out(f"coordinator ready on {consortium.address} (TLS, SuperNode authentication; "
         f"log {consortium.log_file}). Sites start with `finfed deploy site`; runs with `finfed deploy run`.")
     code = _supervise(process, process.wait)
     if code > 0 and code != 130:  # not stopped by a signal, as asked: say why
@@ -291,14 +295,14 @@ def site_diagnosis(site: SiteConfig, lines: list[str]) -> str:
     return ""
 
 
-def serve_site(site: SiteConfig, *, max_retries: int | None = None, out: Printer = print) -> int:
+def serve_site(site: SiteConfig, *, max_retries: int | None = None, out: Printer = logger.info) -> int:
     """`finfed deploy site`: run the SuperNode until stopped; a refusal is explained, not just logged."""
     check_runtime_port(site)
     if not check_coordinator_tls(site):
-        out(f"[finfed] coordinator {site.superlink} not reachable yet; the SuperNode keeps trying")
+        out(f"coordinator {site.superlink} not reachable yet; the SuperNode keeps trying")
     env = deploy_env(site.flwr_home)
     command = commands.supernode_command(site, max_retries)
-    out(f"[finfed] site {site.name} (id {site.site_id}) joining {site.superlink}; log {site.log_file}")
+    out(f"site {site.name} (id {site.site_id}) joining {site.superlink}; log {site.log_file}")
     # Its own session: Flower's SuperExec outlives a SuperNode that exits at start, and is
     # stopped with the SuperNode's process group.
     process = subprocess.Popen(_executable(command), env=env, cwd=str(site.folder), stdout=subprocess.PIPE,
@@ -311,7 +315,7 @@ def serve_site(site: SiteConfig, *, max_retries: int | None = None, out: Printer
             for line in process.stdout:
                 log.write(line)
                 log.flush()
-                out(line.rstrip("\n"))
+                flower_output.info("%s", line.rstrip("\n"))  # the SuperNode's own output
                 tail[:] = [*tail[-40:], line]
 
     reader = threading.Thread(target=relay, daemon=True)

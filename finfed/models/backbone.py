@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -60,6 +61,8 @@ def quiet_transformers() -> None:
     """Keep hub chatter and progress bars out of sites' logs."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if logging.getLogger("finfed").isEnabledFor(logging.DEBUG):
+        return  # `finfed --verbose`: their warnings are shown too (never in a site: it logs at INFO)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

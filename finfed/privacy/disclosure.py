@@ -14,10 +14,15 @@ the coordinator (``server/rounds.py``) and the tests:
    the run's label list (row 17)``) or a generic text for their kind; any other exception only its
    type name, never its message, which may hold a label, a text, an answer or a file path. The
    full message and traceback stay in the site's own log.
+3. **Log records.** One that quotes a site's data (a record, an answer, a file's contents) is logged
+   with ``extra=SITE_ONLY``: the site's own log keeps it (``finfed/site/log_mod.py``); the ``finfed``
+   command's console and the ServerApp's output drop it (``off_site``), so in a simulation, where
+   the coordinator reads the sites' files too, it is not shown there either.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -173,3 +178,13 @@ def shown_reason(code: int, reason: str) -> str:
     if _CATEGORY_PREFIX.match(reason) or int(code) in _INFRASTRUCTURE_CODES:
         return reason[:MAX_REASON]
     return "reason withheld (not in finfed's record-free form)"
+
+
+# ---------------------------------------------------------------------------- log records
+
+SITE_ONLY = {"site_only": True}  # ``logger.info(..., extra=SITE_ONLY)``: for the site's own log only
+
+
+def off_site(record: logging.LogRecord) -> bool:
+    """A logging filter for every handler off the site: drops the records marked ``SITE_ONLY``."""
+    return not getattr(record, "site_only", False)

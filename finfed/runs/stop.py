@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,8 +130,7 @@ class SignalStop:
             _interrupt(signum, frame)  # a second signal, or the watcher's deadline: stop everything now
         name = signal.Signals(signum).name
         self.requested_at = request_stop(self.run_dir, name)
-        print(f"finfed: {name}: stopping the run (no new round; simulated sites stop between steps)...",
-              file=sys.stderr, flush=True)
+        log.warning(f"{name}: stopping the run (no new round; simulated sites stop between steps)...")
         threading.Thread(target=self._watch, name="finfed-stop-watch", daemon=True).start()
 
     def _watch(self) -> None:

@@ -113,6 +113,6 @@ def clean_stale_engine_homes(root: Path | None = None) -> list[Path]:
             logger.warning("left %s: processes of its run could not be stopped", home)
             continue
         shutil.rmtree(home, ignore_errors=True)
-        logger.info("removed %s, left by a run whose process is gone", home)
+        logger.debug("removed %s, left by a run whose process is gone", home)
         removed.append(home)
     return removed

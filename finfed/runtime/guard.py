@@ -12,6 +12,7 @@ Run as ``python -m finfed.runtime.guard HOME``; HOME's ``owner.json`` names the 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -55,7 +56,7 @@ def watch(home: Path, poll: float = POLL_S) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m finfed.runtime.guard HOME", file=sys.stderr)
+        logging.getLogger(__name__).error("usage: python -m finfed.runtime.guard HOME")
         return 2
     return watch(Path(args[0]))
 

@@ -4,7 +4,9 @@ see ``finfed/site_log.py``): full error messages, tracebacks and per-step losses
 In simulation Flower forwards a ClientApp's stdout and stderr into the coordinator's ``flower.log``;
 in deployment they reach the SuperNode's log. Neither may hold a record, so while a message is
 handled every ``finfed`` and ``client`` logger writes to this file only (no propagation to the
-root logger, whose last-resort handler prints to stderr).
+root logger, whose last-resort handler prints to stderr), and none through a handler another part of
+the process installed on them (the ServerApp's output, a console): while routed, the site's log is their
+only handler.
 """
 
 from __future__ import annotations
@@ -38,16 +40,16 @@ def routed_to_site_log(folder: str | Path | None) -> Iterator[None]:
         handler = logging.FileHandler(open_site_log(folder), encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))
     loggers = [logging.getLogger(name) for name in LOGGER_NAMES]
-    saved = [(logger.level, logger.propagate) for logger in loggers]
+    saved = [(logger.level, logger.propagate, logger.handlers[:]) for logger in loggers]
     for logger in loggers:
-        logger.addHandler(handler)
+        logger.handlers = [handler]
         logger.setLevel(logging.INFO)
         logger.propagate = False
     try:
         yield
     finally:
-        for logger, (level, propagate) in zip(loggers, saved):
-            logger.removeHandler(handler)
+        for logger, (level, propagate, handlers) in zip(loggers, saved):
+            logger.handlers = handlers
             logger.setLevel(level)
             logger.propagate = propagate
         handler.close()

@@ -8,6 +8,7 @@ message passes straight through, unless the site's node config says
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,8 @@ from finfed.config import FederationSettings
 from finfed.errors import PrivacyError, TrainingError
 from finfed.site.run_state import stored_accountant_state
 from finfed.wire import setup_refusal
+
+logger = logging.getLogger(__name__)
 
 
 def _truthy(value: Any) -> bool:
@@ -61,8 +64,8 @@ def refuse_at_setup(message: Message, context: Context) -> Message | None:
     reason = budget_refusal(site, stored_accountant_state(context))
     if reason is None:
         return None
-    print(f"[finfed] round {message.metadata.group_id} site {site.data.site_id} refused before SecAgg+ key "
-          f"sharing: {reason}", flush=True)
+    logger.info(f"round {message.metadata.group_id} site {site.data.site_id} refused before SecAgg+ key "
+                f"sharing: {reason}")  # the site's own log (finfed/site/log_mod.py)
     return setup_refusal(message, site.data.site_id)
 
 

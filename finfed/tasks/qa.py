@@ -8,6 +8,7 @@ model. See :mod:`finfed.tasks.qa_windows` for windowing and the privacy unit.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import statistics
 from pathlib import Path
@@ -32,6 +33,7 @@ from finfed.tasks.qa_metrics import squad_scores
 from finfed.tasks.qa_windows import Window, record_windows, training_windows
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+logger = logging.getLogger(__name__)
 
 
 # Test splits and audit hold-backs take whole contexts: questions about a passage seen in training would
@@ -94,8 +96,8 @@ class QuestionAnsweringTask(Task):
         frame = frame.reset_index(drop=True)
         chosen, unanswerable = training_windows(self.windows(frame, tokenizer))
         if unanswerable:
-            print(f"[finfed] {len(unanswerable)} of {len(frame)} QA record(s) left out of training: no window of "
-                  f"{self.max_length} tokens holds the whole answer", flush=True)
+            logger.info(f"{len(unanswerable)} of {len(frame)} QA record(s) left out of training: no window of "
+                        f"{self.max_length} tokens holds the whole answer")
         return [{**{k: getattr(w, k) for k in TOKEN_KEYS}, "start": w.start, "end": w.end, "record": w.record,
                  "id": str(frame["id"].iloc[w.record])} for w in chosen]
 
