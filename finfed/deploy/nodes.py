@@ -59,7 +59,7 @@ def registered_node_id(output: str) -> int | None:
 
 
 def run_config_value(consortium: Consortium) -> str:
-    """``node:name`` pairs for the ServerApp (``federation.site_nodes``, read by server/sampling.py)."""
+    """``node:name`` pairs for the ServerApp (``federation.site_nodes``, read by finfed/coordinator/sampling.py)."""
     known = read_site_nodes(consortium)
     return ",".join(f"{known[site.name]}:{site.name}" for site in consortium.sites if site.name in known)
 
