@@ -2,7 +2,7 @@
 
 Replies carry only the trained tensors and the numbers ``finfed/privacy/disclosure.py`` allows (example
 count, epsilon; the training loss only if the site opted in); under
-SecAgg+ (``federation.secure_aggregation``) the tensors leave only masked (``client/secure.py``).
+SecAgg+ (``federation.secure_aggregation``) the tensors leave only masked (``finfed/site/secure.py``).
 The site's accountant history lives in ``context.state`` (and in its ledger, if it keeps
 one) so epsilon is cumulative.
 """
@@ -31,9 +31,9 @@ from finfed.site.secure import (
 from finfed.wire import read_train_request, refusal_reply, train_reply
 
 # The audit mod is outermost: it records what actually leaves, i.e. after SecAgg+ masking and after
-# the disclosure guard turned any failure into a record-free error reply (client/guard.py).
+# the disclosure guard turned any failure into a record-free error reply (finfed/site/guard.py).
 app = ClientApp(mods=[audit_mod, disclosure_mod, secure_aggregation_mod])
-logger = logging.getLogger(__name__)  # the site's own log while a message is handled (client/site_logging.py)
+logger = logging.getLogger(__name__)  # the site's own log while a message is handled (finfed/site/log_mod.py)
 
 
 def _progress(site_id: int, server_round: int):

@@ -3,7 +3,7 @@
 The same app serves ``finfed simulate``, ``flwr run`` on a simulation federation, and a
 deployed SuperLink, in both aggregation modes: plain FedAvg (named tensors over Flower's
 Message API) or SecAgg+ (``federation.secure_aggregation``: Flower's legacy workflow, see
-``server/secure.py``). With ``resume_from`` it continues a stopped run from its checkpoint.
+``finfed/coordinator/secure.py``). With ``resume_from`` it continues a stopped run from its checkpoint.
 """
 
 from __future__ import annotations

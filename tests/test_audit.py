@@ -50,7 +50,7 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
             assert train[1]["records"]["secaggplus_configs"]["values"]["ctxts"]["type"] == "bytes[]"
         evaluate = [e for e in entries if e["message_type"] == "evaluate"]
         assert len(evaluate) == 1 and evaluate[0]["sent_tensors"] == [] and evaluate[0]["epsilon"] is None
-        # metrics left: their keys and 8-byte numbers are counted (client/audit.py)
+        # metrics left: their keys and 8-byte numbers are counted (finfed/site/audit.py)
         values = evaluate[0]["records"]["metrics"]["values"]
         assert evaluate[0]["bytes_total"] == sum(len(k) + 8 for k in values) > 0
         assert all(e["run_id"] == 42 for e in entries)

@@ -7,7 +7,7 @@ objects whose parameters have all been replaced by the unmasked weighted average
 ``RoundFace`` is that legacy strategy, reduced to one round: it sends the sites chosen by
 ``SiteSampler`` the global tensors (legacy messages carry them unnamed, so their names
 travel in the config), and keeps the results. Everything else about a round (recording,
-evaluation, checkpoints) is the shared loop in ``server/rounds.py``.
+evaluation, checkpoints) is the shared loop in ``finfed/coordinator/rounds.py``.
 
 What the coordinator still sees per site: the plain-text metrics of its ``FitRes`` (site
 id, example count, training loss, steps, epsilon and its delta, noise multiplier, sampling rate, or a
@@ -57,7 +57,7 @@ class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
     refused: dict[int, int]  # this round's node id -> site id of sites that declined at setup
 
     def setup_stage(self, grid, context, state) -> bool:
-        """Flower's setup stage; a site's refusal reply (client/wire.py) is a refusal, not a failure."""
+        """Flower's setup stage; a site's refusal reply (finfed/wire.py) is a refusal, not a failure."""
         seen = _RepliesSeen(grid)
         proceed = super().setup_stage(seen, context, state)
         self.refused = {reply.metadata.src_node_id: site for reply in seen.replies

@@ -43,7 +43,7 @@ def record_site_node(consortium: Consortium, name: str, node_id: int) -> None:
 
 
 def run_config_value(consortium: Consortium) -> str:
-    """``node:name`` pairs for the ServerApp (``federation.site_nodes``, read by server/sampling.py)."""
+    """``node:name`` pairs for the ServerApp (``federation.site_nodes``, read by finfed/coordinator/sampling.py)."""
     known = read_site_nodes(consortium)
     return ",".join(f"{known[site.name]}:{site.name}" for site in consortium.sites if site.name in known)
 

@@ -126,7 +126,7 @@ class SiteConfig:
         return self.folder / "flwr-home"
 
     def node_config(self) -> dict[str, Any]:
-        """What the site's ClientApp reads (finfed/site.py, client/audit.py)."""
+        """What the site's ClientApp reads (finfed/site/rounds.py, finfed/site/audit.py)."""
         values: dict[str, Any] = {
             keys.NODE_SITE_ID: self.site_id, keys.NODE_DATA_PATH: str(self.data_path),
             keys.NODE_BUDGET_EPSILON: self.budget_epsilon, keys.NODE_BUDGET_DELTA: self.budget_delta,

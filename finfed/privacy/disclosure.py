@@ -1,7 +1,7 @@
 """What a site may send: the one place that decides it.
 
-Two rules, read by the ClientApp (``client/guard.py``), its audit log (``client/audit.py``),
-the coordinator (``server/rounds.py``) and the tests:
+Two rules, read by the ClientApp (``finfed/site/guard.py``), its audit log (``finfed/site/audit.py``),
+the coordinator (``finfed/coordinator/rounds.py``) and the tests:
 
 1. **The allow-list.** A reply may carry only the records and keys named here for its message
    type (train, evaluate, each SecAgg+ stage). Metric values are numbers by construction

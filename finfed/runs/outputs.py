@@ -33,7 +33,7 @@ REPORT = "report.md"
 MODEL_INFO = "finfed_model.json"
 CHECKPOINT = "checkpoint"
 RUN_LEDGERS = "ledgers"  # `finfed simulate` keeps sites' ledgers here when `privacy.ledger_dir` is unset
-RUN_SITES = "sites"  # simulated sites' own folders (finfed/site.py `site_folder`)
+RUN_SITES = "sites"  # simulated sites' own folders (finfed/site/node_settings.py `site_folder`)
 
 
 def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:

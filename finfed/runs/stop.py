@@ -2,8 +2,8 @@
 
 `finfed simulate` and `finfed deploy run` create it when they receive SIGINT or SIGTERM.
 The ServerApp checks it before each round and once a round's training replies are in
-(``server/rounds.py``); a *simulated* site checks it between DP steps and abandons its
-round: no ledger entry, no update (``finfed/site.py``). A file, not a message, because the
+(``finfed/coordinator/rounds.py``); a *simulated* site checks it between DP steps and abandons its
+round: no ledger entry, no update (``finfed/site/rounds.py``). A file, not a message, because the
 ServerApp and the simulated sites run in processes finfed does not own (Flower's SuperExec,
 Ray workers), and every one of them can see the run directory. A deployed site cannot see
 the coordinator's disk: it finishes the round it is training, and is asked for no other.

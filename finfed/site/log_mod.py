@@ -1,5 +1,5 @@
 """While a site handles a message, finfed's logging goes to the site's own log (``<site folder>/site.log``,
-see ``finfed/site_log.py``): full error messages, tracebacks and per-step losses, instead of stdout/stderr.
+see ``finfed/site/log.py``): full error messages, tracebacks and per-step losses, instead of stdout/stderr.
 
 In simulation Flower forwards a ClientApp's stdout and stderr into the coordinator's ``flower.log``;
 in deployment they reach the SuperNode's log. Neither may hold a record, so while a message is
