@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,8 @@ def finished_run(root: Path, *, name: str = "report-check", refused_from: int | 
         outputs.append_round({"round": r, "central": {"accuracy": 0.4 + 0.1 * min(r, trained),
                                                       "macro_f1": 0.3 + 0.1 * min(r, trained), "loss": 1 - 0.1 * r},
                               "sites": sites, "failures": [], "refusals": [0, 1] if r == refused_from else []})
-    sites = {sid: _site(trained, names or {}, sid) for sid in ("0", "1")}
-    if refused_from is not None:
+    sites = {sid: _site(trained, names or {}, sid) if trained else {} for sid in ("0", "1")}
+    if refused_from is not None:  # what finfed.coordinator.run records for a site that refused
         for site in sites.values():
             site["refused_rounds"] = [refused_from]
     privacy = {"dp_enabled": True, "unit": "record", "run_delta": DELTA, "reproducible_dp": False,
@@ -52,7 +54,7 @@ def finished_run(root: Path, *, name: str = "report-check", refused_from: int | 
     privacy["guarantee"] = guarantee_text(privacy)
     outputs.write_privacy(privacy)
     state = "complete" if refused_from is None else "budget-exhausted"
-    outputs.set_status(state, rounds=rounds, trained_rounds=trained, model_round=trained,
+    outputs.set_status(state, rounds=rounds, trained_rounds=trained, model_round=trained or None,
                        budget_exhausted_at_round=refused_from, baseline={"accuracy": 0.38, "macro_f1": 0.18},
                        baseline_description="the majority class",
                        membership_audit={"site": 0, "attack": "loss-threshold", "auc": 0.52, "members": 100,
@@ -85,3 +87,10 @@ def page_text(page: str) -> str:
     parser = _VisibleText()
     parser.feed(page)
     return "".join(parser.parts)
+
+
+def plot_data(page: str, plot_id: str) -> dict:
+    """The figures a plot draws, as the page carries them beside the image."""
+    found = re.search(rf'<script type="application/json" id="{plot_id}-data">(.*?)</script>', page, re.DOTALL)
+    assert found, f"no data for plot {plot_id}"
+    return json.loads(found.group(1))

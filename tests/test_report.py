@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-from report_runs import finished_run, page_text
+from report_runs import finished_run, page_text, plot_data
 
 from finfed.cli.main import main
 from finfed.privacy.ledger import PrivacyLedger, new_entry
@@ -18,13 +18,6 @@ from finfed.reporting.render import (
 
 RAW_MARKDOWN = re.compile(r"`|\*\*|\|---|^#+ ", re.MULTILINE)  # the YAML appendix has "- " lists
 DATASET = "loans.csv"
-
-
-def plot_data(page: str, plot_id: str) -> dict:
-    """The figures a plot draws, as the page carries them beside the image."""
-    found = re.search(rf'<script type="application/json" id="{plot_id}-data">(.*?)</script>', page, re.DOTALL)
-    assert found, f"no data for plot {plot_id}"
-    return json.loads(found.group(1))
 
 
 def test_a_run_within_budget_and_one_where_sites_refused_differ_in_the_verdict(tmp_path):
@@ -41,6 +34,16 @@ def test_a_run_within_budget_and_one_where_sites_refused_differ_in_the_verdict(t
     refused_text = page_text(render_html(refused))
     assert "Refused a round for budgetnone" in within_text
     assert "Refused a round for budgetsite 0: round(s) 3; site 1: round(s) 3" in refused_text
+
+
+def test_a_run_where_every_site_refused_round_1_says_so_and_claims_no_spend(tmp_path):
+    report = build_report(finished_run(tmp_path, refused_from=1))
+    assert report["verdict"]["refused"] == [{"site": "site 0", "rounds": [1]}, {"site": "site 1", "rounds": [1]}]
+    markdown, text = render_markdown(report), page_text(render_html(report))
+    for rendered in (markdown, text):
+        assert "No round trained" in rendered and "Every site refused round 1 of 3" in rendered
+        assert "spent no privacy budget" in rendered and "refused every round (budget)" in rendered
+    assert "epsilon <= 0 (delta )" not in markdown and not RAW_MARKDOWN.search(text)
 
 
 def test_a_site_over_its_lifetime_budget_fails_the_verdict(tmp_path):

@@ -1,12 +1,10 @@
 """The HTML and PDF reports, opened as a reader would: in a real headless Chromium, and printed by it."""
 
-import json
-import re
 import subprocess
 
 import pytest
 from PIL import Image
-from report_runs import finished_run, page_text
+from report_runs import finished_run, page_text, plot_data
 from test_report import RAW_MARKDOWN, kept_ledger
 
 from finfed.cli.main import main
@@ -27,8 +25,7 @@ def rendered(page, tmp_path) -> str:
 
 
 def plot_lines(dom: str, plot_id: str) -> list[dict]:
-    data = re.search(rf'<script type="application/json" id="{plot_id}-data">(.*?)</script>', dom, re.DOTALL)
-    return json.loads(data.group(1))["lines"]
+    return plot_data(dom, plot_id)["lines"]
 
 
 def pdf_text(path) -> tuple[str, int]:

@@ -115,7 +115,9 @@ def site_budget(site: dict[str, Any], config: ExperimentConfig) -> tuple[float |
 
 def _site(site_id: str, site: dict[str, Any], privacy: dict[str, Any], config: ExperimentConfig,
           rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    entry = dict(site)
+    # Every field present (None where a site never trained: it refused every round it was asked).
+    entry = {"epsilon": None, "delta": None, "accountant": None, "epsilon_by_round": {}, "refused_rounds": [],
+             "cross_check": None, "recomputed": None, "mismatch": False, **site}
     if privacy.get("dp_enabled") and site.get("noise_multiplier"):
         entry["cross_check"] = {m: recompute_epsilon(site, m, site["delta"]) for m in ("prv", "rdp")}
         recomputed = entry["cross_check"].get(site.get("accountant"), site["epsilon"])
