@@ -7,6 +7,7 @@ import pytest
 from report_runs import finished_run, page_text, plot_data
 
 from finfed.cli.main import main
+from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger import PrivacyLedger, new_entry
 from finfed.reporting.ledger_report import ledger_summary
 from finfed.reporting.privacy_report import build_report, config_hash
@@ -134,13 +135,15 @@ def test_pdf_without_chromium_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def kept_ledger(folder, runs=(("run-a", 2), ("run-b", 1)), budget=20.0):
-    ledger = PrivacyLedger(folder / "ledger.json", head_dir=folder)
+    """A site's ledger as its rounds leave it: each round with the lifetime epsilon after it."""
+    ledger, accountant = PrivacyLedger(folder / "ledger.json", head_dir=folder), SiteAccountant("rdp")
     for run_id, rounds in runs:
         for server_round in range(1, rounds + 1):
+            accountant.record(1.0, 0.05, 40)
             ledger.append(new_entry(run_id=run_id, server_round=server_round, fingerprint="f" * 64,
                                     accountant="rdp", noise_multiplier=1.0, sample_rate=0.05, steps=40,
-                                    max_grad_norm=1.0, delta=1e-5, epsilon_after=0.0, dataset=DATASET,
-                                    budget_epsilon=budget))
+                                    max_grad_norm=1.0, delta=1e-5, epsilon_after=accountant.epsilon(1e-5),
+                                    dataset=DATASET, budget_epsilon=budget))
     return folder / "ledger.json"
 
 
@@ -155,7 +158,8 @@ def test_the_ledger_report_shows_every_run_its_spend_over_time_the_budget_and_in
 
     page = render_ledger(summary, "html")
     text = page_text(page)
-    assert "Ledger integrity checkpassed" in text and "within budget" in text
+    assert "Ledger integrity checkpassed" in text and "within budget" in text and "WARNING" not in text
+    assert "PASS: the ledger's integrity check passed and no dataset is over its lifetime budget." in text
     assert f"remaining {20 - data['epsilon']:.3f}" in text and "run-a" in text and "run-b" in text
     assert not RAW_MARKDOWN.search(text)
     plot = plot_data(page, "ledger-plot")
@@ -165,6 +169,20 @@ def test_the_ledger_report_shows_every_run_its_spend_over_time_the_budget_and_in
     assert json.loads(render_ledger(summary, "json"))["datasets"][DATASET]["history"][0]["run_id"] == "run-a"
     markdown = render_ledger(summary)
     assert "| run-b | 1 | 40 |" in markdown and "Ledger integrity check: passed" in markdown
+    assert f"{DATASET}: within budget: lifetime ε {data['epsilon']:.3f} of budget 20 (δ 1e-05, rdp)" in markdown
+
+
+def test_the_ledger_reports_verdict_flags_stored_figures_that_differ(tmp_path):
+    path = kept_ledger(tmp_path)
+    PrivacyLedger(path, head_dir=tmp_path).append(new_entry(
+        run_id="run-c", server_round=1, fingerprint="f" * 64, accountant="rdp", noise_multiplier=1.0,
+        sample_rate=0.05, steps=40, max_grad_norm=1.0, delta=1e-5, epsilon_after=0.01, dataset=DATASET,
+        budget_epsilon=20.0))
+    summary = ledger_summary(path)
+    for kind in ("md", "html"):
+        rendered = render_ledger(summary, kind)
+        assert "stored figures differ from their recomputation (WARNING below)" in rendered
+        assert "WARNING: 1 stored figure(s) differ" in rendered
 
 
 def test_finfed_report_ledger_writes_each_format(tmp_path, capsys):
