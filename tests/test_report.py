@@ -199,3 +199,14 @@ def load_saved_config(run_dir):
     from finfed.config import load_config
 
     return load_config(run_dir / "config.yaml")
+
+
+def test_a_ledger_restarted_explicitly_renders_its_earlier_rounds_in_every_format(tmp_path):
+    path = kept_ledger(tmp_path)
+    PrivacyLedger(path, head_dir=tmp_path).start_new(DATASET, "records replaced by a new cohort")
+    summary = ledger_summary(path)
+    assert summary["datasets"][DATASET]["rounds"] == 0
+    for kind in ("md", "html"):
+        rendered = render_ledger(summary, kind)
+        assert "(records replaced by a new cohort): the 3 round(s) before it" in rendered and "no DP rounds" in rendered
+    assert json.loads(render_ledger(summary, "json"))["datasets"][DATASET]["new_ledgers"][0]["rounds_before"] == 3

@@ -78,7 +78,8 @@ def _dataset_summary(ledger: PrivacyLedger, name: str) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "runs": list(dict.fromkeys(e.run_id for e in rounds)), "rounds": len(rounds),
         "steps": sum(e.steps for e in rounds), "content_versions": len({e.dataset_fingerprint for e in rounds}),
-        "new_ledgers": _restarts(ledger, name, restarts), "history": [], "run_spend": []}
+        "new_ledgers": _restarts(ledger, name, restarts), "history": [], "run_spend": [], "stored_differs": [],
+        "epsilon_stored": None, "remaining_epsilon": None}
     if not rounds:
         return {**summary, "epsilon": 0.0, "accountant": None, "delta": None, "budget_epsilon": None,
                 "within_budget": None}
