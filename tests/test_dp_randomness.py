@@ -24,7 +24,8 @@ from finfed.privacy.randomness import (
     dp_randomness,
     secret_generator,
 )
-from finfed.reporting.privacy_report import build_report, render_markdown, write_reports
+from finfed.reporting.privacy_report import build_report
+from finfed.reporting.render import render_markdown, write_reports
 from finfed.runs.outputs import PRIVACY, read_privacy
 from finfed.site.rounds import site_context, train_round
 

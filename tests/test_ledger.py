@@ -9,7 +9,7 @@ from finfed.cli.main import main
 from finfed.errors import BudgetExhausted, PrivacyError
 from finfed.models.adapters import trainable_state
 from finfed.privacy.ledger import PrivacyLedger
-from finfed.reporting.privacy_report import ledger_summary
+from finfed.reporting.ledger_report import ledger_summary
 from finfed.runs.outputs import read_metrics, read_privacy, read_status
 from finfed.site.rounds import site_context, train_round
 

@@ -16,7 +16,8 @@ from finfed.models.adapters import trainable_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger import PrivacyLedger, new_entry
 from finfed.privacy.ledger_chain import HEAD_FILE, ChainHead, record_hash
-from finfed.reporting.privacy_report import ledger_summary, render_ledger
+from finfed.reporting.ledger_report import ledger_summary
+from finfed.reporting.render import render_ledger
 from finfed.site.rounds import _site_context, site_context, train_round
 
 DATASET = "loans.csv"

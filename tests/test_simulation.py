@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 from peft import PeftModel
+from report_runs import plot_data
 from transformers import AutoTokenizer
 
 from finfed.cli.main import main
@@ -84,6 +85,10 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
     assert "MISMATCH" not in (run_dir / "report.md").read_text()
     page = (run_dir / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "http" not in page.split("<body>")[1]
+    # The real run's verdict card and drawn budget (the report's own tests cover them in depth).
+    assert report["verdict"]["status"] == "pass" and report["verdict"]["within_budget"] is True
+    assert '<section id="verdict" class="verdict verdict-pass"' in page
+    assert {"target", "budget"} <= {line["kind"] for line in plot_data(page, "epsilon-plot")["lines"]}
 
 
 def test_a_run_that_fails_inside_flower_exits_non_zero(tiny_simulate, tmp_path, capsys):

@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--ledger", type=Path, help="show a site's lifetime spend per dataset from its ledger")
     report.add_argument("--site-dir", type=Path, help="the site folder holding the ledger's chain head "
                         "(default: found beside the ledger, or RUN/sites/site-<id> for a simulated site)")
+    report.add_argument("--format", choices=("md", "html", "json"), default="md",
+                        help="the ledger report's format (--ledger; default md)")
+    report.add_argument("--out", type=Path, help="write the ledger report to this file instead of printing it")
+    report.add_argument("--pdf", action="store_true", help="also print the HTML report to PDF with headless "
+                        "Chromium: RUN/report.pdf; for --ledger, --out (default: <ledger name>-report.pdf)")
 
     ledger = commands.add_parser("ledger", help="a site's privacy ledger: start a new one explicitly")
     ledger_new = ledger.add_subparsers(dest="ledger_command", required=True).add_parser(
@@ -236,21 +241,36 @@ def export(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    from finfed.reporting.privacy_report import (
-        ledger_summary,
-        render_ledger,
-        write_reports,
-    )
+    from finfed.reporting.render import write_reports
 
     if args.ledger:
-        print(render_ledger(ledger_summary(args.ledger, args.site_dir)))
+        ledger_report(args)
     if args.run_dir:
-        for kind, path in write_reports(args.run_dir).items():
+        for kind, path in write_reports(args.run_dir, pdf=args.pdf).items():
             print(f"{kind:>4}: {path}")
     if not (args.ledger or args.run_dir):
         print("finfed report: give a RUN_DIR, --ledger PATH, or both", file=sys.stderr)
         return 2
     return 0
+
+
+def ledger_report(args: argparse.Namespace) -> None:
+    """`finfed report --ledger`: printed, written to --out, or printed to PDF."""
+    from finfed.reporting.ledger_report import ledger_summary
+    from finfed.reporting.pdf import print_pdf
+    from finfed.reporting.render import render_ledger
+
+    summary = ledger_summary(args.ledger, args.site_dir)
+    if args.pdf:
+        pdf = args.out or Path(f"{args.ledger.stem}-report.pdf")
+        html = pdf.with_suffix(".html")
+        html.write_text(render_ledger(summary, "html"), encoding="utf-8")
+        print(f"html: {html}\n pdf: {print_pdf(html, pdf)}")
+    elif args.out:
+        args.out.write_text(render_ledger(summary, args.format), encoding="utf-8")
+        print(f"{args.format:>4}: {args.out}")
+    else:
+        print(render_ledger(summary, args.format))
 
 
 def ledger(args: argparse.Namespace) -> int:

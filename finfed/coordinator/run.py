@@ -39,7 +39,7 @@ from finfed.privacy.randomness import (
     randomness_record,
     warn_if_reproducible,
 )
-from finfed.reporting.run_report import write_report
+from finfed.reporting.render import write_reports
 from finfed.runs.model_store import save_model
 from finfed.runs.outputs import MODEL, RunOutputs
 from finfed.tasks import federation_labels, get_task
@@ -262,9 +262,11 @@ class FederatedRun:
         load_trainable_state(self.model, arrays)
         save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
         audit = self.membership_audit()
-        write_report(self.outputs, self.config, self.history, self.privacy_summary(), outcome["baseline"], audit,
-                     self.task.baseline_description)
         state = "budget-exhausted" if self.exhausted else "complete"
+        # The same report `finfed report` writes, from the run folder and the status about to be recorded.
+        self.outputs.write_privacy(self.privacy_summary())
+        write_reports(self.outputs.run_dir, {"state": state, "updated": time.time(), "membership_audit": audit,
+                                             **outcome})
         self.outputs.set_status(state, membership_audit=audit, **outcome)
         logger.info(f"run {state}: {self.outputs.run_dir}")
 

@@ -1,5 +1,9 @@
 """`finfed report --ledger` and `finfed ledger new`: a site's lifetime spend, read from its ledger.
 
+The ledger report's model is ``ledger_summary``: every run that spent from the site, epsilon after each
+round against the lifetime budget, the remaining budget and the integrity check; finfed.reporting.render
+renders it as JSON, Markdown and HTML.
+
 The ledger is verified first (hash chain, and its head in the site folder when
 one is found); a ledger that fails is refused, not summarised. Every epsilon is
 recomputed from the recorded mechanism parameters; the stored figures are shown
@@ -17,6 +21,7 @@ from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger import LedgerEntry, PrivacyLedger
 from finfed.privacy.ledger_chain import HEAD_FILE
 
+BUDGET_TOLERANCE = 1e-6  # relative: a site calibrated exactly to its budget is within it
 STORED_TOLERANCE = 1e-6  # relative: a stored epsilon further than this from its recomputation is flagged
 
 
@@ -56,7 +61,7 @@ def ledger_summary(path: str | Path, site_dir: str | Path | None = None) -> dict
     names += [e["dataset"] for e in ledger.events if e["kind"] == "new-ledger" and e["dataset"] not in names]
     return {"ledger": str(path), "integrity": _integrity(ledger),
             "datasets": {name: _dataset_summary(ledger, name) for name in names},
-            "heads_created": [e for e in ledger.events if e["kind"] == "head-created"]}
+            "heads_created": [{**e, "date": _date(e["time"])} for e in ledger.events if e["kind"] == "head-created"]}
 
 
 def _integrity(ledger: PrivacyLedger) -> dict[str, Any]:
@@ -73,17 +78,22 @@ def _dataset_summary(ledger: PrivacyLedger, name: str) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "runs": list(dict.fromkeys(e.run_id for e in rounds)), "rounds": len(rounds),
         "steps": sum(e.steps for e in rounds), "content_versions": len({e.dataset_fingerprint for e in rounds}),
-        "new_ledgers": _restarts(ledger, name, restarts)}
+        "new_ledgers": _restarts(ledger, name, restarts), "history": [], "run_spend": [], "stored_differs": [],
+        "epsilon_stored": None, "remaining_epsilon": None}
     if not rounds:
-        return {**summary, "epsilon": 0.0, "accountant": None, "delta": None, "budget_epsilon": None}
+        return {**summary, "epsilon": 0.0, "accountant": None, "delta": None, "budget_epsilon": None,
+                "within_budget": None}
     last = rounds[-1]
     accountant = ledger.accountant(name, last.accountant)
     epsilon = accountant.epsilon(last.delta)
     budget = last.budget_epsilon
+    history = _history(rounds)
     return {**summary, "accountant": last.accountant, "delta": last.delta, "epsilon": epsilon,
             "epsilon_recomputed": epsilon, "epsilon_stored": last.epsilon_after,
-            "stored_differs": _stored_mismatches(rounds), "budget_epsilon": budget,
-            "remaining_epsilon": None if budget is None else max(0.0, budget - epsilon)}
+            "stored_differs": _stored_mismatches(history), "budget_epsilon": budget,
+            "remaining_epsilon": None if budget is None else max(0.0, budget - epsilon),
+            "within_budget": None if budget is None else epsilon <= budget * (1 + BUDGET_TOLERANCE),
+            "history": history, "run_spend": _run_spend(history)}
 
 
 def _restarts(ledger: PrivacyLedger, name: str, restarts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,60 +104,43 @@ def _restarts(ledger: PrivacyLedger, name: str, restarts: list[dict[str, Any]]) 
         accountant = SiteAccountant(before[0].accountant) if before else None
         for entry in before:
             accountant.record(entry.noise_multiplier, entry.sample_rate, entry.steps)
-        out.append({"time": restart["time"], "reason": restart["reason"], "rounds_before": len(before),
+        out.append({"time": restart["time"], "date": _date(restart["time"]), "reason": restart["reason"],
+                    "rounds_before": len(before),
                     "epsilon_before": accountant.epsilon(before[-1].delta) if before else 0.0})
         start = restart["seq"]
     return out
 
 
-def _stored_mismatches(rounds: list[LedgerEntry]) -> list[dict[str, Any]]:
-    """Rounds whose stored epsilon differs from the epsilon recomputed after them (at their own delta)."""
+def _history(rounds: list[LedgerEntry]) -> list[dict[str, Any]]:
+    """Each composing round with the epsilon recomputed after it (at its own delta) and the one it stored."""
     out, accountant = [], SiteAccountant(rounds[0].accountant)
     for entry in rounds:
         accountant.record(entry.noise_multiplier, entry.sample_rate, entry.steps)
-        recomputed = accountant.epsilon(entry.delta)
-        if abs(recomputed - entry.epsilon_after) > STORED_TOLERANCE * max(1.0, recomputed):
-            out.append({"run_id": entry.run_id, "round": entry.round, "stored": entry.epsilon_after,
-                        "recomputed": recomputed})
+        out.append({"seq": entry.seq, "time": entry.time, "date": _date(entry.time), "run_id": entry.run_id,
+                    "round": entry.round, "steps": entry.steps, "delta": entry.delta,
+                    "epsilon": accountant.epsilon(entry.delta), "epsilon_stored": entry.epsilon_after,
+                    "budget_epsilon": entry.budget_epsilon})
     return out
 
 
-def render_ledger(summary: dict[str, Any]) -> str:
-    integrity = summary["integrity"]
-    lines = [f"Privacy ledger {summary['ledger']}",
-             f"integrity check: {'passed' if integrity['passed'] else 'FAILED'}; chain {integrity['chain']}; "
-             f"head {integrity['head']}", ""]
-    if not summary["datasets"]:
-        lines.append("(no DP rounds recorded)")
-    for name, data in summary["datasets"].items():
-        lines += _render_dataset(name or "(unnamed: version-1 ledger)", data)
-    for event in summary["heads_created"]:
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(event["time"]))
-        lines.append(f"note: on {when} this ledger's chain head was missing; a new head was started at {event['head']}")
-    return "\n".join(lines)
+def _stored_mismatches(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rounds whose stored epsilon differs from the epsilon recomputed after them (at their own delta)."""
+    return [{"run_id": h["run_id"], "round": h["round"], "stored": h["epsilon_stored"], "recomputed": h["epsilon"]}
+            for h in history if abs(h["epsilon"] - h["epsilon_stored"]) > STORED_TOLERANCE * max(1.0, h["epsilon"])]
 
 
-def _render_dataset(name: str, data: dict[str, Any]) -> list[str]:
-    lines = [f"dataset {name!r}: {data['rounds']} round(s), {data['steps']} steps, {len(data['runs'])} run(s)"
-             + (": " + ", ".join(data["runs"]) if data["runs"] else "")]
-    if data["accountant"]:
-        budget = (f"; budget {data['budget_epsilon']:g}, remaining {data['remaining_epsilon']:.3f}"
-                  if data["budget_epsilon"] is not None else "; budget unknown")
-        lines.append(f"  epsilon {data['epsilon']:.3f} (recomputed from the recorded noise, sample rate and steps; "
-                     f"{data['accountant']}, delta {data['delta']:g}){budget}")
-        lines.append(f"  stored epsilon {data['epsilon_stored']:.3f}" + (
-            "" if not data["stored_differs"] else
-            f"  WARNING: {len(data['stored_differs'])} stored figure(s) differ from their recomputation: "
-            + ", ".join(f"run {m['run_id']} round {m['round']} stored {m['stored']:.3f} vs {m['recomputed']:.3f}"
-                        for m in data["stored_differs"])))
-    if data["content_versions"] > 1:
-        lines.append(f"  its content changed {data['content_versions'] - 1} time(s); spend kept composing")
-    for restart in data["new_ledgers"]:
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(restart["time"]))
-        lines.append(f"  NEW LEDGER started explicitly on {when} ({restart['reason']}): the "
-                     f"{restart['rounds_before']} round(s) before it (epsilon {restart['epsilon_before']:.3f}) "
-                     "stay recorded but no longer compose")
-    return lines
+def _run_spend(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every run that spent from this dataset: its rounds, steps, dates and the lifetime epsilon after it."""
+    runs: dict[str, dict[str, Any]] = {}
+    for h in history:
+        run = runs.setdefault(h["run_id"], {"run_id": h["run_id"], "rounds": 0, "steps": 0, "first": h["date"]})
+        run.update(rounds=run["rounds"] + 1, steps=run["steps"] + h["steps"], last=h["date"],
+                   epsilon_after=h["epsilon"])
+    return list(runs.values())
+
+
+def _date(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
 
 
 def start_new_ledger(path: str | Path, site_dir: str | Path | None, dataset: str, reason: str) -> PrivacyLedger:

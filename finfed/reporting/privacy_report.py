@@ -1,33 +1,37 @@
-"""`finfed report`: the privacy-budget report of a finished run, as JSON, Markdown and HTML.
+"""The report model of a finished run: one dict built from the run folder's records.
 
-Every figure comes from the run directory (privacy.json, metrics.jsonl, config.yaml);
-epsilon is recomputed independently with both Opacus accountants from the recorded
-(noise, sampling rate, steps) of each site, so a reader can check the stated spend.
+`finfed report` and the end of a run both build it here and render it (finfed.reporting.render)
+as JSON, Markdown and HTML. Every figure comes from the run folder (status.json, config.yaml,
+metrics.jsonl, privacy.json); epsilon is recomputed independently with both Opacus accountants
+from the recorded (noise, sampling rate, steps) of each site, so a reader can check the stated spend.
+Prose fields may carry inline Markdown (`code`, **bold**): the wording is shared with privacy.json
+and exports, and the HTML renderer turns it into markup.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
+import datetime
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from finfed.config import load_config
+import finfed
+from finfed.config import ExperimentConfig, config_to_dict, load_config
 from finfed.constants import TRAIN_LOSS
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.guarantee import guarantee_text, sites_that_sent
+from finfed.privacy.membership_audit import audit_reading
 from finfed.privacy.randomness import randomness_warning
-from finfed.reporting.ledger_report import ledger_summary, render_ledger  # noqa: F401  (`finfed report --ledger`)
-from finfed.reporting.run_report import audit_text, privacy_table, round_table
+from finfed.reporting.task_text import data_description, protected_unit_text
 from finfed.runs.outputs import CONFIG, read_metrics, read_privacy, require_finished
-from finfed.tasks import task_named
 
 # PRV's epsilon is an upper bound computed to within eps_error; RDP is looser but analytic.
 CROSS_CHECK_NOTE = ("PRV (privacy random variables) and RDP (Rényi DP) are two sound accountants for the same "
                     "mechanism; PRV is tighter. Both values bound the same spend: the stated epsilon is the one "
                     "of the accountant named in the configuration.")
+MISMATCH_TOLERANCE = 0.01  # relative: a stated epsilon further than this from its recomputation is flagged
+BUDGET_TOLERANCE = 1e-6  # relative: a site calibrated exactly to its budget is within it
 
 
 def recompute_epsilon(site: dict[str, Any], mechanism: str, delta: float) -> float:
@@ -37,35 +41,131 @@ def recompute_epsilon(site: dict[str, Any], mechanism: str, delta: float) -> flo
     return accountant.epsilon(delta)
 
 
-def build_report(run_dir: str | Path) -> dict[str, Any]:
+def config_hash(config: ExperimentConfig) -> str:
+    """SHA-256 of the canonical configuration (sorted-key JSON of every setting)."""
+    canonical = json.dumps(config_to_dict(config), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def build_report(run_dir: str | Path, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report model of the run in ``run_dir``; ``status``: the one about to be recorded (end of a run)."""
     run_dir = Path(run_dir)
-    status = require_finished(run_dir)
+    status = status if status is not None else require_finished(run_dir)
     config = load_config(run_dir / CONFIG)
     privacy, rounds = read_privacy(run_dir), read_metrics(run_dir)
-    sites = {}
-    for site_id, site in privacy.get("sites", {}).items():
-        entry = dict(site)
-        if privacy.get("dp_enabled") and site.get("noise_multiplier"):
-            entry["cross_check"] = {m: recompute_epsilon(site, m, site["delta"]) for m in ("prv", "rdp")}
-        entry["local_epochs"] = config.train.local_epochs
-        sites[site_id] = entry
-    final = rounds[-1]["central"] if rounds else {}
-    return {"run": config.name, "synthetic_data": config.data.source == "synthetic",
-            "task": config.task, "dp_enabled": privacy.get("dp_enabled", False),
-            "guarantee": stated_guarantee(privacy, config, rounds), "unit": privacy.get("unit", "record"),
-            "run_delta": privacy.get("run_delta"), "reproducible_dp": privacy.get("reproducible_dp"),
-            "dp_randomness": privacy.get("dp_randomness"),
-            "client_level": privacy.get("client_level"),
-            "sites": sites, "rounds": rounds, "final": final, "baseline": status.get("baseline", {}),
-            "budget_exhausted_at_round": status.get("budget_exhausted_at_round"),
-            "membership_audit": status.get("membership_audit"),
-            "state": status["state"], "trained_rounds": status.get("trained_rounds"),
-            "model_round": status.get("model_round"), "outcome": outcome_text(status),
-            "cross_check_note": CROSS_CHECK_NOTE + (
-                " Sites kept a privacy ledger: their stated epsilon includes earlier runs on the same data, "
-                "while the cross-check recomputes this run's steps only." if _shared_ledgers(config) else ""),
-            "baseline_description": status.get("baseline_description", "a trivial predictor"),
-            "explanation": plain_language(privacy, config, rounds)}
+    sites = {sid: _site(sid, site, privacy, config, rounds)
+             for sid, site in sorted(privacy.get("sites", {}).items(), key=lambda item: int(item[0]))}
+    report = {"run": config.name, "synthetic_data": config.data.source == "synthetic",
+              "task": config.task, "dp_enabled": privacy.get("dp_enabled", False),
+              "guarantee": stated_guarantee(privacy, config, rounds), "unit": privacy.get("unit", "record"),
+              "run_delta": privacy.get("run_delta"), "reproducible_dp": privacy.get("reproducible_dp"),
+              "dp_randomness": privacy.get("dp_randomness"), "client_level": privacy.get("client_level"),
+              "target_epsilon": config.privacy.target_epsilon if privacy.get("dp_enabled") else None,
+              "sites": sites, "rounds": rounds, "final": rounds[-1]["central"] if rounds else {},
+              "baseline": status.get("baseline", {}),
+              "baseline_description": status.get("baseline_description", "a trivial predictor"),
+              "budget_exhausted_at_round": status.get("budget_exhausted_at_round"),
+              "membership_audit": status.get("membership_audit"), "state": status["state"],
+              "trained_rounds": status.get("trained_rounds"), "model_round": status.get("model_round"),
+              "outcome": outcome_text(status), "warning": randomness_warning(privacy),
+              "cross_check_note": CROSS_CHECK_NOTE + (
+                  " Sites kept a privacy ledger: their stated epsilon includes earlier runs on the same data, "
+                  "while the cross-check recomputes this run's steps only." if _shared_ledgers(config) else ""),
+              "explanation": plain_language(privacy, config, rounds),
+              "disclosed": disclosed_text(privacy), "audit": audit_text(status.get("membership_audit")),
+              "client_level_text": client_level_text(privacy.get("client_level")),
+              "meta": _meta(config, status), "configuration": config_to_dict(config)}
+    report["deltas"] = deltas_text(report)
+    report["utility_summary"] = utility_summary(report)
+    report["verdict"] = verdict(report)
+    return report
+
+
+def _meta(config: ExperimentConfig, status: dict[str, Any]) -> dict[str, Any]:
+    """Who ran what, when, on which data, with which code: the verdict card's header."""
+    ended = status.get("updated") or status.get("started")
+    when = datetime.datetime.fromtimestamp(ended, datetime.UTC) if ended else None
+    return {"date": when.strftime("%Y-%m-%d %H:%M UTC") if when else "not recorded",
+            "finfed_version": finfed.__version__, "config_hash": config_hash(config),
+            "data": data_description(config), "backbone": config.model.backbone,
+            "adapters": f"{config.lora.method} (r={config.lora.r})", "num_sites": config.federation.num_sites,
+            "rounds": config.federation.rounds, "local_epochs": config.train.local_epochs,
+            "batch_size": config.train.batch_size}
+
+
+def site_name(site_id: str, site: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
+    """The institution's name where a record carries one (``site-name`` or ``name``), else 'site <id>'."""
+    for record in [site, *(s for r in rounds for s in r.get("sites", []) if str(s.get("site")) == site_id)]:
+        name = record.get("site-name") or record.get("name")
+        if name:
+            return str(name)
+    return f"site {site_id}"
+
+
+def site_budget(site: dict[str, Any], config: ExperimentConfig) -> tuple[float | None, str]:
+    """A site's lifetime epsilon budget and where it comes from."""
+    if site.get("budget_epsilon") is not None:
+        return float(site["budget_epsilon"]), "the site's own"
+    if not config.privacy.enabled:
+        return None, "none (DP off)"
+    if config.privacy.site_budget_epsilon:
+        return config.privacy.site_budget_epsilon, "privacy.site_budget_epsilon"
+    return config.privacy.target_epsilon, "privacy.target_epsilon (no separate lifetime budget set)"
+
+
+def _site(site_id: str, site: dict[str, Any], privacy: dict[str, Any], config: ExperimentConfig,
+          rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    # Every field present (None where a site never trained: it refused every round it was asked).
+    entry = {"epsilon": None, "delta": None, "accountant": None, "epsilon_by_round": {}, "refused_rounds": [],
+             "cross_check": None, "recomputed": None, "mismatch": False, **site}
+    if privacy.get("dp_enabled") and site.get("noise_multiplier"):
+        entry["cross_check"] = {m: recompute_epsilon(site, m, site["delta"]) for m in ("prv", "rdp")}
+        recomputed = entry["cross_check"].get(site.get("accountant"), site["epsilon"])
+        entry["mismatch"] = abs(recomputed - site["epsilon"]) > MISMATCH_TOLERANCE * max(site["epsilon"], 1e-9)
+        entry["recomputed"] = recomputed
+    budget, source = site_budget(site, config)
+    spent = site.get("epsilon")
+    entry.update(name=site_name(site_id, site, rounds), local_epochs=config.train.local_epochs,
+                 budget_epsilon=budget, budget_source=source,
+                 within_budget=None if budget is None or spent is None
+                 else spent <= budget * (1 + BUDGET_TOLERANCE))
+    return entry
+
+
+def verdict(report: dict[str, Any]) -> dict[str, Any]:
+    """Every site within its budget or not, which sites refused for budget, the headline metric."""
+    sites = report["sites"].values()
+    over = [s["name"] for s in sites if s["within_budget"] is False]
+    refused = [{"site": s["name"], "rounds": s["refused_rounds"]} for s in sites if s.get("refused_rounds")]
+    mismatched = [s["name"] for s in sites if s.get("mismatch")]
+    headline = headline_metric(report)
+    if not report["dp_enabled"]:
+        summary = "No privacy guarantee: differential privacy was off for this run."
+    elif over:
+        summary = f"OVER BUDGET: {', '.join(over)} spent more than its lifetime privacy budget."
+    elif refused:
+        summary = ("Every site stayed within its privacy budget, but " +
+                   "; ".join(f"{r['site']} refused round(s) {', '.join(map(str, r['rounds']))}" for r in refused)
+                   + " to stay within it.")
+    else:
+        summary = "Every site stayed within its privacy budget; no site refused a round."
+    if mismatched:
+        summary += (f" The stated epsilon of {', '.join(mismatched)} does not match its recomputation from the "
+                    "recorded steps (MISMATCH, see the privacy section).")
+    return {"within_budget": report["dp_enabled"] and not over, "over_budget": over, "refused": refused,
+            "mismatched": mismatched, "summary": summary, "headline": headline,
+            "status": ("fail" if over or mismatched or not report["dp_enabled"]
+                       else "attention" if refused or report.get("warning") else "pass")}
+
+
+def headline_metric(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The task's first central metric, against the trivial baseline's value of it."""
+    for name, value in report["final"].items():
+        if name != "loss" and name in report["baseline"]:
+            baseline = report["baseline"][name]
+            return {"metric": name, "value": value, "baseline": baseline,
+                    "baseline_description": report["baseline_description"], "beats_baseline": value > baseline}
+    return None
 
 
 def outcome_text(status: dict[str, Any]) -> str:
@@ -83,88 +183,43 @@ def outcome_text(status: dict[str, Any]) -> str:
             f"{status.get('model_round')}.")
 
 
-def _shared_ledgers(config) -> bool:
+def _shared_ledgers(config: ExperimentConfig) -> bool:
     """Ledgers outside the run directory may hold earlier runs' spend (``finfed simulate``'s own do not)."""
     ledgers = config.privacy.ledger_dir
     return bool(ledgers) and not Path(ledgers).resolve().is_relative_to(config.resolved_run_dir.resolve())
 
 
-def stated_guarantee(privacy: dict[str, Any], config, rounds: list[dict[str, Any]]) -> str:
+def stated_guarantee(privacy: dict[str, Any], config: ExperimentConfig, rounds: list[dict[str, Any]]) -> str:
     """The run's guarantee, rebuilt by the same function that wrote privacy.json's (finfed.privacy.guarantee)."""
     return guarantee_text(privacy, reproducible=config.privacy.reproducible,
                           train_loss_sites=sites_that_sent(rounds, TRAIN_LOSS))
 
 
-def plain_language(privacy: dict[str, Any], config, rounds: list[dict[str, Any]]) -> str:
-    """How the guarantee arises, then the guarantee itself (the same text as privacy.json and report.md)."""
+def plain_language(privacy: dict[str, Any], config: ExperimentConfig, rounds: list[dict[str, Any]]) -> str:
+    """How the guarantee arises, then the guarantee itself (the same text as privacy.json)."""
     guarantee = stated_guarantee(privacy, config, rounds)
-    protected_unit = task_named(config.task).protected_unit
-    unit = f" {protected_unit}" if protected_unit else ""
     if not privacy.get("dp_enabled"):
         return guarantee
+    unit = protected_unit_text(config)
     return ("Each site trained with DP-SGD: every record's influence on each step was clipped and Gaussian noise "
             "was added before the update left the site. Smaller epsilon means stronger protection; delta is a "
-            "small slack on that bound, read as a small chance that it fails. The guarantee: " + guarantee + unit)
+            "small slack on that bound, read as a small chance that it fails. The guarantee: " + guarantee
+            + (f" {unit}" if unit else ""))
 
 
-def _plot(series: dict[str, dict[int, float]], ylabel: str, title: str) -> str:
-    """A line plot as an inline base64 PNG (matplotlib's non-interactive backend)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.2), dpi=100)
-    for label, points in series.items():
-        xs = sorted(points)
-        axis.plot(xs, [points[x] for x in xs], marker="o", label=label)
-    from matplotlib.ticker import MaxNLocator
-
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("round")
-    axis.set_ylabel(ylabel)
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    if series:
-        axis.legend(fontsize=8)
-    buffer = io.BytesIO()
-    figure.tight_layout()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def disclosed_text(privacy: dict[str, Any]) -> str:
+    """The non-private statistics sites sent beside their updates (opt-in), named so no one reads them as covered."""
+    losses = privacy.get("non_private_statistics", {}).get(TRAIN_LOSS)
+    if not losses:
+        return ""
+    return (f"**Disclosed outside ε:** site(s) {losses['sites']} sent each round's training loss "
+            "(`train-loss`, a non-private statistic of their sampled records), by their own opt-in.")
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    privacy = {"dp_enabled": report["dp_enabled"], "sites": report["sites"], "run_delta": report.get("run_delta")}
-    lines = [f"# Privacy-budget report: run `{report['run']}`", ""]
-    if randomness_warning(report):
-        lines += [randomness_warning(report), ""]
-    if report["synthetic_data"]:
-        lines += ["**Data: synthetic** (finfed's generated financial news).", ""]
-    if report.get("outcome"):
-        lines += ["## Outcome", "", report["outcome"], ""]
-    lines += ["## Privacy-utility summary", "", utility_summary(report), ""]
-    lines += ["## Privacy per site", "", privacy_table(privacy), "", "### Epsilon after each round", ""]
-    for site_id, site in sorted(report["sites"].items()):
-        by_round = ", ".join(f"r{r}: {e:.3f}" for r, e in site.get("epsilon_by_round", {}).items())
-        lines.append(f"- site {site_id}: {by_round or 'no DP rounds'}")
-        if "cross_check" in site:
-            check = site["cross_check"]
-            lines.append(f"  - cross-check: PRV {check['prv']:.3f}, RDP {check['rdp']:.3f}")
-            recomputed = check.get(site.get("accountant"), site["epsilon"])
-            if abs(recomputed - site["epsilon"]) > 0.01 * max(site["epsilon"], 1e-9):
-                lines.append(f"  - **MISMATCH**: the stated epsilon {site['epsilon']:.3f} differs from the "
-                             f"{site['accountant']} recomputation {recomputed:.3f} of this run's steps "
-                             f"at delta {site['delta']:g}")
-    lines += ["", report["cross_check_note"], ""]
-    lines += ["## Client-level DP", "", client_level_text(report.get("client_level")), ""]
-    lines += ["## Utility of the global model", "",
-              round_table(report["rounds"]), "",
-              f"Trivial baseline ({report['baseline_description']}): " +
-              ", ".join(f"{k} {v:.4f}" for k, v in report["baseline"].items()), "",
-              "## What the guarantee means", "", report["explanation"], "",
-              "## Empirical audit", "", audit_text(report.get("membership_audit")), ""]
-    return "\n".join(lines)
+def audit_text(audit: dict[str, Any] | None) -> str:
+    if not audit:
+        return "No membership-inference audit was run (`privacy.membership_audit` off, or no simulated sites)."
+    return audit_reading(audit)
 
 
 def utility_summary(report: dict[str, Any]) -> str:
@@ -176,20 +231,19 @@ def utility_summary(report: dict[str, Any]) -> str:
     if not spent:
         return (f"No site trained in this run, so it spent no privacy budget; the global model is the untrained "
                 f"initial one ({final}; trivial baseline: {baseline}).")
-    worst = f"{max(spent):.3f}" if spent else "0"
-    return (f"With every site at epsilon <= {worst} ({deltas_text(report)}), "
+    return (f"With every site at epsilon <= {max(spent):.3f} ({report['deltas']}), "
             f"the global model reached {final} (trivial baseline: {baseline}).")
 
 
 def deltas_text(report: dict[str, Any]) -> str:
     """The delta of every site's epsilon; each site's own where a site's budget delta is not the run's."""
     run_delta = report.get("run_delta")
-    sites = {sid: s["delta"] for sid, s in sorted(report["sites"].items()) if s.get("delta") is not None}
+    sites = {s["name"]: s["delta"] for s in report["sites"].values() if s.get("delta") is not None}
     if not sites:
         return "no delta recorded"
     if run_delta is None or set(sites.values()) == {run_delta}:
         return "delta " + ", ".join(f"{d:g}" for d in sorted(set(sites.values())))
-    own = [f"site {sid} at its own delta {d:g}" for sid, d in sites.items() if d != run_delta]
+    own = [f"{name} at its own delta {d:g}" for name, d in sites.items() if d != run_delta]
     rest = "the other sites at the run's delta" if len(own) < len(sites) else "the run's delta is"
     return "; ".join(own) + f"; {rest} {run_delta:g}"
 
@@ -208,57 +262,3 @@ def client_level_text(summary: dict[str, Any] | None) -> str:
             f"{summary['clipping_norm']:g}{count}; {summary['rounds']} release(s): epsilon "
             f"{summary['epsilon']:.3f} at delta {summary['delta']:g} ({summary['accountant']}). "
             f"Guarantee: {summary['guarantee']}.")
-
-
-def render_html(report: dict[str, Any]) -> str:
-    """One self-contained HTML file: styles and plots inline, no external requests."""
-    epsilon_series = {f"site {sid}": {int(r): e for r, e in s.get("epsilon_by_round", {}).items()}
-                      for sid, s in sorted(report["sites"].items())}
-    metric_names = list(report["rounds"][0]["central"]) if report["rounds"] else []
-    utility_series = {name: {r["round"]: r["central"][name] for r in report["rounds"]}
-                      for name in metric_names if name != "loss"}
-    epsilon_png = _plot(epsilon_series, "epsilon (cumulative)", "Privacy spent per site")
-    utility_png = _plot(utility_series, "score", "Global model on the central test split")
-    body = markdown_to_html(render_markdown(report))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>finfed privacy report: {html.escape(report['run'])}</title>
-<style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;line-height:1.45}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #bbb;padding:3px 8px}}img{{max-width:100%}}</style>
-</head><body>
-<img id="epsilon-plot" alt="epsilon per site and round" src="data:image/png;base64,{epsilon_png}">
-<img id="utility-plot" alt="utility per round" src="data:image/png;base64,{utility_png}">
-{body}
-</body></html>
-"""
-
-
-def markdown_to_html(text: str) -> str:
-    """Just enough Markdown (headings, tables, bullets, paragraphs) for finfed's own reports."""
-    out, table = [], []
-    for line in text.splitlines() + [""]:
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if not all(set(c) <= {"-"} for c in cells):
-                table.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-            continue
-        if table:
-            out.append("<table>" + "".join(table) + "</table>")
-            table = []
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.strip().startswith("- "):
-            out.append(f"<li>{html.escape(line.strip()[2:])}</li>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line).replace('**', '')}</p>")
-    return "\n".join(out)
-
-
-def write_reports(run_dir: str | Path) -> dict[str, Path]:
-    run_dir = Path(run_dir)
-    report = build_report(run_dir)
-    paths = {"json": run_dir / "report.json", "md": run_dir / "report.md", "html": run_dir / "report.html"}
-    paths["json"].write_text(json.dumps(report, indent=2, default=float), encoding="utf-8")
-    paths["md"].write_text(render_markdown(report), encoding="utf-8")
-    paths["html"].write_text(render_html(report), encoding="utf-8")
-    return paths

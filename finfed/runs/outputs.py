@@ -42,7 +42,8 @@ def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
         if not overwrite:
             raise RunError(f"run directory {run_dir} already exists; choose another `name` "
                            "(--set name=...) or pass --overwrite")
-        for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT, "report.json", "report.html", "flower.log"):
+        for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT, "report.json", "report.html", "report.pdf",
+                     "flower.log"):
             (run_dir / name).unlink(missing_ok=True)
         # The run's own checkpoint, and the ledgers and site folders (ledger heads, site logs) that
         # `finfed simulate` keeps in it, belong to the run replaced.
