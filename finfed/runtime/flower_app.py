@@ -1,9 +1,10 @@
 """The Flower app finfed submits: a manifest that names the installed ServerApp and ClientApp.
 
-The app bundle (FAB) Flower ships to every site carries only this manifest, no code: its
-components are modules of the finfed release installed where the app runs. A site therefore
-runs the code its bank installed, never code sent by the coordinator, and simulation and
-deployment run the very same two apps.
+The app bundle (FAB) finfed gives Flower carries only this manifest, no code: its components are modules
+of the finfed release installed where the app runs, so a site runs the code its bank installed, and
+simulation and deployment run the very same two apps. Flower 1.42 does not pin which bundle a SuperNode
+accepts, so a coordinator that submitted a bundle with code of its own could still have it run at the
+sites: docs/privacy.md states this trust assumption.
 """
 
 from __future__ import annotations
