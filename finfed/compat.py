@@ -372,3 +372,20 @@ def unflatten_run_config(flat: dict[str, Any]) -> dict[str, Any]:
 
     return unflatten_dict(flat)
 
+
+# --------------------------------------------------------------------------- the engine's printed lines
+# Ray prefixes an actor's output with "(ClientAppActor pid=N)" and colours it; Flower marks failures
+# with ERROR or an exception's name. Neither is an API: both are read here only.
+_ACTOR_PREFIX = re.compile(r"^\S*\(ClientAppActor pid=\d+\)\S*\s*")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def engine_line_text(line: str) -> str:
+    """A line of `flwr run --stream` without Ray's colours and actor prefix."""
+    return _ACTOR_PREFIX.sub("", _ANSI.sub("", line))
+
+
+def engine_line_is_error(text: str) -> bool:
+    """Whether a (cleaned) engine line reports a failure, so it is shown even without --verbose."""
+    return "ERROR" in text or "Exception" in text
+

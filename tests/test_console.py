@@ -11,7 +11,8 @@ import warnings
 
 import pytest
 
-from finfed.cli.main import _parser, _show, main
+from finfed.cli.main import _parser, main
+from finfed.cli.run_console import show_engine_line
 from finfed.config import from_run_config
 from finfed.runs.outputs import RunOutputs
 from finfed.runtime.app_log import (
@@ -173,9 +174,9 @@ def test_show_drops_a_record_below_the_level(capsys):
     from finfed.cli.console import console_logging
     line = RECORD_PREFIX + json.dumps({"logger": "finfed.coordinator.run", "level": "INFO", "message": "round 2"})
     with console_logging(logging.WARNING):
-        _show(line)
+        show_engine_line(line)
     with console_logging(logging.INFO):
-        _show(line)
+        show_engine_line(line)
     assert capsys.readouterr().err == "[finfed] round 2\n"
 
 

@@ -157,7 +157,7 @@ def _site(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from finfed.cli.main import _show, finish_run, submit_stoppable
+    from finfed.cli.run_console import finish_run, show_engine_line, submit_stoppable
     from finfed.compat import log_shows_started_run
     from finfed.deploy.commands import DEPLOY_ENV, run_command
     from finfed.deploy.consortium import load_consortium
@@ -193,7 +193,7 @@ def _run(args: argparse.Namespace) -> int:
     # SIGINT/SIGTERM: RUN/.stop on this (the coordinator's) disk; its ServerApp stops after the round in
     # progress (deployed sites cannot see the file: each finishes the round it is training).
     try:
-        result = submit_stoppable(run_dir, lambda: start_run(consortium, config, on_line=_show))
+        result = submit_stoppable(run_dir, lambda: start_run(consortium, config, on_line=show_engine_line))
     except (RuntimeError, OSError) as exc:
         log = run_dir / "flower.log"
         if log.is_file() and log_shows_started_run(log.read_text(encoding="utf-8", errors="replace")):
