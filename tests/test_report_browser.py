@@ -90,3 +90,29 @@ def test_the_ledger_report_renders_and_prints_with_integrity_runs_and_budget_lin
     assert [line["kind"] for line in plot_lines(dom, "ledger-plot")] == ["budget"]
     printed, _ = pdf_text(pdf)
     assert "integrity check" in printed and "passed" in printed and "run-b" in printed and "within budget" in printed
+
+
+@pytest.mark.slow
+def test_a_simulated_runs_report_and_its_sites_ledger_render_and_print(tiny_simulate, tmp_path):
+    """Not built from records: a real `finfed simulate` (tiny model, Flower's engine), its report as printed
+    by the run itself and by `finfed report --pdf`, and one of its sites' ledgers."""
+    assert tiny_simulate() == 0
+    run_dir = tmp_path / "run"
+    assert main(["report", str(run_dir), "--pdf"]) == 0
+    dom = rendered(run_dir / "report.html", tmp_path)
+    text = page_text(dom)
+    check_report_is_readable(text)
+    card = text[text.index("Verdict"):text.index("Privacy per site")]
+    assert "Every site within its privacy budgetyes" in card and "Headline metric" in card
+    assert "site 0" in text and "site 1" in text
+    assert {"target", "budget"} <= {line["kind"] for line in plot_lines(dom, "epsilon-plot")}
+    printed, pages = pdf_text(run_dir / "report.pdf")
+    assert pages >= 2 and "Verdict" in printed and "within budget" in printed and "`" not in printed
+
+    ledger = sorted((run_dir / "ledgers").glob("*"))[0]
+    page = tmp_path / "ledger.html"
+    assert main(["report", "--ledger", str(ledger), "--format", "html", "--out", str(page)]) == 0
+    ledger_text = page_text(rendered(page, tmp_path))
+    check_report_is_readable(ledger_text)
+    assert "Ledger integrity checkpassed" in ledger_text and "synthetic/site-0within budget" in ledger_text
+    assert "Every run that spent from this dataset" in ledger_text
