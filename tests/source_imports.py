@@ -5,6 +5,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = ("finfed", "server", "client")  # what the wheel installs: the library and the two Flower apps
+
+
+def source_files(folders: tuple[str, ...] = LIBRARY) -> list[Path]:
+    """Every Python file under the checkout's ``folders``, in a stable order."""
+    return [path for folder in folders for path in sorted((ROOT / folder).rglob("*.py"))]
+
 
 def absolute_imports(path: Path) -> list[tuple[int, str]]:
     """(line, module name) of every absolute `import x` / `from x import y` in the file."""

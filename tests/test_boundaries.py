@@ -16,12 +16,12 @@ import typing
 from pathlib import Path
 
 import pytest
+from source_imports import source_files
 
 from finfed.config import DataSettings, ExperimentConfig
 from finfed.tasks import task_named, task_names
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = ("finfed", "server", "client")
 OWNER = ROOT / "finfed" / "tasks"
 
 
@@ -66,8 +66,7 @@ def task_branches(source: str, names: set[str]) -> list[tuple[int, str]]:
 
 
 def scanned_files() -> list[Path]:
-    files = [path for folder in SCANNED for path in sorted((ROOT / folder).rglob("*.py"))]
-    return [path for path in files if OWNER not in path.parents]
+    return [path for path in source_files() if OWNER not in path.parents]
 
 
 def test_no_code_outside_the_task_package_branches_on_a_task_name():

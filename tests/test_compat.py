@@ -17,6 +17,7 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from opacus import GradSampleModule
 from opacus.optimizers import DPOptimizer
+from source_imports import source_files
 from torch import nn
 
 from finfed import compat
@@ -241,7 +242,6 @@ PUBLIC_MODULES = {
     "opacus", "opacus.accountants", "opacus.accountants.analysis.rdp", "opacus.accountants.utils",
     "opacus.optimizers",
 }
-SOURCE_DIRS = ("finfed", "server", "client")
 COMPAT = ROOT / "finfed" / "compat.py"
 
 
@@ -342,7 +342,7 @@ def internals_problems(path: Path) -> list[str]:
 
 
 def _sources() -> list[Path]:
-    return [p for folder in SOURCE_DIRS for p in sorted((ROOT / folder).rglob("*.py")) if p != COMPAT]
+    return [path for path in source_files() if path != COMPAT]
 
 
 def test_only_finfed_compat_touches_library_internals():

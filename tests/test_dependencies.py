@@ -8,10 +8,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from source_imports import absolute_imports
+from source_imports import LIBRARY, absolute_imports, source_files
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ("finfed", "server", "client")
 #: declared, never imported, and why
 NOT_IMPORTED = {"pyarrow": "pandas.read_parquet's engine for `.parquet` data files"}
 
@@ -21,15 +20,14 @@ def distribution_name(requirement: str) -> str:
     return re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9._-]+", requirement).group()).lower()
 
 
-def imported_top_level_names(folders=SOURCE) -> dict[str, str]:
+def imported_top_level_names(folders=LIBRARY) -> dict[str, str]:
     """Each third-party top-level module imported under the folders, with one file importing it."""
     found = {}
-    for folder in folders:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            for _, name in absolute_imports(path):
-                top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top not in {"finfed", "server", "client"}:
-                    found.setdefault(top, str(path.relative_to(ROOT)))
+    for path in source_files(folders):
+        for _, name in absolute_imports(path):
+            top = name.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in {"finfed", "server", "client"}:
+                found.setdefault(top, str(path.relative_to(ROOT)))
     return found
 
 

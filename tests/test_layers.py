@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from source_imports import absolute_imports
+from source_imports import LIBRARY, absolute_imports, source_files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,7 +106,7 @@ def test_simulations_holds_configs_only():
     """The one-machine runner is library code (finfed.runtime); nothing imports a `simulations` module."""
     extra = [p.name for p in (ROOT / "simulations").iterdir() if p.suffix not in {".yaml", ".md"}]
     assert not extra, f"simulations/ should hold only YAML configs and its README, not {extra}"
-    importers = [f"{path.relative_to(ROOT)}:{line}" for folder in ("finfed", "server", "client", "tests", "benchmarks")
-                 for path in (ROOT / folder).rglob("*.py") for line, name in absolute_imports(path)
+    importers = [f"{path.relative_to(ROOT)}:{line}"
+                 for path in source_files((*LIBRARY, "tests", "benchmarks")) for line, name in absolute_imports(path)
                  if name.split(".")[0] == "simulations"]
     assert not importers, f"imports of a `simulations` module: {importers}"
