@@ -7,8 +7,9 @@ loudly: a version outside ``SUPPORTED`` is warned about once per process, and a 
 name that is gone raises ``CompatibilityError`` naming the package, its version and what
 finfed needed it for.
 
-Flower and Opacus are imported inside the functions that need them: this module is imported
-by processes (a site's message handler, the CLI) that must not pay for either when unused.
+Flower, Opacus, PyTorch and NumPy are imported inside the functions that need them: this module
+is imported by processes (a site's message handler, the CLI at start-up) that must not pay for
+them when unused.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import re
 import time
 import warnings
 from functools import cache
-from typing import Any, NamedTuple
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from finfed.errors import FinfedError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 # --------------------------------------------------------------------------- versions
 
@@ -116,6 +118,9 @@ def generator_from_words(words: np.ndarray) -> torch.Generator:
     The header of a freshly seeded generator is kept (``left`` = 1, no cached normal
     sample), so the first draw twists the new state: the stream depends on all 624 words.
     """
+    import numpy as np
+    import torch
+
     words = np.asarray(words, dtype="<u8")
     if words.shape != (_MT_WORDS,) or int(words.max()) >= 2**32 or not words.any():
         raise ValueError(f"an MT19937 state is {_MT_WORDS} words below 2**32, not all zero")
@@ -150,6 +155,8 @@ def empty_per_sample_gradients(optimizer) -> None:
     the clipped sum is zero and ``step()`` adds only the Gaussian noise: an empty Poisson
     batch's step, with no fabricated sample.
     """
+    import torch
+
     for param in optimizer.params:
         param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
 
