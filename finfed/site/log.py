@@ -17,7 +17,7 @@ SITE_LOG = "site.log"
 def site_log(folder: str | Path) -> logging.Logger:
     """A logger writing to ``folder/site.log`` only (one per folder: sites may share a process)."""
     path = (Path(folder) / SITE_LOG).resolve()
-    log = logging.getLogger(f"finfed.site.rounds-log.{hashlib.sha256(str(path).encode()).hexdigest()[:16]}")
+    log = logging.getLogger(f"finfed.site-log.{hashlib.sha256(str(path).encode()).hexdigest()[:16]}")
     if not log.handlers:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, encoding="utf-8", delay=True)
