@@ -10,9 +10,12 @@ from peft import PeftModel
 from transformers import AutoTokenizer
 
 from finfed.config import ExperimentConfig, load_config
+from finfed.errors import RunError
 from finfed.models.backbone import load_tokenizer, quiet_transformers, resolve_backbone
-from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, require_model
+from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, read_model_info, require_model
 from finfed.tasks import get_task, task_class
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what PEFT's save_pretrained writes
 
 
 def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], folder: Path) -> None:
@@ -27,15 +30,31 @@ def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], fo
     (folder / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
+def check_run_model(run_dir: str | Path) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """(settings, model description) of a completed run with a saved model: every cheap check
+    (status, settings, ``finfed_model.json``, the adapter file) before any model is built."""
+    run_dir = Path(run_dir)
+    require_model(run_dir)
+    config = load_config(run_dir / CONFIG)
+    info = read_model_info(run_dir)
+    adapter = run_dir / MODEL / ADAPTER_WEIGHTS
+    if not adapter.is_file():
+        raise RunError(f"{adapter} is missing: the run's model folder is incomplete; restore it or rerun the run")
+    return config, info
+
+
 def load_run_model(run_dir: str | Path) -> tuple[Any, PeftModel, Any]:
     """(task, model, tokenizer) of a completed run's global model."""
     quiet_transformers()
     run_dir = Path(run_dir)
-    require_model(run_dir)
-    config = load_config(run_dir / CONFIG)
+    config, info = check_run_model(run_dir)
     folder = run_dir / MODEL
-    info = json.loads((folder / MODEL_INFO).read_text(encoding="utf-8"))
     task = get_task(config, info["labels"])
-    model = PeftModel.from_pretrained(task.build_base_model(), str(folder))
+    try:
+        model = PeftModel.from_pretrained(task.build_base_model(), str(folder))
+    except Exception as exc:  # safetensors', torch's and peft's errors all mean an unreadable adapter
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RunError(f"{folder / ADAPTER_WEIGHTS} could not be loaded ({type(exc).__name__}: {first_line}); "
+                       "the file is corrupt or not this run's adapter: restore it or rerun the run") from None
     model.eval()
     return task, model, AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -63,7 +63,39 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / STATUS
     if not path.is_file():
         return {"state": "missing"}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json_object(path, "the run's status")
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A run file holding one JSON object; anything else (truncated, edited, not UTF-8) is a one-line RunError."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is corrupt ({what}; {_reason(exc)}); restore it or rerun the run") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} is corrupt ({what}): expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"not readable: {getattr(exc, 'strerror', None) or exc}"
+
+
+def read_model_info(run_dir: Path) -> dict[str, Any]:
+    """``model/finfed_model.json``: what finfed needs to rebuild the run's model (task, labels, backbone)."""
+    path = Path(run_dir) / MODEL / MODEL_INFO
+    if not path.is_file():
+        raise RunError(f"{path} is missing: the run's model folder is incomplete (it names the model's task, "
+                       "labels and backbone); restore the folder or rerun the run")
+    info = read_json_object(path, "the model's description")
+    missing = [key for key in ("labels", "max_length") if key not in info]
+    if missing:
+        raise RunError(f"{path} is corrupt (the model's description): no {', '.join(missing)}")
+    return info
 
 
 RUNNING, COMPLETE, INTERRUPTED, FAILED, BUDGET_EXHAUSTED = (
@@ -157,9 +189,25 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is corrupt (the run's rounds; {_reason(exc)}); restore it or rerun the run") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path}: line {number} is corrupt (not valid JSON: {exc.msg}); each line is one "
+                           "round's record; restore the file or rerun the run") from None
+        if not isinstance(record, dict):
+            raise RunError(f"{path}: line {number} is corrupt: expected a JSON object (one round's record)")
+        records.append(record)
+    return records
 
 
 def read_privacy(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / PRIVACY
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json_object(path, "the run's privacy record") if path.is_file() else {}
