@@ -114,13 +114,13 @@ def add_predict_parser(commands) -> None:
 
 def simulate(args: argparse.Namespace) -> int:
     from finfed.config import load_config, to_run_config, with_absolute_paths
-    from finfed.runs.outputs import prepare_run_dir
+    from finfed.runs.outputs import check_run_dir, prepare_run_dir
     from finfed.runtime.local_engine import (
         resume_config,
         run_simulation,
         simulation_config,
     )
-    from finfed.runtime.preflight import check_simulation
+    from finfed.runtime.preflight import check_configuration, check_simulation
 
     if args.resume and (args.config or args.overrides or args.overwrite):
         raise FinfedError("--resume continues a run with its saved settings: it takes no --config, --set or "
@@ -130,6 +130,11 @@ def simulate(args: argparse.Namespace) -> int:
     else:
         config = simulation_config(with_absolute_paths(load_config(args.config, args.overrides)))
     run_dir = config.resolved_run_dir
+    # Cheap checks first (seconds, settings and file headers only): the run folder, then the settings and data
+    # paths; only then the sites' data are loaded and their privacy planned, and nothing is deleted before.
+    if not args.resume:
+        check_run_dir(run_dir, overwrite=args.overwrite)
+    check_configuration(config)
     for site in check_simulation(config):
         logger.info(f"site {site['site']}: {site['train']} training / {site['validation']} validation "
                     f"examples{_held_back(site)}, {site['steps_per_round']} steps per round"

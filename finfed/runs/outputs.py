@@ -34,14 +34,47 @@ MODEL_INFO = "finfed_model.json"
 CHECKPOINT = "checkpoint"
 RUN_LEDGERS = "ledgers"  # `finfed simulate` keeps sites' ledgers here when `privacy.ledger_dir` is unset
 RUN_SITES = "sites"  # simulated sites' own folders (finfed/site/node_settings.py `site_folder`)
+RUNNING, COMPLETE, INTERRUPTED, FAILED, BUDGET_EXHAUSTED = (
+    "running", "complete", "interrupted", "failed", "budget-exhausted")
+
+
+def check_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
+    """Refuse an existing, non-empty run directory unless ``overwrite``, saying what it holds and what to do.
+
+    Reads only ``status.json``: cheap, so `finfed simulate` calls it before any other check.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} exists and is not a folder; choose another `name` (--set name=...)")
+    if overwrite or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    try:
+        status = read_status(run_dir)
+    except RunError:
+        status = {"state": "unreadable"}
+    state = status.get("state")
+    replace = "pass --overwrite to replace its results (its other files are kept)"
+    rename = "choose another `name` (--set name=...)"
+    if state == FAILED:
+        error = str(status.get("error") or "no reason recorded").splitlines()[0][:160]
+        raise RunError(f"run directory {run_dir} holds a failed run ({error}); to rerun it there, {replace}; "
+                       f"or {rename}")
+    if state == INTERRUPTED and status.get("last_completed_round"):
+        raise RunError(f"run directory {run_dir} holds a run interrupted after round "
+                       f"{status['last_completed_round']}; continue it with --resume "
+                       f"(`finfed simulate --resume {run_dir}`), {rename}, or {replace}")
+    if state == RUNNING:
+        raise RunError(f"run directory {run_dir} holds a run that is running or was killed (status: running); "
+                       f"{rename}, or, if no run is using it, {replace}")
+    what = {COMPLETE: "a completed run", BUDGET_EXHAUSTED: "a finished run", INTERRUPTED: "an interrupted run",
+            "missing": "files but no finfed run status"}.get(state, "a run whose status is unreadable")
+    raise RunError(f"run directory {run_dir} already exists and holds {what}; {rename} or {replace}")
 
 
 def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
     """Refuse to write into an existing run unless asked: earlier results are never lost silently."""
+    check_run_dir(run_dir, overwrite=overwrite)
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunError(f"run directory {run_dir} already exists; choose another `name` "
-                           "(--set name=...) or pass --overwrite")
         for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT, "report.json", "report.html", "report.pdf",
                      "flower.log"):
             (run_dir / name).unlink(missing_ok=True)
@@ -96,10 +129,6 @@ def read_model_info(run_dir: Path) -> dict[str, Any]:
     if missing:
         raise RunError(f"{path} is corrupt (the model's description): no {', '.join(missing)}")
     return info
-
-
-RUNNING, COMPLETE, INTERRUPTED, FAILED, BUDGET_EXHAUSTED = (
-    "running", "complete", "interrupted", "failed", "budget-exhausted")
 
 
 def require_finished(run_dir: Path) -> dict[str, Any]:

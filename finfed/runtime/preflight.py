@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from finfed.config import ExperimentConfig
 from finfed.data.partition import simulated_site
+from finfed.errors import DataError
 from finfed.privacy.calibration import plan_privacy, steps_per_round
 from finfed.privacy.membership_audit import audit_holdout_fraction
 from finfed.tasks import federation_labels, task_class
+
+
+def check_configuration(config: ExperimentConfig) -> None:
+    """What can fail from the settings alone, in seconds: no site's data loaded, no model built, no engine.
+
+    `finfed simulate` calls it after the run-folder check and before :func:`check_simulation`.
+    """
+    task_class(config)  # refuses settings the task cannot run with
+    # CHEAP-CHECK HOOK (issue 11): the data helper's config-only data check (paths, columns, labels, label map,
+    # partition column) plugs in here, e.g. `finfed.data.checks.check_data_config(config)`; until then, the files:
+    _check_data_files(config)
+
+
+def _check_data_files(config: ExperimentConfig) -> None:
+    if config.data.source != "file":
+        return
+    for key in ("path", "test_path"):  # an empty `data.path` with `source: file` is refused by finfed.config
+        value = getattr(config.data, key)
+        if value and not Path(value).expanduser().is_file():
+            raise DataError(f"data file {value} does not exist (`data.{key}`)",
+                            public_reason="the data file does not exist")
 
 
 def check_simulation(config: ExperimentConfig) -> list[dict]:
