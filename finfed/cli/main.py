@@ -166,7 +166,7 @@ def predict(args: argparse.Namespace) -> int:
               f"{answer['answer']}\n(score {answer['score']:.3f}, characters {answer['start']}-{answer['end']})")
         return 0
     if not args.texts:
-        raise FinfedError("give texts to label, or --question and --context for a qa run")
+        raise FinfedError("give texts to label, --question and --context for a qa run, or --input FILE")
     results = predict_texts(args.run_dir, args.texts)
     if args.json:
         print(json.dumps(results, indent=2))

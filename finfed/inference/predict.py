@@ -14,10 +14,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from finfed.errors import ConfigError, DataError
-from finfed.runs.model_store import check_run_model, load_run_model
-from finfed.tasks import task_class
+from finfed.runs.outputs import check_run_model
 
 FORMATS = (".csv", ".jsonl")
+
+
+def load_run_model(run_dir: str | Path) -> tuple[Any, Any, Any]:
+    """(task, model, tokenizer): PyTorch, transformers and PEFT are imported only when a model is loaded, so
+    that every check before it answers in a moment."""
+    from finfed.runs.model_store import load_run_model as load
+
+    return load(run_dir)
 
 
 def predict_texts(run_dir: str | Path, texts: list[str]) -> list[dict]:
@@ -63,11 +70,6 @@ def plan_file_prediction(run_dir: str | Path, input_path: str | Path, output: st
     replaced unless ``overwrite``), the input's format, columns and rows. No model is built."""
     run_dir, input_path = Path(run_dir), Path(input_path)
     config, _ = check_run_model(run_dir)
-    defaults = task_class(config).prediction_columns(config)
-    unknown = sorted(set(columns or {}) - set(defaults))
-    if unknown:
-        raise ConfigError(f"run {run_dir} is a {config.task!r} run: it reads no {', '.join(map(repr, unknown))} "
-                          f"column; its inputs are {_options(defaults)}")
     _check_format(input_path, "input")
     if not input_path.is_file():
         raise DataError(f"input file {input_path} does not exist")
@@ -75,6 +77,13 @@ def plan_file_prediction(run_dir: str | Path, input_path: str | Path, output: st
     if output is not None:
         _check_output(output, input_path, overwrite)
     header, records = _read_records(input_path)
+    from finfed.tasks import task_class  # PyTorch: after the checks that need none
+
+    defaults = task_class(config).prediction_columns(config)
+    unknown = sorted(set(columns or {}) - set(defaults))
+    if unknown:
+        raise ConfigError(f"run {run_dir} is a {config.task!r} run: it reads no {', '.join(map(repr, unknown))} "
+                          f"column; its inputs are {_options(defaults)}")
     chosen = {field: _column(input_path, header, field, column, (columns or {}).get(field))
               for field, column in defaults.items()}
     rows = [_row(input_path, number, record, chosen) for number, record in records]

@@ -9,13 +9,11 @@ from typing import Any
 from peft import PeftModel
 from transformers import AutoTokenizer
 
-from finfed.config import ExperimentConfig, load_config
+from finfed.config import ExperimentConfig
 from finfed.errors import RunError
 from finfed.models.backbone import load_tokenizer, quiet_transformers, resolve_backbone
-from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, read_model_info, require_model
+from finfed.runs.outputs import ADAPTER_WEIGHTS, MODEL, MODEL_INFO, check_run_model
 from finfed.tasks import get_task, task_class
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what PEFT's save_pretrained writes
 
 
 def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], folder: Path) -> None:
@@ -28,19 +26,6 @@ def save_model(model: PeftModel, config: ExperimentConfig, labels: list[str], fo
             "max_length": task_class(config).max_length_for(config), "lora_method": config.lora.method,
             "synthetic_data": config.data.source == "synthetic"}
     (folder / MODEL_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
-
-
-def check_run_model(run_dir: str | Path) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """(settings, model description) of a completed run with a saved model: every cheap check
-    (status, settings, ``finfed_model.json``, the adapter file) before any model is built."""
-    run_dir = Path(run_dir)
-    require_model(run_dir)
-    config = load_config(run_dir / CONFIG)
-    info = read_model_info(run_dir)
-    adapter = run_dir / MODEL / ADAPTER_WEIGHTS
-    if not adapter.is_file():
-        raise RunError(f"{adapter} is missing: the run's model folder is incomplete; restore it or rerun the run")
-    return config, info
 
 
 def load_run_model(run_dir: str | Path) -> tuple[Any, PeftModel, Any]:

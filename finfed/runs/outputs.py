@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from finfed.atomic import write_json_atomic, write_text_atomic
-from finfed.config import ExperimentConfig, save_config
+from finfed.config import ExperimentConfig, load_config, save_config
 from finfed.errors import RunError
 
 STATUS = "status.json"
@@ -31,6 +31,7 @@ PRIVACY = "privacy.json"
 MODEL = "model"
 REPORT = "report.md"
 MODEL_INFO = "finfed_model.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what PEFT's save_pretrained writes in MODEL/
 CHECKPOINT = "checkpoint"
 RUN_LEDGERS = "ledgers"  # `finfed simulate` keeps sites' ledgers here when `privacy.ledger_dir` is unset
 RUN_SITES = "sites"  # simulated sites' own folders (finfed/site/node_settings.py `site_folder`)
@@ -156,6 +157,19 @@ def require_model(run_dir: Path) -> dict[str, Any]:
     if not (Path(run_dir) / MODEL).is_dir():
         raise RunError(f"run directory {run_dir} has no saved model ({MODEL}/)")
     return status
+
+
+def check_run_model(run_dir: str | Path) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """(settings, model description) of a completed run with a saved model: every cheap check
+    (status, settings, ``finfed_model.json``, the adapter file) before any model is built."""
+    run_dir = Path(run_dir)
+    require_model(run_dir)
+    config = load_config(run_dir / CONFIG)
+    info = read_model_info(run_dir)
+    adapter = run_dir / MODEL / ADAPTER_WEIGHTS
+    if not adapter.is_file():
+        raise RunError(f"{adapter} is missing: the run's model folder is incomplete; restore it or rerun the run")
+    return config, info
 
 
 def mark_interrupted(run_dir: Path, last_completed_round: int, **extra: Any) -> dict[str, Any]:

@@ -1,15 +1,16 @@
-"""Checks run before any process starts, so bad input fails fast and names the problem."""
+"""Checks run before any process starts, so bad input fails fast and names the problem.
+
+Importing this module is cheap (settings only): the modules :func:`check_simulation` needs (data,
+privacy calibration, the tasks with PyTorch and PEFT: seconds to import) are imported when it runs,
+so that :func:`check_configuration`'s errors come first.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from finfed.config import ExperimentConfig
-from finfed.data.partition import simulated_site
 from finfed.errors import DataError
-from finfed.privacy.calibration import plan_privacy, steps_per_round
-from finfed.privacy.membership_audit import audit_holdout_fraction
-from finfed.tasks import federation_labels, task_class
 
 
 def check_configuration(config: ExperimentConfig) -> None:
@@ -17,10 +18,12 @@ def check_configuration(config: ExperimentConfig) -> None:
 
     `finfed simulate` calls it after the run-folder check and before :func:`check_simulation`.
     """
-    task_class(config)  # refuses settings the task cannot run with
     # CHEAP-CHECK HOOK (issue 11): the data helper's config-only data check (paths, columns, labels, label map,
     # partition column) plugs in here, e.g. `finfed.data.checks.check_data_config(config)`; until then, the files:
     _check_data_files(config)
+    from finfed.tasks import task_class  # PyTorch and PEFT: the slowest import of the checks, so last
+
+    task_class(config)  # refuses settings the task cannot run with
 
 
 def _check_data_files(config: ExperimentConfig) -> None:
@@ -35,6 +38,11 @@ def _check_data_files(config: ExperimentConfig) -> None:
 
 def check_simulation(config: ExperimentConfig) -> list[dict]:
     """Load every simulated site's data and plan its privacy; return one summary per site."""
+    from finfed.data.partition import simulated_site
+    from finfed.privacy.calibration import plan_privacy, steps_per_round
+    from finfed.privacy.membership_audit import audit_holdout_fraction
+    from finfed.tasks import federation_labels, task_class
+
     record_format = task_class(config).records  # task_class refuses settings the task cannot run with
     federation_labels(config)
     summaries = []
