@@ -4,12 +4,16 @@ options in any order; outputs never replaced silently; every input check before 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
+import sys
 
 import pytest
 from test_export import LABELS, QA, TEXTS, fake_run
 
 import finfed.inference.predict as predict_module
+from finfed.cli.console import ProgressBar, console_logging
 from finfed.cli.main import main
 from finfed.inference.predict import answer_question, predict_texts
 
@@ -143,3 +147,25 @@ def test_bad_inputs_fail_in_one_line_before_the_model_is_built(classification_ru
         assert main(["predict", *map(str, args)]) == 2, args
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and str(named) in err and expected in err, (args, err)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("terminal, level, expected", [
+    (True, logging.INFO, "\r[finfed] predicting [###############---------------] 2/4 rows\r[finfed] predicting "
+                         "[##############################] 4/4 rows\n"),
+    (False, logging.INFO, "[finfed] predicting: 4/4 rows\n"),
+    (True, logging.WARNING, ""),  # --quiet
+])
+def test_the_progress_bar_redraws_on_a_terminal_and_says_one_line_elsewhere(monkeypatch, terminal, level, expected):
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    with console_logging(level):
+        bar = ProgressBar("predicting", "rows")
+        bar(2, 4)
+        bar(4, 4)
+        bar.close()
+    assert stream.getvalue() == expected
