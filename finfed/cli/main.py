@@ -133,7 +133,7 @@ def simulate(args: argparse.Namespace) -> int:
     # Cheap checks first (seconds, settings and file headers only): the run folder, then the settings and data
     # paths; only then the sites' data are loaded and their privacy planned, and nothing is deleted before.
     if not args.resume:
-        check_run_dir(run_dir, overwrite=args.overwrite)
+        check_run_dir(run_dir, overwrite=args.overwrite, resume=f"finfed simulate --resume {run_dir}")
     check_configuration(config)
     for site in check_simulation(config):
         logger.info(f"site {site['site']}: {site['train']} training / {site['validation']} validation "

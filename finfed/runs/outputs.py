@@ -39,8 +39,9 @@ RUNNING, COMPLETE, INTERRUPTED, FAILED, BUDGET_EXHAUSTED = (
     "running", "complete", "interrupted", "failed", "budget-exhausted")
 
 
-def check_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
-    """Refuse an existing, non-empty run directory unless ``overwrite``, saying what it holds and what to do.
+def check_run_dir(run_dir: Path, *, overwrite: bool = False, resume: str = "") -> None:
+    """Refuse an existing, non-empty run directory unless ``overwrite``, saying what it holds and what to do
+    (``resume``: the command that continues an interrupted run there).
 
     Reads only ``status.json``: cheap, so `finfed simulate` calls it before any other check.
     """
@@ -62,8 +63,8 @@ def check_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
                        f"or {rename}")
     if state == INTERRUPTED and status.get("last_completed_round"):
         raise RunError(f"run directory {run_dir} holds a run interrupted after round "
-                       f"{status['last_completed_round']}; continue it with --resume "
-                       f"(`finfed simulate --resume {run_dir}`), {rename}, or {replace}")
+                       f"{status['last_completed_round']}; continue it with "
+                       f"{f'`{resume}`' if resume else '--resume'}, {rename}, or {replace}")
     if state == RUNNING:
         raise RunError(f"run directory {run_dir} holds a run that is running or was killed (status: running); "
                        f"{rename}, or, if no run is using it, {replace}")
