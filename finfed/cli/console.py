@@ -78,3 +78,32 @@ def console_logging(level: int) -> Iterator[None]:
 
 def console_level(quiet: bool, verbose: bool) -> int:
     return logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+
+
+class ProgressBar:
+    """``[finfed] predicting  [#####-----]  120/400 rows`` on stderr, redrawn in place: on a terminal, and
+    not with ``--quiet``; elsewhere (a pipe, a log file) one line when done, so logs stay readable."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str, unit: str) -> None:
+        self.label, self.unit = label, unit
+        self.shown = logging.getLogger(ROOT).isEnabledFor(logging.INFO)
+        self.live = self.shown and sys.stderr.isatty()
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.live:
+            filled = self.WIDTH * done // max(total, 1)
+            bar = "#" * filled + "-" * (self.WIDTH - filled)
+            sys.stderr.write(f"\r{PREFIX}{self.label} [{bar}] {done}/{total} {self.unit}")
+            sys.stderr.flush()
+            self.drawn = True
+        elif self.shown and done >= total:
+            sys.stderr.write(f"{PREFIX}{self.label}: {done}/{total} {self.unit}\n")
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.drawn = False

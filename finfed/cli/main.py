@@ -21,13 +21,26 @@ logger = logging.getLogger(__name__)
 class _Parser(argparse.ArgumentParser):
     """Every command and subcommand takes the console options: before the subcommand or after it."""
 
+    #: a subcommand whose options may come before, between or after its positionals (`predict RUN --json TEXT`)
+    intermixed = False
+
     def __init__(self, *args, **kwargs) -> None:
+        self._intermixing = False
         super().__init__(*args, **kwargs)  # subparsers are made of this class too (argparse's parser_class)
         console = self.add_mutually_exclusive_group()
         console.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
                              help="show only warnings and errors (and the result)")
         console.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="show debug lines and Flower's, Ray's and transformers' full output")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self.intermixed or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # argparse's intermixed parsing calls parse_known_args itself
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,14 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     ledger_new.add_argument("--dataset", default="", help="the dataset name (default: the only one recorded)")
     ledger_new.add_argument("--site-dir", type=Path, help="the site folder holding the chain head")
 
-    predict = commands.add_parser("predict", help="use a finished run's global model: label texts "
-                                  "(classification) or answer a question about a passage (qa)")
-    predict.add_argument("run_dir", type=Path)
-    predict.add_argument("texts", nargs="*", help="classification: texts to label")
-    predict.add_argument("--question", help="qa: the question")
-    predict.add_argument("--context", help="qa: the passage holding the answer")
-    predict.add_argument("--max-answer-tokens", type=int, help="qa: longest answer (default: the run's setting)")
-    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_predict_parser(commands)
 
     export = commands.add_parser("export", help="write a run's model as a folder transformers.pipeline loads")
     export.add_argument("run_dir", type=Path)
@@ -81,15 +87,40 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_predict_parser(commands) -> None:
+    """`finfed predict`: its options may come anywhere (before, between or after the run folder and texts)."""
+    predict = commands.add_parser("predict", help="use a finished run's global model: label texts "
+                                  "(classification) or answer a question about a passage (qa), given as "
+                                  "arguments or as a CSV/JSONL file (--input)")
+    predict.intermixed = True
+    predict.add_argument("run_dir", type=Path)
+    predict.add_argument("texts", nargs="*", help="classification: texts to label")
+    predict.add_argument("--question", help="qa: the question")
+    predict.add_argument("--context", help="qa: the passage holding the answer")
+    predict.add_argument("--max-answer-tokens", type=int, help="qa: longest answer (default: the run's setting)")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    batch = predict.add_argument_group("a file of inputs")
+    batch.add_argument("--input", type=Path, metavar="FILE",
+                       help="a CSV or JSONL file: one prediction per row, in batches of the run's "
+                            "train.eval_batch_size")
+    batch.add_argument("--output", type=Path, metavar="FILE", help="write the predictions to this .csv or "
+                       ".jsonl file (default: JSON lines on stdout); an existing file is refused")
+    batch.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    for field, task in (("text", "classification"), ("question", "qa"), ("context", "qa")):
+        batch.add_argument(f"--{field}-column", metavar="NAME", dest=f"column_{field}",
+                           help=f"{task}: the input's column holding the {field} (default: the run's "
+                                f"data.{field}_column, or a column named {field!r})")
+
+
 def simulate(args: argparse.Namespace) -> int:
     from finfed.config import load_config, to_run_config, with_absolute_paths
-    from finfed.runs.outputs import prepare_run_dir
+    from finfed.runs.outputs import check_run_dir, prepare_run_dir
     from finfed.runtime.local_engine import (
         resume_config,
         run_simulation,
         simulation_config,
     )
-    from finfed.runtime.preflight import check_simulation
+    from finfed.runtime.preflight import check_configuration, check_simulation
 
     if args.resume and (args.config or args.overrides or args.overwrite):
         raise FinfedError("--resume continues a run with its saved settings: it takes no --config, --set or "
@@ -99,6 +130,11 @@ def simulate(args: argparse.Namespace) -> int:
     else:
         config = simulation_config(with_absolute_paths(load_config(args.config, args.overrides)))
     run_dir = config.resolved_run_dir
+    # Cheap checks first (seconds, settings and file headers only): the run folder, then the settings and data
+    # paths; only then the sites' data are loaded and their privacy planned, and nothing is deleted before.
+    if not args.resume:
+        check_run_dir(run_dir, overwrite=args.overwrite, resume=f"finfed simulate --resume {run_dir}")
+    check_configuration(config)
     for site in check_simulation(config):
         logger.info(f"site {site['site']}: {site['train']} training / {site['validation']} validation "
                     f"examples{_held_back(site)}, {site['steps_per_round']} steps per round"
@@ -116,6 +152,12 @@ def simulate(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     from finfed.inference.predict import answer_question, predict_texts
 
+    columns = {key.removeprefix("column_"): value for key, value in vars(args).items()
+               if key.startswith("column_") and value is not None}
+    if args.input is not None:
+        return predict_input_file(args, columns)
+    if args.output or args.overwrite or columns:
+        raise FinfedError("--output, --overwrite and --*-column go with --input FILE")
     if args.question is not None or args.context is not None:
         if not (args.question and args.context) or args.texts:
             raise FinfedError("qa prediction needs both --question and --context, and no texts")
@@ -124,7 +166,7 @@ def predict(args: argparse.Namespace) -> int:
               f"{answer['answer']}\n(score {answer['score']:.3f}, characters {answer['start']}-{answer['end']})")
         return 0
     if not args.texts:
-        raise FinfedError("give texts to label, or --question and --context for a qa run")
+        raise FinfedError("give texts to label, --question and --context for a qa run, or --input FILE")
     results = predict_texts(args.run_dir, args.texts)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -132,6 +174,28 @@ def predict(args: argparse.Namespace) -> int:
     for result in results:
         probs = "  ".join(f"{label}={p:.3f}" for label, p in result["probabilities"].items())
         print(f"{result['label']:<10} {probs}  | {result['text']}")
+    return 0
+
+
+def predict_input_file(args: argparse.Namespace, columns: dict[str, str]) -> int:
+    """`finfed predict RUN --input FILE`: every check that needs no model first, then the batches."""
+    from finfed.cli.console import ProgressBar
+    from finfed.inference.predict import plan_file_prediction, predict_file
+
+    if args.texts or args.question is not None or args.context is not None:
+        raise FinfedError("--input takes its texts or questions from the file: give no texts, --question or "
+                          "--context with it")
+    job = plan_file_prediction(args.run_dir, args.input, args.output, columns=columns, overwrite=args.overwrite,
+                               max_answer_tokens=args.max_answer_tokens)
+    logger.info(f"predicting {len(job.rows)} rows of {job.input} (columns: "
+                + ", ".join(f"{field}={column!r}" for field, column in job.columns.items()) + ")")
+    bar = ProgressBar("predicting", "rows")
+    try:
+        count = predict_file(job, progress=bar)
+    finally:
+        bar.close()
+    if job.output is not None:
+        logger.info(f"wrote {count} predictions to {job.output}")
     return 0
 
 

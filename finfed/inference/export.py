@@ -35,8 +35,8 @@ from transformers import PreTrainedModel
 
 from finfed.errors import RunError
 from finfed.privacy.randomness import REPRODUCIBLE_LABEL
-from finfed.runs.model_store import load_run_model
-from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, read_privacy, require_model
+from finfed.runs.model_store import check_run_model, load_run_model
+from finfed.runs.outputs import CONFIG, read_model_info, read_privacy, require_model
 from finfed.tasks import Task, task_named
 
 EXPORT_INFO = "finfed_export.json"
@@ -67,8 +67,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False,
         raise RunError(f"run directory {run_dir} has no privacy record (privacy.json); a model is never "
                        "exported without its privacy parameters")
     check_destination(run_dir, out, overwrite=overwrite)
+    check_run_model(run_dir)  # a missing model description or adapter file fails before any model is built
     task, model, tokenizer = load_run_model(run_dir)
-    info = json.loads((run_dir / MODEL / MODEL_INFO).read_text(encoding="utf-8"))
+    info = read_model_info(run_dir)
     spec = spec_for(task, info)
     manifest = export_manifest(run_dir, task.config.name, info, spec, privacy, merged=merge)
     manifest["training"] = {key: status.get(key) for key in ("state", "rounds", "trained_rounds", "model_round",

@@ -9,9 +9,10 @@ from typing import Any
 from peft import PeftModel
 from transformers import AutoTokenizer
 
-from finfed.config import ExperimentConfig, load_config
+from finfed.config import ExperimentConfig
+from finfed.errors import RunError
 from finfed.models.backbone import load_tokenizer, quiet_transformers, resolve_backbone
-from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, require_model
+from finfed.runs.outputs import ADAPTER_WEIGHTS, MODEL, MODEL_INFO, check_run_model
 from finfed.tasks import get_task, task_class
 
 
@@ -31,11 +32,14 @@ def load_run_model(run_dir: str | Path) -> tuple[Any, PeftModel, Any]:
     """(task, model, tokenizer) of a completed run's global model."""
     quiet_transformers()
     run_dir = Path(run_dir)
-    require_model(run_dir)
-    config = load_config(run_dir / CONFIG)
+    config, info = check_run_model(run_dir)
     folder = run_dir / MODEL
-    info = json.loads((folder / MODEL_INFO).read_text(encoding="utf-8"))
     task = get_task(config, info["labels"])
-    model = PeftModel.from_pretrained(task.build_base_model(), str(folder))
+    try:
+        model = PeftModel.from_pretrained(task.build_base_model(), str(folder))
+    except Exception as exc:  # safetensors', torch's and peft's errors all mean an unreadable adapter
+        first_line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RunError(f"{folder / ADAPTER_WEIGHTS} could not be loaded ({type(exc).__name__}: {first_line}); "
+                       "the file is corrupt or not this run's adapter: restore it or rerun the run") from None
     model.eval()
     return task, model, AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from finfed.atomic import write_json_atomic, write_text_atomic
-from finfed.config import ExperimentConfig, save_config
+from finfed.config import ExperimentConfig, load_config, save_config
 from finfed.errors import RunError
 
 STATUS = "status.json"
@@ -31,17 +31,52 @@ PRIVACY = "privacy.json"
 MODEL = "model"
 REPORT = "report.md"
 MODEL_INFO = "finfed_model.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # what PEFT's save_pretrained writes in MODEL/
 CHECKPOINT = "checkpoint"
 RUN_LEDGERS = "ledgers"  # `finfed simulate` keeps sites' ledgers here when `privacy.ledger_dir` is unset
 RUN_SITES = "sites"  # simulated sites' own folders (finfed/site/node_settings.py `site_folder`)
+RUNNING, COMPLETE, INTERRUPTED, FAILED, BUDGET_EXHAUSTED = (
+    "running", "complete", "interrupted", "failed", "budget-exhausted")
+
+
+def check_run_dir(run_dir: Path, *, overwrite: bool = False, resume: str = "") -> None:
+    """Refuse an existing, non-empty run directory unless ``overwrite``, saying what it holds and what to do
+    (``resume``: the command that continues an interrupted run there).
+
+    Reads only ``status.json``: cheap, so `finfed simulate` calls it before any other check.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"run directory {run_dir} exists and is not a folder; choose another `name` (--set name=...)")
+    if overwrite or not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    try:
+        status = read_status(run_dir)
+    except RunError:
+        status = {"state": "unreadable"}
+    state = status.get("state")
+    replace = "pass --overwrite to replace its results (its other files are kept)"
+    rename = "choose another `name` (--set name=...)"
+    if state == FAILED:
+        error = str(status.get("error") or "no reason recorded").splitlines()[0][:160]
+        raise RunError(f"run directory {run_dir} holds a failed run ({error}); to rerun it there, {replace}; "
+                       f"or {rename}")
+    if state == INTERRUPTED and status.get("last_completed_round"):
+        raise RunError(f"run directory {run_dir} holds a run interrupted after round "
+                       f"{status['last_completed_round']}; continue it with "
+                       f"{f'`{resume}`' if resume else '--resume'}, {rename}, or {replace}")
+    if state == RUNNING:
+        raise RunError(f"run directory {run_dir} holds a run that is running or was killed (status: running); "
+                       f"{rename}, or, if no run is using it, {replace}")
+    what = {COMPLETE: "a completed run", BUDGET_EXHAUSTED: "a finished run", INTERRUPTED: "an interrupted run",
+            "missing": "files but no finfed run status"}.get(state, "a run whose status is unreadable")
+    raise RunError(f"run directory {run_dir} already exists and holds {what}; {rename} or {replace}")
 
 
 def prepare_run_dir(run_dir: Path, *, overwrite: bool = False) -> None:
     """Refuse to write into an existing run unless asked: earlier results are never lost silently."""
+    check_run_dir(run_dir, overwrite=overwrite)
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunError(f"run directory {run_dir} already exists; choose another `name` "
-                           "(--set name=...) or pass --overwrite")
         for name in (STATUS, CONFIG, METRICS, PRIVACY, REPORT, "report.json", "report.html", "report.pdf",
                      "flower.log"):
             (run_dir / name).unlink(missing_ok=True)
@@ -63,11 +98,39 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / STATUS
     if not path.is_file():
         return {"state": "missing"}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json_object(path, "the run's status")
 
 
-RUNNING, COMPLETE, INTERRUPTED, FAILED, BUDGET_EXHAUSTED = (
-    "running", "complete", "interrupted", "failed", "budget-exhausted")
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A run file holding one JSON object; anything else (truncated, edited, not UTF-8) is a one-line RunError."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path} is corrupt ({what}; {_reason(exc)}); restore it or rerun the run") from None
+    if not isinstance(value, dict):
+        raise RunError(f"{path} is corrupt ({what}): expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return f"not readable: {getattr(exc, 'strerror', None) or exc}"
+
+
+def read_model_info(run_dir: Path) -> dict[str, Any]:
+    """``model/finfed_model.json``: what finfed needs to rebuild the run's model (task, labels, backbone)."""
+    path = Path(run_dir) / MODEL / MODEL_INFO
+    if not path.is_file():
+        raise RunError(f"{path} is missing: the run's model folder is incomplete (it names the model's task, "
+                       "labels and backbone); restore the folder or rerun the run")
+    info = read_json_object(path, "the model's description")
+    missing = [key for key in ("labels", "max_length") if key not in info]
+    if missing:
+        raise RunError(f"{path} is corrupt (the model's description): no {', '.join(missing)}")
+    return info
 
 
 def require_finished(run_dir: Path) -> dict[str, Any]:
@@ -95,6 +158,19 @@ def require_model(run_dir: Path) -> dict[str, Any]:
     if not (Path(run_dir) / MODEL).is_dir():
         raise RunError(f"run directory {run_dir} has no saved model ({MODEL}/)")
     return status
+
+
+def check_run_model(run_dir: str | Path) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """(settings, model description) of a completed run with a saved model: every cheap check
+    (status, settings, ``finfed_model.json``, the adapter file) before any model is built."""
+    run_dir = Path(run_dir)
+    require_model(run_dir)
+    config = load_config(run_dir / CONFIG)
+    info = read_model_info(run_dir)
+    adapter = run_dir / MODEL / ADAPTER_WEIGHTS
+    if not adapter.is_file():
+        raise RunError(f"{adapter} is missing: the run's model folder is incomplete; restore it or rerun the run")
+    return config, info
 
 
 def mark_interrupted(run_dir: Path, last_completed_round: int, **extra: Any) -> dict[str, Any]:
@@ -157,9 +233,25 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path} is corrupt (the run's rounds; {_reason(exc)}); restore it or rerun the run") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path}: line {number} is corrupt (not valid JSON: {exc.msg}); each line is one "
+                           "round's record; restore the file or rerun the run") from None
+        if not isinstance(record, dict):
+            raise RunError(f"{path}: line {number} is corrupt: expected a JSON object (one round's record)")
+        records.append(record)
+    return records
 
 
 def read_privacy(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / PRIVACY
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json_object(path, "the run's privacy record") if path.is_file() else {}

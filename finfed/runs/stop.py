@@ -24,6 +24,7 @@ from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from finfed.atomic import write_json_atomic
+from finfed.errors import RunError
 
 STOP_FILE = ".stop"
 # How long the CLI waits for the ServerApp to record `interrupted`, then for Flower to end by itself,
@@ -153,5 +154,5 @@ class SignalStop:
 def _recorded(read_status, run_dir: Path) -> bool:
     try:
         return read_status(run_dir).get("state") not in ("running", "missing")
-    except (OSError, ValueError):
+    except (OSError, ValueError, RunError):  # a status being replaced or unreadable: not recorded yet
         return False

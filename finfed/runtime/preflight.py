@@ -1,16 +1,48 @@
-"""Checks run before any process starts, so bad input fails fast and names the problem."""
+"""Checks run before any process starts, so bad input fails fast and names the problem.
+
+Importing this module is cheap (settings only): the modules :func:`check_simulation` needs (data,
+privacy calibration, the tasks with PyTorch and PEFT: seconds to import) are imported when it runs,
+so that :func:`check_configuration`'s errors come first.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from finfed.config import ExperimentConfig
-from finfed.data.partition import simulated_site
-from finfed.privacy.calibration import plan_privacy, steps_per_round
-from finfed.privacy.membership_audit import audit_holdout_fraction
-from finfed.tasks import federation_labels, task_class
+from finfed.errors import DataError
+
+
+def check_configuration(config: ExperimentConfig) -> None:
+    """What can fail from the settings alone, in seconds: no site's data loaded, no model built, no engine.
+
+    `finfed simulate` calls it after the run-folder check and before :func:`check_simulation`.
+    """
+    # CHEAP-CHECK HOOK (issue 11): the data helper's config-only data check (paths, columns, labels, label map,
+    # partition column) plugs in here, e.g. `finfed.data.checks.check_data_config(config)`; until then, the files:
+    _check_data_files(config)
+    from finfed.tasks import task_class  # PyTorch and PEFT: the slowest import of the checks, so last
+
+    task_class(config)  # refuses settings the task cannot run with
+
+
+def _check_data_files(config: ExperimentConfig) -> None:
+    if config.data.source != "file":
+        return
+    for key in ("path", "test_path"):  # an empty `data.path` with `source: file` is refused by finfed.config
+        value = getattr(config.data, key)
+        if value and not Path(value).expanduser().is_file():
+            raise DataError(f"data file {value} does not exist (`data.{key}`)",
+                            public_reason="the data file does not exist")
 
 
 def check_simulation(config: ExperimentConfig) -> list[dict]:
     """Load every simulated site's data and plan its privacy; return one summary per site."""
+    from finfed.data.partition import simulated_site
+    from finfed.privacy.calibration import plan_privacy, steps_per_round
+    from finfed.privacy.membership_audit import audit_holdout_fraction
+    from finfed.tasks import federation_labels, task_class
+
     record_format = task_class(config).records  # task_class refuses settings the task cannot run with
     federation_labels(config)
     summaries = []

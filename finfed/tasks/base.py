@@ -93,6 +93,17 @@ class Task(ABC):
         ``max_answer_tokens`` long if given, else as long as the run's settings allow."""
         raise ConfigError(f"a {self.name!r} model answers no questions; {self.predict_usage}")
 
+    @classmethod
+    @abstractmethod
+    def prediction_columns(cls, config: ExperimentConfig) -> dict[str, str]:
+        """`finfed predict --input`: each field a row must give (e.g. ``text``) -> the column the run read it from."""
+
+    @abstractmethod
+    def predict_rows(self, model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, str]], *,
+                     max_answer_tokens: int | None = None) -> list[dict]:
+        """One prediction per row (rows keyed by :meth:`prediction_columns`' fields), as `finfed predict`
+        prints it: the same dict for a row given alone or among others."""
+
     @abstractmethod
     def build_base_model(self) -> nn.Module:
         """The backbone with its task head, before adapters."""

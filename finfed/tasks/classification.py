@@ -8,9 +8,11 @@ import pandas as pd
 import torch
 from torch import nn
 
+from finfed.config import ExperimentConfig
 from finfed.data.loading import normalise_examples, read_table
 from finfed.data.partition import RecordFormat
 from finfed.data.synthetic_news import generate_news
+from finfed.errors import ConfigError
 from finfed.models.backbone import load_encoder
 from finfed.models.hf_pooled_classifier import HEAD_NAME, FinfedPooledClassifier
 from finfed.privacy.ledger import dataset_fingerprint
@@ -123,3 +125,13 @@ class ClassificationTask(Task):
             best = max(range(len(row)), key=row.__getitem__)
             results.append({"text": text, "label": self.labels[best], "probabilities": dict(zip(self.labels, row))})
         return results
+
+    @classmethod
+    def prediction_columns(cls, config: ExperimentConfig) -> dict[str, str]:
+        return {"text": config.data.text_column}
+
+    def predict_rows(self, model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, str]], *,
+                     max_answer_tokens: int | None = None) -> list[dict]:
+        if max_answer_tokens:
+            raise ConfigError(f"--max-answer-tokens is for question answering; a {self.name!r} model labels texts")
+        return self.label_texts(model, tokenizer, [row["text"] for row in rows])

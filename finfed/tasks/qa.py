@@ -216,10 +216,29 @@ class QuestionAnsweringTask(Task):
 
     def answer_question(self, model: nn.Module, tokenizer: Any, question: str, context: str, *,
                         max_answer_tokens: int | None = None) -> Answer:
+        [answer] = self._answers(model, tokenizer, [{"question": question, "context": context}], max_answer_tokens)
+        return answer
+
+    def _answers(self, model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, str]],
+                 max_answer_tokens: int | None) -> list[Answer]:
         decoder = self
         if max_answer_tokens:  # a decoder of its own: this task's settings stay the run's
             decoder = QuestionAnsweringTask(self.config, self.labels, max_answer_tokens=max_answer_tokens)
-        frame = pd.DataFrame([{"id": "question", "question": question, "context": context,
-                               "answer_texts": [context[:1]], "answer_starts": [0]}])  # gold unused
-        [answer] = decoder.answers(model, decoder.encode_for_evaluation(frame, tokenizer))
-        return answer
+        frame = pd.DataFrame([{"id": str(i), "question": row["question"], "context": row["context"],
+                               "answer_texts": [row["context"][:1]], "answer_starts": [0]}  # gold unused
+                              for i, row in enumerate(rows)])
+        answers = decoder.answers(model, decoder.encode_for_evaluation(frame, tokenizer))
+        if len(answers) != len(rows):  # a record without a window would shift every later answer
+            raise ConfigError(f"{len(rows) - len(answers)} of {len(rows)} question(s) gave the model no window "
+                              "to read (an empty question or passage?)")
+        return answers
+
+    @classmethod
+    def prediction_columns(cls, config: ExperimentConfig) -> dict[str, str]:
+        return {"question": config.data.question_column, "context": config.data.context_column}
+
+    def predict_rows(self, model: nn.Module, tokenizer: Any, rows: Sequence[dict[str, str]], *,
+                     max_answer_tokens: int | None = None) -> list[dict]:
+        answers = self._answers(model, tokenizer, rows, max_answer_tokens)
+        return [{"question": row["question"], "answer": answer.text, "score": answer.score, "start": answer.start,
+                 "end": answer.end} for row, answer in zip(rows, answers)]
