@@ -52,7 +52,11 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
         assert len(evaluate) == 1 and evaluate[0]["sent_tensors"] == [] and evaluate[0]["epsilon"] is None
         # metrics left: their keys and 8-byte numbers are counted (finfed/site/audit.py)
         values = evaluate[0]["records"]["metrics"]["values"]
-        assert evaluate[0]["bytes_total"] == sum(len(k) + 8 for k in values) > 0
+        # ... and the one text a reply carries: the site's name (its partition column's value), logged as sent
+        name = f"institution-{site}"
+        assert evaluate[0]["records"]["site"]["values"] == {"site-name": name}
+        assert evaluate[0]["bytes_total"] == sum(len(k) + 8 for k in values) + len("site-name") + len(name)
+        assert sites[site]["site-name"] == name  # also under SecAgg+, where it travels among the FitRes metrics
         assert all(e["run_id"] == 42 for e in entries)
         opted_in = " (with train-loss: the site opted in)"  # simulation's default, privacy.share_train_loss
         assert [e["allowed_by"] for e in train] == (
