@@ -117,3 +117,19 @@ def test_a_deployed_site_sends_the_name_its_site_toml_gives_and_only_a_plain_one
     path.write_text(path.read_text().replace(f'name = "{site.name}"', 'name = "../bank a"', 1))
     with pytest.raises(ConfigError, match=r"\[site\] name: must be lower-case letters"):
         load_site_config(path)
+
+
+def test_a_sites_ledger_report_names_the_site_its_files_name(tmp_path):
+    from finfed.reporting.ledger_report import site_of
+
+    deployed = tmp_path / "bank-a"
+    deployed.mkdir()
+    (deployed / "site.toml").write_text('[site]\nname = "bank-a"\nid = 0\n', encoding="utf-8")
+    assert site_of(deployed / "privacy-ledger.json", deployed) == "bank-a"
+    run = tmp_path / "run"
+    (run / "ledgers").mkdir(parents=True)
+    (run / "privacy.json").write_text(json.dumps({"sites": {"1": {"site-name": "Harbor Savings Bank"}}}))
+    assert site_of(run / "ledgers" / "site-1.json", None) == "Harbor Savings Bank"  # finfed simulate's ledgers
+    assert site_of(run / "ledgers" / "site-0.json", None) == ""  # unnamed: the report shows the path only
+    (run / "privacy.json").write_text("{not json")
+    assert site_of(run / "ledgers" / "site-1.json", None) == ""

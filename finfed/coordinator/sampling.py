@@ -145,8 +145,8 @@ class SiteNames:
         site = self.by_node.get(int(node_id))
         if site is None:
             return f"node {node_id}"
-        name = f" {self.names[site]}" if site in self.names else ""
-        return f"site {site}{name} (node {node_id})"
+        name = f"{self.names[site]}, " if site in self.names else ""
+        return f"site {site} ({name}node {node_id})"
 
     def state(self) -> dict[str, int]:
         return {str(node): site for node, site in self.by_node.items()}
