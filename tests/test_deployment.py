@@ -320,8 +320,6 @@ def test_e2e_three_banks_tls_node_auth_dp_and_secure_aggregation(deployment):
     for record in records[1:]:
         assert sorted(s["site"] for s in record["sites"]) == [0, 1, 2]
         assert all(0 < s["epsilon"] <= 8.0 for s in record["sites"])
-        # each bank's name, from its own site.toml, beside its id
-        assert {s["site"]: s["site-name"] for s in record["sites"]} == {e.site_id: e.name for e in consortium.sites}
     _check_site_records(consortium, ["bank-a", "bank-b", "bank-c"], [1, 2])
     # The coordinator's files (state, logs, run outputs) never hold a site's data path or ledger path.
     coordinator_text = _text_under(consortium.coordinator_dir)
