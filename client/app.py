@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from finfed import constants as keys
@@ -28,7 +28,7 @@ from finfed.site.secure import (
     check_secure_weight,
     secure_aggregation_mod,
 )
-from finfed.wire import read_train_request, refusal_reply, train_reply
+from finfed.wire import evaluate_reply, read_train_request, refusal_reply, train_reply
 
 # The audit mod is outermost: it records what actually leaves, i.e. after SecAgg+ masking and after
 # the disclosure guard turned any failure into a record-free error reply (finfed/site/guard.py).
@@ -65,12 +65,13 @@ def train(message: Message, context: Context) -> Message:
     except BudgetExhausted as refusal:
         # The site declines: no update leaves, only the fact of the refusal.
         logger.info("round %d site %d refused: %s", server_round, site.data.site_id, refusal)
-        return refusal_reply(message, request, {keys.SITE_ID: site.data.site_id, keys.REFUSED: 1})
+        return refusal_reply(message, request, {keys.SITE_ID: site.data.site_id, keys.REFUSED: 1}, site.name)
     keep_accountant_state(context, update.accountant_state)
     if request.secure:
         check_secure_range(update.arrays, federation, site.data.site_id)
     metrics = outgoing_train_metrics(update.metrics, share_train_loss(site.config, context.node_config))
-    return train_reply(message, request, update.arrays, metrics, weight=int(update.metrics[keys.NUM_EXAMPLES]))
+    return train_reply(message, request, update.arrays, metrics, weight=int(update.metrics[keys.NUM_EXAMPLES]),
+                       site_name=site.name)
 
 
 @app.evaluate()
@@ -79,4 +80,4 @@ def evaluate(message: Message, context: Context) -> Message:
 
     site = site_context(from_run_config(context.run_config), context.node_config)
     metrics = evaluate_round(site, from_array_record(message.content[keys.ARRAYS]))
-    return Message(content=RecordDict({keys.METRICS: MetricRecord(metrics)}), reply_to=message)
+    return evaluate_reply(message, metrics, site.name)

@@ -22,6 +22,12 @@ EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 EVAL_MACRO_F1 = "eval-macro-f1"
 
+# The site's name (an institution's name: public, not data about its records). A metric record holds numbers
+# only, so it travels in a record of its own (plain replies) or in the SecAgg+ FitRes metrics (text allowed);
+# finfed.wire.clean_site_name keeps it short and free of paths on both ends.
+SITE_RECORD = "site"
+SITE_NAME = "site-name"
+
 # Train-config keys the server sends
 SERVER_ROUND = "server-round"
 TOTAL_ROUNDS = "total-rounds"
@@ -41,6 +47,7 @@ NODE_BUDGET_DELTA = "budget-delta"
 NODE_AUDIT_LOG = "audit-log"
 NODE_REQUIRE_SECAGG = "require-secure-aggregation"  # the site sends updates only masked
 NODE_SHARE_TRAIN_LOSS = "share-train-loss"  # the site opts in to sending its (non-private) training loss
+NODE_SITE_NAME = "site-name"  # deployment: the site's name (site.toml [site] name), sent beside its id
 NODE_SITE_ID = "site-id"  # deployment: the site's number in the run's records (finfed deploy)
 NODE_DATASET_NAME = "dataset-name"  # the name a site's ledger composes spend under (site.toml [data] name)
 NODE_SITE_DIR = "site-dir"  # the site's own folder: its log, its ledger's chain head (never the coordinator's)

@@ -7,6 +7,10 @@
   and ``fitins.config`` in, ``fitres.parameters`` / ``fitres.num_examples`` /
   ``fitres.metrics`` / ``fitres.status`` out. The SecAgg+ mod then replaces the tensors by
   a masked vector before anything leaves.
+
+Every reply also names the site (``constants.SITE_NAME``): in a ``site`` config record of its own
+(plain train and evaluate replies: a metric record holds numbers only), or among the FitRes metrics
+(SecAgg+, whose FitRes keeps no other record). ``clean_site_name`` is applied on both ends.
 """
 
 from __future__ import annotations
@@ -22,6 +26,32 @@ from flwr.app import ConfigRecord, Error, Message, MetricRecord, RecordDict
 from finfed import constants as keys
 from finfed.errors import TrainingError
 from finfed.records import from_array_record, to_array_record
+
+MAX_SITE_NAME = 64  # characters
+_NOT_IN_A_NAME = re.compile(r"[\x00-\x1f\x7f/\\]+")
+
+
+def clean_site_name(value: Any) -> str:
+    """A site's name as it may travel and be shown: text of at most ``MAX_SITE_NAME`` characters, without
+    control characters or path separators (each run of them becomes "-"); "" for anything else."""
+    if not isinstance(value, str):
+        return ""
+    return " ".join(_NOT_IN_A_NAME.sub("-", value).split())[:MAX_SITE_NAME].strip()
+
+
+def site_record(site_name: str) -> dict[str, ConfigRecord]:
+    """The record naming the site in a plain reply (none when it has no name)."""
+    name = clean_site_name(site_name)
+    return {keys.SITE_RECORD: ConfigRecord({keys.SITE_NAME: name})} if name else {}
+
+
+def reply_metrics(message: Message) -> dict[str, Any]:
+    """A plain reply's metrics, with the site's name (cleaned) where the reply carries one."""
+    metrics = dict(message.content[keys.METRICS])
+    record = message.content.config_records.get(keys.SITE_RECORD)
+    name = clean_site_name(record.get(keys.SITE_NAME)) if record is not None else ""
+    return {**metrics, keys.SITE_NAME: name} if name else metrics
+
 
 FIT_PARAMETERS, FIT_CONFIG = "fitins.parameters", "fitins.config"
 RES_PARAMETERS, RES_NUM_EXAMPLES, RES_METRICS, RES_STATUS = (
@@ -53,15 +83,17 @@ def read_train_request(message: Message) -> TrainRequest:
 
 
 def train_reply(message: Message, request: TrainRequest, arrays: Mapping[str, np.ndarray],
-                metrics: Mapping[str, Any], weight: int) -> Message:
+                metrics: Mapping[str, Any], weight: int, site_name: str = "") -> Message:
     """The update (or, with ``weight`` 0 in SecAgg+, a refusal that adds nothing to the sum)."""
     if not request.secure:
         return Message(content=RecordDict({keys.ARRAYS: to_array_record(arrays),
-                                           keys.METRICS: MetricRecord(dict(metrics))}), reply_to=message)
+                                           keys.METRICS: MetricRecord(dict(metrics)), **site_record(site_name)}),
+                       reply_to=message)
+    name = clean_site_name(site_name)
     content = RecordDict({
         RES_PARAMETERS: to_array_record(arrays),
         RES_NUM_EXAMPLES: MetricRecord({"num_examples": int(weight)}),
-        RES_METRICS: ConfigRecord(dict(metrics)),
+        RES_METRICS: ConfigRecord({**metrics, **({keys.SITE_NAME: name} if name else {})}),
         RES_STATUS: ConfigRecord({"code": 0, "message": "Success"})})
     return Message(content=content, reply_to=message)
 
@@ -81,10 +113,17 @@ def refusing_site(reply: Message) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def refusal_reply(message: Message, request: TrainRequest, metrics: Mapping[str, Any]) -> Message:
+def evaluate_reply(message: Message, metrics: Mapping[str, Any], site_name: str = "") -> Message:
+    return Message(content=RecordDict({keys.METRICS: MetricRecord(dict(metrics)), **site_record(site_name)}),
+                   reply_to=message)
+
+
+def refusal_reply(message: Message, request: TrainRequest, metrics: Mapping[str, Any],
+                  site_name: str = "") -> Message:
     """No update leaves. Under SecAgg+ a site normally declines at the protocol's setup stage
     (:func:`setup_refusal`); one that still reaches training must complete the protocol, so it sends the
     global tensors it received with weight 0: they contribute exactly nothing to the unmasked sum."""
     if not request.secure:
-        return Message(content=RecordDict({keys.METRICS: MetricRecord(dict(metrics))}), reply_to=message)
-    return train_reply(message, request, request.arrays, metrics, weight=0)
+        return Message(content=RecordDict({keys.METRICS: MetricRecord(dict(metrics)), **site_record(site_name)}),
+                       reply_to=message)
+    return train_reply(message, request, request.arrays, metrics, weight=0, site_name=site_name)

@@ -40,7 +40,8 @@ def finished_run(root: Path, *, name: str = "report-check", refused_from: int | 
     outputs.start()
     trained = rounds if refused_from is None else refused_from - 1
     for r in range(rounds + 1 if refused_from is None else refused_from + 1):
-        sites = [{"site": s, "epsilon": _epsilon_after(r), "delta": DELTA} for s in (0, 1)] if 0 < r <= trained else []
+        sites = [{"site": s, **({"site-name": names[str(s)]} if str(s) in (names or {}) else {}),
+                  "epsilon": _epsilon_after(r), "delta": DELTA} for s in (0, 1)] if 0 < r <= trained else []
         outputs.append_round({"round": r, "central": {"accuracy": 0.4 + 0.1 * min(r, trained),
                                                       "macro_f1": 0.3 + 0.1 * min(r, trained), "loss": 1 - 0.1 * r},
                               "sites": sites, "failures": [], "refusals": [0, 1] if r == refused_from else []})

@@ -10,7 +10,8 @@ from inprocess_grid import InProcessGrid, serve
 from finfed.errors import PrivacyError
 from finfed.flower_app.client import app as client_app
 from finfed.models.adapters import trainable_state
-from finfed.runs.outputs import read_metrics
+from finfed.runs.outputs import read_metrics, read_privacy
+from finfed.runtime.app_log import parse_app_record
 from finfed.site.audit import audit_mod
 from finfed.tasks import get_task
 
@@ -18,7 +19,7 @@ SECAGG_STAGES = ["setup", "share_keys", "collect_masked_vectors", "unmask"]
 
 
 @pytest.mark.parametrize("secure", [False, True], ids=["plain", "secagg"])
-def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secure):
+def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secure, capsys):
     config = tiny_config("federation.rounds=1", "privacy.membership_audit=false",
                          f"federation.secure_aggregation={str(secure).lower()}")
     logs = [tmp_path / f"audit-{site}.jsonl" for site in (0, 1)]
@@ -26,6 +27,10 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
     model = get_task(config, ["negative", "neutral", "positive"]).build_model()
     shapes = {name: list(tensor.shape) for name, tensor in trainable_state(model).items()}
     sites = {s["site"]: s for s in read_metrics(config.resolved_run_dir)[1]["sites"]}
+    privacy = read_privacy(config.resolved_run_dir)["sites"]
+    progress = [r.getMessage() for r in map(parse_app_record, capsys.readouterr().out.splitlines()) if r]
+    assert "sites: 0 = institution-0, 1 = institution-1" in progress  # the progress lines name the sites
+    assert any(line.startswith("round 1: ") and "(site " in line and "(institution-" in line for line in progress)
 
     for site, path in enumerate(logs):
         entries = [json.loads(line) for line in path.read_text().splitlines()]
@@ -52,7 +57,12 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
         assert len(evaluate) == 1 and evaluate[0]["sent_tensors"] == [] and evaluate[0]["epsilon"] is None
         # metrics left: their keys and 8-byte numbers are counted (finfed/site/audit.py)
         values = evaluate[0]["records"]["metrics"]["values"]
-        assert evaluate[0]["bytes_total"] == sum(len(k) + 8 for k in values) > 0
+        # ... and the one text a reply carries: the site's name (its partition column's value), logged as sent
+        name = f"institution-{site}"
+        assert evaluate[0]["records"]["site"]["values"] == {"site-name": name}
+        assert evaluate[0]["bytes_total"] == sum(len(k) + 8 for k in values) + len("site-name") + len(name)
+        assert sites[site]["site-name"] == name  # also under SecAgg+, where it travels among the FitRes metrics
+        assert privacy[str(site)]["site-name"] == name
         assert all(e["run_id"] == 42 for e in entries)
         opted_in = " (with train-loss: the site opted in)"  # simulation's default, privacy.share_train_loss
         assert [e["allowed_by"] for e in train] == (

@@ -82,7 +82,8 @@ def test_a_dead_site_is_recorded_and_the_run_completes_with_the_others(tiny_conf
     assert [s["site"] for s in rounds[1]["sites"]] == [0, 1, 2] and rounds[1]["failures"] == []
     for record in rounds[2:]:
         assert [s["site"] for s in record["sites"]] == [0, 1]
-        assert len(record["failures"]) == 1 and record["failures"][0].startswith(f"site 2 (node {DEAD}): ")
+        assert len(record["failures"]) == 1
+        assert record["failures"][0].startswith(f"site 2 (institution-2, node {DEAD}): ")  # named, with its node
     reasons = [r["failures"][0] for r in rounds[2:]]
     if secure:
         assert all("dropped out of SecAgg+" in reason for reason in reasons[:2])
@@ -142,6 +143,6 @@ def test_in_flower_simulation_a_failing_site_is_recorded_and_the_others_finish(t
         assert [s["site"] for s in record["sites"]] == [0, 1]
         # the ledger's error stays in site 2's log; the coordinator gets its category only
         assert len(record["failures"]) == 1 and ": error 2: privacy refusal: " in record["failures"][0]
-    assert rounds[2]["failures"][0].startswith("site 2 (node ")  # named once its evaluation replied
+    assert rounds[2]["failures"][0].startswith("site 2 (institution-2, node ")  # named once its evaluation replied
     assert (ledgers / "site-2.json").read_text() == "{not json"
     assert "site-2.json is unreadable" in (run_dir / "sites" / "site-2" / "site.log").read_text()

@@ -89,13 +89,13 @@ def test_the_html_report_has_no_raw_markdown_real_headers_alt_text_and_text_labe
 def test_the_epsilon_plot_draws_each_site_the_target_and_the_lifetime_budget(tmp_path):
     report = build_report(finished_run(tmp_path, names={"0": "Cedar Credit Union"}, budget=12.0))
     data = plot_data(render_html(report), "epsilon-plot")
-    assert set(data["series"]) == {"Cedar Credit Union", "site 1"}
+    assert set(data["series"]) == {"site 0 (Cedar Credit Union)", "site 1"}  # the name beside the id
     assert data["series"]["site 1"] == {str(r): e for r, e in report["sites"]["1"]["epsilon_by_round"].items()}
     assert {(line["kind"], line["value"]) for line in data["lines"]} == {("target", 8.0), ("budget", 12.0)}
-    assert [line["sites"] for line in data["lines"] if line["kind"] == "budget"] == [["Cedar Credit Union",
+    assert [line["sites"] for line in data["lines"] if line["kind"] == "budget"] == [["site 0 (Cedar Credit Union)",
                                                                                      "site 1"]]
     markdown = render_markdown(report)
-    assert "run target ε = 8; lifetime budget ε = 12 (Cedar Credit Union, site 1)" in markdown
+    assert "run target ε = 8; lifetime budget ε = 12 (site 0 (Cedar Credit Union), site 1)" in markdown
 
 
 def test_every_epsilon_shown_carries_its_delta_and_accountant(tmp_path):

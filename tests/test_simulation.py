@@ -20,7 +20,7 @@ RUN_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "statu
 
 
 def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors(
-        tiny_config, tiny_simulate, tmp_path, monkeypatch):
+        tiny_config, tiny_simulate, tmp_path, monkeypatch, capsys):
     audit = tmp_path / "audit.jsonl"
     monkeypatch.setenv("FINFED_AUDIT_LOG", str(audit))
     config, code = tiny_config(), tiny_simulate()
@@ -35,11 +35,17 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
 
     rounds = read_metrics(run_dir)
     assert [r["round"] for r in rounds] == [0, 1, 2]
+    # Each site's name (the synthetic data's `institution`) beside its id: metrics, privacy.json, report, console.
+    names = {0: "institution-0", 1: "institution-1"}
+    assert all({s["site"]: s["site-name"] for s in r["sites"]} == names for r in rounds[1:])
+    assert "[finfed] sites: 0 = institution-0, 1 = institution-1" in capsys.readouterr().err
     assert all({"accuracy", "macro_f1", "loss"} <= set(r["central"]) for r in rounds)
     assert all(len(r["sites"]) == 2 and "eval-accuracy" in r["sites"][0] for r in rounds[1:])
 
     privacy = read_privacy(run_dir)
     assert set(privacy["sites"]) == {"0", "1"}
+    assert {int(i): site["site-name"] for i, site in privacy["sites"].items()} == names
+    assert all(f"| site {i} ({name}) |" in (run_dir / "report.md").read_text() for i, name in names.items())
     for site in privacy["sites"].values():
         assert list(site["epsilon_by_round"]) == ["1", "2"]
         assert site["epsilon_by_round"]["1"] < site["epsilon_by_round"]["2"] <= config.privacy.target_epsilon
@@ -53,11 +59,14 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
     assert len(sent) == 2 * 2 * 2  # 2 sites x 2 rounds x (train + evaluate)
     for message in sent:
         assert not message["has_error"]
-        for record in message["records"].values():
-            assert record["kind"] in ("arrays", "metrics"), record
+        for record_name, record in message["records"].items():
+            assert record["kind"] in ("arrays", "metrics", "config"), record
             if record["kind"] == "arrays":
                 assert {t["name"] for t in record["tensors"]} == trained
                 assert all(t["dtype"] == "float32" for t in record["tensors"])
+            elif record["kind"] == "config":  # the one text: the site's name (its partition column's value)
+                site = message["node_config"]["partition-id"]
+                assert record_name == "site" and record["values"] == {"site-name": names[site]}
             else:
                 assert all(isinstance(v, (int, float)) for v in record["values"].values())
 

@@ -31,6 +31,7 @@ from finfed.privacy.disclosure import shown_reason
 from finfed.records import from_array_record, to_array_record
 from finfed.runs.checkpoint import Checkpoint, write_checkpoint
 from finfed.runs.stop import stop_requested
+from finfed.wire import reply_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def failure_lines(sent: Iterable[Message], replies: Iterable[Message], names: Si
 
 
 def _metrics(replies: list[Message]) -> list[dict[str, Any]]:
-    return [dict(m.content[keys.METRICS]) for m in replies]
+    return [reply_metrics(m) for m in replies]
 
 
 class PlainTraining:
@@ -104,7 +105,7 @@ class PlainTraining:
         errors = [m for m in replies if m.has_error()]
         answered = [m for m in replies if not m.has_error()]
         for reply in answered:
-            self.names.learn(reply.metadata.src_node_id, reply.content[keys.METRICS])
+            self.names.learn(reply.metadata.src_node_id, reply_metrics(reply))
         updates = [m for m in answered if keys.ARRAYS in m.content]
         refusals = [m for m in answered if keys.ARRAYS not in m.content]
         # Error replies go on to the strategy: a client-level DP strategy releases its noise regardless.
@@ -192,7 +193,7 @@ class Coordinator:
         replies = list(self.grid.send_and_receive(messages, timeout=self.timeout)) if messages else []
         answered = [m for m in replies if not m.has_error()]
         for reply in answered:  # a site failing every training round is still named by its evaluation
-            self.names.learn(reply.metadata.src_node_id, reply.content[keys.METRICS])
+            self.names.learn(reply.metadata.src_node_id, reply_metrics(reply))
         self.run.record_evaluation(server_round, _metrics(answered))
         self.evaluation.aggregate_evaluate(server_round, answered)
 

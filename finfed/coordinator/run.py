@@ -43,6 +43,7 @@ from finfed.reporting.render import write_reports
 from finfed.runs.model_store import save_model
 from finfed.runs.outputs import MODEL, RunOutputs
 from finfed.tasks import federation_labels, get_task
+from finfed.wire import clean_site_name
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class FederatedRun:
         self.exhausted_round: int | None = None
         self.client_level_rounds: list[int] = []  # rounds whose client-level DP release was applied
         self.history: list[dict[str, Any]] = []
+        self.site_names: dict[int, str] = {}  # site id -> the name its replies carried (finfed.wire)
+        self._names_shown: dict[int, str] = {}
 
     def _central_test(self):
         return load_federated_data(self.config.data, self.config.federation.num_sites, self.task.records).test
@@ -134,15 +137,16 @@ class FederatedRun:
         ``errors``: sites asked that sent no update (error reply or silence); ``offline``: sites
         seen earlier that were not connected, hence not asked. Both are recorded for the round.
         """
-        self.site_train[server_round] = [dict(m) for m in metrics]
+        self.site_train[server_round] = self._named(metrics)
+        self._named(refusals)
         if errors or offline:
             self.failures[server_round] = [*errors, *offline]
             logger.info(f"round {server_round}: {len(errors) + len(offline)} site(s) sent no update: "
                         f"{'; '.join(self.failures[server_round])}")
         if refusals:
             self.refusals[server_round] = sorted(int(r[keys.SITE_ID]) for r in refusals)
-            logger.info(f"round {server_round}: site(s) {self.refusals[server_round]} refused to train "
-                        "(privacy budget reached)")
+            logger.info(f"round {server_round}: site(s) {self.sites_text(self.refusals[server_round])} refused to "
+                        "train (privacy budget reached)")
         if refusals and not metrics and not errors and self._every_site_refused():
             self.exhausted, self.exhausted_round = True, server_round  # the run ends cleanly
             return
@@ -158,7 +162,32 @@ class FederatedRun:
         return len(refused) >= self.config.federation.num_sites
 
     def record_evaluation(self, server_round: int, metrics: list[Mapping[str, Any]]) -> None:
-        self.site_eval[server_round] = [dict(m) for m in metrics]
+        self.site_eval[server_round] = self._named(metrics)
+
+    def _named(self, metrics: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Replies' metrics as kept, learning each site's name from them (it is recorded per site, not per reply)."""
+        kept = []
+        for reply in metrics:
+            reply = dict(reply)
+            name = clean_site_name(reply.pop(keys.SITE_NAME, None))
+            if name and keys.SITE_ID in reply:
+                self.site_names[int(reply[keys.SITE_ID])] = name
+            kept.append(reply)
+        return kept
+
+    def site_label(self, site_id: int) -> str:
+        """``site 2 (Harbor Savings)``: the id and, once the site has sent it, its name."""
+        name = self.site_names.get(int(site_id))
+        return f"site {site_id} ({name})" if name else f"site {site_id}"
+
+    def sites_text(self, site_ids: list[int]) -> str:
+        return ", ".join(f"{i} ({self.site_names[i]})" if i in self.site_names else str(i) for i in site_ids)
+
+    def _show_new_names(self) -> None:
+        """One progress line naming the sites, when their names are first (or newly) known."""
+        if self.site_names != self._names_shown:
+            self._names_shown = dict(self.site_names)
+            logger.info("sites: " + ", ".join(f"{i} = {name}" for i, name in sorted(self.site_names.items())))
 
     def central_evaluate(self, server_round: int, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Evaluate the global model on the held-out test split and log the round."""
@@ -172,6 +201,7 @@ class FederatedRun:
         self.history.append(record)
         self.outputs.append_round(record)
         self.outputs.write_privacy(self.privacy_summary())
+        self._show_new_names()
         logger.info(f"round {server_round}: " +
                     ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + self._epsilon_note(record))
         return metrics
@@ -181,16 +211,19 @@ class FederatedRun:
         sites = []
         for train in sorted(self.site_train.get(server_round, []), key=lambda m: m[keys.SITE_ID]):
             site_id = int(train[keys.SITE_ID])
-            entry = {"site": site_id, **{k: v for k, v in train.items() if k != keys.SITE_ID}}
+            named = {keys.SITE_NAME: self.site_names[site_id]} if site_id in self.site_names else {}
+            entry = {"site": site_id, **named, **{k: v for k, v in train.items() if k != keys.SITE_ID}}
             entry.update({k: v for k, v in evaluations.get(site_id, {}).items()
                           if k.startswith("eval-")})
             sites.append(entry)
         return sites
 
-    @staticmethod
-    def _epsilon_note(record: dict[str, Any]) -> str:
-        epsilons = [s[keys.EPSILON] for s in record["sites"] if keys.EPSILON in s]
-        return f", max site epsilon={max(epsilons):.3f}" if epsilons else ""
+    def _epsilon_note(self, record: dict[str, Any]) -> str:
+        spent = [s for s in record["sites"] if keys.EPSILON in s]
+        if not spent:
+            return ""
+        most = max(spent, key=lambda s: s[keys.EPSILON])
+        return f", max site epsilon={most[keys.EPSILON]:.3f} ({self.site_label(most['site'])})"
 
     # ------------------------------------------------------------------ summaries
     def privacy_summary(self) -> dict[str, Any]:
@@ -216,6 +249,9 @@ class FederatedRun:
         for server_round, refused in sorted(self.refusals.items()):
             for site_id in refused:
                 sites.setdefault(str(site_id), {}).setdefault("refused_rounds", []).append(server_round)
+        for site_id, site in sites.items():
+            if int(site_id) in self.site_names:
+                site[keys.SITE_NAME] = self.site_names[int(site_id)]
         summary = {"dp_enabled": privacy.enabled, "unit": "record",
                    "run_delta": privacy.target_delta if privacy.enabled else None,
                    **randomness_record(privacy.enabled, privacy.reproducible),
@@ -296,7 +332,7 @@ class FederatedRun:
         non_members = self.task.encode(site.audit_holdout, tokenizer)
         result = loss_threshold_auc(self.task, self.model, members, non_members, seed=config.seed)
         ceiling = ceiling_for(self.privacy_summary()["sites"].get(str(site_id)) if config.privacy.enabled else None)
-        logger.info(f"membership audit (site {site_id}): loss-threshold attack AUC {result['auc']:.3f}"
+        logger.info(f"membership audit ({self.site_label(site_id)}): loss-threshold attack AUC {result['auc']:.3f}"
                     + (f", DP ceiling {ceiling['auc']:.4f}" if ceiling else ""))
         return {"site": site_id, **result, "ceiling": ceiling,
                 "non_member_source": (f"records of site {site_id}'s own data that it held back and never "
@@ -310,7 +346,8 @@ class FederatedRun:
         return {"started": self.outputs.started, "history": self.history, "resumed_from": self.resumed_from,
                 "site_train": by_round(self.site_train), "site_eval": by_round(self.site_eval),
                 "failures": by_round(self.failures), "refusals": by_round(self.refusals),
-                "exhausted_round": self.exhausted_round, "client_level_rounds": self.client_level_rounds}
+                "exhausted_round": self.exhausted_round, "client_level_rounds": self.client_level_rounds,
+                "site_names": {str(i): name for i, name in self.site_names.items()}}
 
     def resume(self, snapshot: Mapping[str, Any], from_round: int) -> None:
         """Continue from a checkpoint: records restored, metrics.jsonl and privacy.json rewritten to match."""
@@ -320,6 +357,7 @@ class FederatedRun:
         self.failures, self.refusals = by_round("failures"), by_round("refusals")
         self.exhausted_round = snapshot["exhausted_round"]
         self.exhausted = self.exhausted_round is not None
+        self.site_names = {int(i): name for i, name in snapshot.get("site_names", {}).items()}
         self.history = list(snapshot["history"])
         # A checkpoint from before this record: count every round up to it as released (an upper bound).
         self.client_level_rounds = [int(r) for r in snapshot.get("client_level_rounds", range(1, from_round + 1))]

@@ -25,6 +25,7 @@ import numpy as np
 from finfed import constants as keys
 from finfed.config import FederationSettings
 from finfed.errors import ConfigError, RunError
+from finfed.wire import clean_site_name
 
 REPORT_S = 30.0  # seconds between "waiting for sites" lines
 logger = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class SiteNames:
 
     def __init__(self, known: Mapping[str, int] | None = None) -> None:
         self.by_node = {int(node): int(site) for node, site in (known or {}).items()}
+        self.names: dict[int, str] = {}  # site id -> the name its replies carry (not checkpointed: sent again)
 
     def learn(self, node_id: int, metrics: Mapping[str, Any]) -> None:
         if keys.SITE_ID not in metrics:
@@ -136,10 +138,15 @@ class SiteNames:
         # SuperNode) is not also an offline one under its old id.
         self.by_node = {node: known for node, known in self.by_node.items() if known != site}
         self.by_node[int(node_id)] = site
+        if clean_site_name(metrics.get(keys.SITE_NAME)):
+            self.names[site] = clean_site_name(metrics.get(keys.SITE_NAME))
 
     def label(self, node_id: int) -> str:
         site = self.by_node.get(int(node_id))
-        return f"site {site} (node {node_id})" if site is not None else f"node {node_id}"
+        if site is None:
+            return f"node {node_id}"
+        name = f"{self.names[site]}, " if site in self.names else ""
+        return f"site {site} ({name}node {node_id})"
 
     def state(self) -> dict[str, int]:
         return {str(node): site for node, site in self.by_node.items()}

@@ -207,3 +207,13 @@ def hold_back_for_audit(site: SiteData, fraction: float, group_column: str | Non
                         "train; lower it or turn `privacy.membership_audit` off")
     return SiteData(site_id=site.site_id, train=train[~held].reset_index(drop=True),
                     validation=site.validation, audit_holdout=train[held].reset_index(drop=True))
+
+
+# TEMP site_names (data helper owns the real one)
+def site_names(settings: DataSettings, num_sites: int, records: RecordFormat) -> list[str]:
+    """Each simulated site's name: the partition column's sorted distinct values, else ``site-<i>``."""
+    if settings.partitioner == "column":
+        frame = load_federated_data(settings, num_sites, records).train_pool
+        if settings.partition_column in frame.columns:
+            return [str(value) for value in sorted(frame[settings.partition_column].unique())]
+    return [f"site-{i}" for i in range(num_sites)]

@@ -17,7 +17,7 @@ from finfed import constants as keys
 from finfed.compat import parse_flower_address
 from finfed.data.loading import read_table
 from finfed.deploy import pki
-from finfed.deploy.consortium import SITE_FILE, read_toml
+from finfed.deploy.consortium import SITE_FILE, SITE_NAME, read_toml
 from finfed.errors import ConfigError, FinfedError
 from finfed.privacy.ledger import PrivacyLedger
 from finfed.settings import Problems, read_sections, setting
@@ -128,7 +128,7 @@ class SiteConfig:
     def node_config(self) -> dict[str, Any]:
         """What the site's ClientApp reads (finfed/site/rounds.py, finfed/site/audit.py)."""
         values: dict[str, Any] = {
-            keys.NODE_SITE_ID: self.site_id, keys.NODE_DATA_PATH: str(self.data_path),
+            keys.NODE_SITE_ID: self.site_id, keys.NODE_SITE_NAME: self.name, keys.NODE_DATA_PATH: str(self.data_path),
             keys.NODE_BUDGET_EPSILON: self.budget_epsilon, keys.NODE_BUDGET_DELTA: self.budget_delta,
             keys.NODE_LEDGER_PATH: str(self.ledger_path), keys.NODE_SITE_DIR: str(self.folder),
             keys.NODE_SHARE_TRAIN_LOSS: self.share_train_loss}
@@ -218,6 +218,10 @@ def _check_files(values: dict[str, Any], problems: Problems) -> None:
             check(values[field])
         except FinfedError as exc:
             problems.add(dotted, str(exc))
+    if values["name"] and not SITE_NAME.match(values["name"]):
+        # The name is sent beside the site's id in every reply (finfed/wire.py): a plain label, never a path.
+        problems.add("site.name", f"must be lower-case letters, digits, '-' or '_' (at most 63 characters, "
+                                  f"as `finfed deploy init` writes it), got {values['name']!r}")
     if values["superlink"] and not parse_flower_address(values["superlink"]):
         problems.add("coordinator.address", f"must be host:port, got {values['superlink']!r}")
 

@@ -9,6 +9,9 @@ the coordinator (``finfed/coordinator/rounds.py``) and the tests:
    record's text. ``train-loss`` (a non-private statistic of the sampled records) is allowed only
    when the site opted in (node config ``share-train-loss``). A reply holding anything else is
    not sent: the site sends an ``internal error`` instead (tested in tests/test_disclosure.py).
+   The one text a reply carries is the site's *name* (record ``site``, key ``site-name``; under SecAgg+ a
+   FitRes metric): an institution's public name from its own configuration (deployment) or the partition
+   column's value (simulation), cleaned of paths and control characters (``finfed.wire.clean_site_name``).
 2. **Error reasons.** Any exception becomes ``<category>: <record-free reason>``. finfed's own
    errors contribute their ``public_reason`` (set where they are raised, e.g. ``a label is not in
    the run's label list (row 17)``) or a generic text for their kind; any other exception only its
@@ -79,6 +82,9 @@ FITRES_NUM_EXAMPLES, FITRES_METRICS, FITRES_STATUS, FITRES_PARAMETERS = (
     "fitres.num_examples", "fitres.metrics", "fitres.status", "fitres.parameters")
 
 ANY_TENSOR = "<adapter tensors named in the request>"
+# The site's name: its own record in plain replies; among the FitRes metrics (text allowed there) under SecAgg+.
+SITE_RECORD = {keys.SITE_RECORD: frozenset({keys.SITE_NAME})}
+SITE_NAME_METRIC = frozenset({keys.SITE_NAME})
 
 
 class DisclosureError(FinfedError):
@@ -106,16 +112,16 @@ def reply_policy(message_type: str, secagg_stage: str | None, share_train_loss: 
     """The allow-list for one reply: by message type and, under SecAgg+, by protocol stage."""
     kind = message_type.split(".")[0]
     if kind == "evaluate":
-        return ReplyPolicy("evaluate", {keys.METRICS: EVALUATE_METRICS})
+        return ReplyPolicy("evaluate", {keys.METRICS: EVALUATE_METRICS, **SITE_RECORD})
     if kind != "train":
         return ReplyPolicy(kind, {})  # finfed answers train and evaluate only
     metrics = train_metrics(share_train_loss)
     if secagg_stage is None:
-        return ReplyPolicy("train", {keys.ARRAYS: frozenset({ANY_TENSOR}), keys.METRICS: metrics})
+        return ReplyPolicy("train", {keys.ARRAYS: frozenset({ANY_TENSOR}), keys.METRICS: metrics, **SITE_RECORD})
     records = {SECAGG_RECORD: SECAGG_STAGE_KEYS.get(secagg_stage, frozenset())}
     if secagg_stage == "collect_masked_vectors":
         records.update({FITRES_PARAMETERS: frozenset(), FITRES_NUM_EXAMPLES: frozenset({"num_examples"}),
-                        FITRES_METRICS: metrics, FITRES_STATUS: frozenset({"code", "message"})})
+                        FITRES_METRICS: metrics | SITE_NAME_METRIC, FITRES_STATUS: frozenset({"code", "message"})})
     return ReplyPolicy(f"train/secagg+:{secagg_stage}", records)
 
 

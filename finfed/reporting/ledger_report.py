@@ -12,7 +12,10 @@ beside it and any difference is flagged.
 
 from __future__ import annotations
 
+import json
+import re
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from finfed.errors import ConfigError, LedgerIntegrityError
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger import LedgerEntry, PrivacyLedger
 from finfed.privacy.ledger_chain import HEAD_FILE
+from finfed.wire import clean_site_name
 
 BUDGET_TOLERANCE = 1e-6  # relative: a site calibrated exactly to its budget is within it
 STORED_TOLERANCE = 1e-6  # relative: a stored epsilon further than this from its recomputation is flagged
@@ -59,9 +63,26 @@ def ledger_summary(path: str | Path, site_dir: str | Path | None = None) -> dict
     ledger = open_ledger(path, site_dir)
     names = list(dict.fromkeys(entry.dataset for entry in ledger.entries))
     names += [e["dataset"] for e in ledger.events if e["kind"] == "new-ledger" and e["dataset"] not in names]
-    return {"ledger": str(path), "integrity": _integrity(ledger),
+    return {"ledger": str(path), "site": site_of(path, head_folder(path, Path(site_dir) if site_dir else None)),
+            "integrity": _integrity(ledger),
             "datasets": {name: _dataset_summary(ledger, name) for name in names},
             "heads_created": [{**e, "date": _date(e["time"])} for e in ledger.events if e["kind"] == "head-created"]}
+
+
+def site_of(ledger: str | Path, folder: Path | None) -> str:
+    """The site's name, where its files say it ("" otherwise): ``[site] name`` of the site.toml in a deployed
+    site's folder, or, for a ``finfed simulate`` ledger (``RUN/ledgers/site-<id>.json``), the name the run's
+    privacy.json records for that site."""
+    try:
+        if folder is not None and (folder / "site.toml").is_file():
+            return clean_site_name(tomllib.loads((folder / "site.toml").read_text(encoding="utf-8"))["site"]["name"])
+        found = re.fullmatch(r"site-(\d+)", Path(ledger).stem)
+        privacy = Path(ledger).resolve().parent.parent / "privacy.json"
+        if found and privacy.is_file():
+            return clean_site_name(json.loads(privacy.read_text(encoding="utf-8"))["sites"][found[1]]["site-name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # a name is a label: without one the report names the ledger's path only
+    return ""
 
 
 def _integrity(ledger: PrivacyLedger) -> dict[str, Any]:

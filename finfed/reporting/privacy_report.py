@@ -94,11 +94,12 @@ def _meta(config: ExperimentConfig, status: dict[str, Any]) -> dict[str, Any]:
 
 
 def site_name(site_id: str, site: dict[str, Any], rounds: list[dict[str, Any]]) -> str:
-    """The institution's name where a record carries one (``site-name`` or ``name``), else 'site <id>'."""
+    """How the report names a site: its id, with the institution's name beside it where a record carries one
+    (``site-name``, or ``name`` in older records): ``site 1 (Harbor Savings Bank)``, else ``site 1``."""
     for record in [site, *(s for r in rounds for s in r.get("sites", []) if str(s.get("site")) == site_id)]:
         name = record.get("site-name") or record.get("name")
         if name:
-            return str(name)
+            return f"site {site_id} ({name})"
     return f"site {site_id}"
 
 
@@ -212,7 +213,9 @@ def disclosed_text(privacy: dict[str, Any]) -> str:
     losses = privacy.get("non_private_statistics", {}).get(TRAIN_LOSS)
     if not losses:
         return ""
-    return (f"**Disclosed outside ε:** site(s) {losses['sites']} sent each round's training loss "
+    sites = privacy.get("sites", {})
+    named = ", ".join(site_name(str(i), sites.get(str(i), {}), []) for i in losses["sites"])
+    return (f"**Disclosed outside ε:** {named} sent each round's training loss "
             "(`train-loss`, a non-private statistic of their sampled records), by their own opt-in.")
 
 

@@ -20,6 +20,7 @@ from finfed.data.partition import (
     SiteData,
     local_site,
     simulated_site,
+    site_names,
 )
 from finfed.errors import (
     ConfigError,
@@ -42,6 +43,7 @@ from finfed.site.log import site_log
 from finfed.site.node_settings import site_folder  # noqa: F401  (re-exported: it lived here)
 from finfed.tasks import Task, federation_labels, get_task, task_class
 from finfed.training.local import train_locally
+from finfed.wire import clean_site_name
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class SiteContext:
     policy: SitePolicy
     # Simulation only: the coordinator's RUN/.stop, which a simulated site can see (finfed.runs.stop).
     stop_request: str = ""
+    # The site's name, sent beside its id: node config `site-name` (deployment), else its partition's (simulation).
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,8 @@ def dataset_name(config: ExperimentConfig, node_config: Mapping[str, Any], site_
 
 
 @functools.lru_cache(maxsize=2)
-def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy: SitePolicy) -> SiteContext:
+def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy: SitePolicy,
+                  name: str = "") -> SiteContext:
     quiet_transformers()
     warn_if_reproducible(config.privacy.reproducible and config.privacy.enabled, f"site {site_id}")
     labels = federation_labels(config)
@@ -115,11 +120,12 @@ def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy
     else:
         data = simulated_site(config.data, site_id, config.federation.num_sites, task.records,
                               audit_holdout=audit_holdout_fraction(config, site_id))
+        name = name or site_names(config.data, config.federation.num_sites, task.records)[site_id]
     tokenizer = load_tokenizer(config.model.backbone)
     return SiteContext(config=config, task=task, data=data,
                        train_examples=task.encode(data.train, tokenizer),
                        validation_examples=task.encode_for_evaluation(data.validation, tokenizer),
-                       fingerprint=task.fingerprint(data.train), policy=policy)
+                       fingerprint=task.fingerprint(data.train), policy=policy, name=clean_site_name(name))
 
 
 def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> SiteContext:
@@ -128,7 +134,7 @@ def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> Si
     refuse_reproducible_when_deployed(config, node_config, site_id)
     data_path = str(node_config.get(keys.NODE_DATA_PATH, ""))
     site = _site_context(with_site_columns(config, node_config), site_id, data_path,
-                         site_policy(config, node_config, site_id))
+                         site_policy(config, node_config, site_id), str(node_config.get(keys.NODE_SITE_NAME, "")))
     if keys.NODE_PARTITION_ID in node_config:  # Flower sets it in simulation only
         site = replace(site, stop_request=str(stop_path(config.resolved_run_dir)))
     return site
