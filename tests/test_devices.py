@@ -105,3 +105,44 @@ def test_gradient_checkpointing_trains_without_dp(tiny_config):
     task = get_task(config, ["negative", "neutral", "positive"])
     model = task.build_model()
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def test_gpus_per_site_reach_flowers_client_resources():
+    from finfed.runtime.local_engine import federation_config
+
+    assert "client-resources-num-gpus=0.25" in federation_config(4, 2, 0.25, 16)
+    assert load_config(None, ["simulation.gpus_per_site=0.5"]).simulation.gpus_per_site == 0.5
+
+
+def test_gpus_per_site_without_cuda_fails_before_anything_starts(monkeypatch):
+    from finfed.models.devices import check_compute
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="gpus_per_site"):
+        check_compute("auto", "fp32", 0.5)
+    with pytest.raises(ConfigError, match="no CUDA"):
+        check_compute("cuda", "fp32")
+
+
+def test_a_deployed_site_chooses_its_own_device():
+    from finfed import constants as keys
+    from finfed.site.node_settings import with_site_device
+
+    config = load_config(None, ["model.device=cuda"])
+    assert with_site_device(config, {keys.NODE_DATA_PATH: "x.csv"}).model.device == "auto"  # not the run's
+    assert with_site_device(config, {keys.NODE_DATA_PATH: "x.csv", keys.NODE_DEVICE: "cpu"}).model.device == "cpu"
+    assert with_site_device(config, {keys.NODE_PARTITION_ID: 0}).model.device == "cuda"  # simulated: the run's
+
+
+def test_the_resolved_device_is_recorded(tiny_config):
+    from finfed.coordinator.run import FederatedRun
+    from finfed.reporting.privacy_report import compute_text
+    from finfed.runs.outputs import CONFIG, read_status
+
+    run = FederatedRun(tiny_config("model.device=cpu", "train.precision=bf16"))
+    run.start()
+    text = (run.config.resolved_run_dir / CONFIG).read_text(encoding="utf-8")
+    assert "#   model.device: cpu (setting: cpu)" in text and "#   train.precision: bf16" in text
+    assert load_config(run.config.resolved_run_dir / CONFIG).train.precision == "bf16"  # still loads
+    status = read_status(run.config.resolved_run_dir)
+    assert compute_text(run.config, status).startswith("device cpu (setting: cpu), precision bf16")

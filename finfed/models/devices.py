@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from finfed.config import DEVICE_PATTERN
 from finfed.errors import ConfigError
 
 
@@ -22,6 +23,8 @@ def _mps_available() -> bool:
 
 def check_device(setting: str, where: str = "`model.device`") -> None:
     """ConfigError if ``setting`` names a device this machine lacks (cheap: no model is built)."""
+    if not DEVICE_PATTERN.fullmatch(setting):
+        raise ConfigError(f"{where} must be auto, cpu, cuda, cuda:N or mps, got {setting!r}")
     if setting in ("auto", "cpu"):
         return
     if setting.startswith("cuda"):
@@ -36,6 +39,21 @@ def check_device(setting: str, where: str = "`model.device`") -> None:
         return
     if setting == "mps" and not _mps_available():
         raise ConfigError(f"{where} is 'mps' but Apple's MPS backend is not available here; use `auto` or `cpu`")
+
+
+def check_compute(device: str, precision: str, gpus_per_site: float = 0.0) -> torch.device:
+    """The device `model.device` means here, after refusing what this machine cannot do (config only, no model).
+
+    The CLI's pre-run checks call it, so `device: cuda` on a machine without CUDA stops before anything starts.
+    """
+    resolved = resolve_device(device)
+    if precision == "bf16" and resolved.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"`train.precision` is 'bf16' but {torch.cuda.get_device_name(resolved)} does not "
+                          "support bfloat16; use 'fp16' or 'fp32'")
+    if gpus_per_site > 0 and not torch.cuda.is_available():
+        raise ConfigError(f"`simulation.gpus_per_site` is {gpus_per_site:g} but PyTorch sees no CUDA GPU on this "
+                          "machine: Ray would wait forever for one; set it to 0")
+    return resolved
 
 
 def resolve_device(setting: str, where: str = "`model.device`") -> torch.device:

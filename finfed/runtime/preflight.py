@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from finfed.config import ExperimentConfig
 from finfed.data.partition import simulated_site
+from finfed.models.devices import check_compute
 from finfed.privacy.calibration import plan_privacy, steps_per_round
 from finfed.privacy.membership_audit import audit_holdout_fraction
 from finfed.tasks import federation_labels, task_class
@@ -11,6 +12,7 @@ from finfed.tasks import federation_labels, task_class
 
 def check_simulation(config: ExperimentConfig) -> list[dict]:
     """Load every simulated site's data and plan its privacy; return one summary per site."""
+    check_compute(config.model.device, config.train.precision, config.simulation.gpus_per_site)
     record_format = task_class(config).records  # task_class refuses settings the task cannot run with
     federation_labels(config)
     summaries = []
