@@ -65,11 +65,11 @@ def _decoder_tokenizer(folder: Path, model_type: str) -> int:
     from tokenizers import Tokenizer, normalizers, pre_tokenizers
     from tokenizers.models import WordLevel
 
-    vocab = {word: i for i, word in enumerate(["<unk>", "<eos>", *_words()])}
+    vocab = {word: i for i, word in enumerate(["<unk>", "<|endoftext|>", *_words()])}
     tokenizer = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<eos>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", eos_token="<|endoftext|>",
                                    model_input_names=["input_ids", "attention_mask"],
                                    padding_side="left" if model_type in LEFT_PADDING else "right")
     assert fast.pad_token is None  # as GPT-2 and Llama ship: finfed must supply one
