@@ -161,6 +161,26 @@ def empty_per_sample_gradients(optimizer) -> None:
         param.grad_sample = torch.zeros((0, *param.shape), dtype=param.dtype, device=param.device)
 
 
+def add_noise_on_cpu(optimizer) -> None:
+    """``DPOptimizer.add_noise`` with the noise drawn on the CPU, in fp32, and moved to each parameter's device.
+
+    finfed's DP generators are CPU generators (secret MT19937 state, finfed.privacy.randomness);
+    Opacus draws noise on the parameter's device with the given generator, which PyTorch refuses
+    for a CPU generator and a CUDA tensor. Drawing on the CPU keeps the same secret generator on
+    every device, and the very same noise on the CPU as Opacus' own add_noise
+    (opacus/optimizers/optimizer.py; its helpers are private).
+    """
+    from opacus.optimizers.optimizer import _check_processed_flag, _generate_noise, _mark_as_processed
+
+    for param in optimizer.params:
+        _check_processed_flag(param.summed_grad)
+        reference = param.summed_grad.detach().to("cpu", dtype=param.summed_grad.dtype)
+        noise = _generate_noise(std=optimizer.noise_multiplier * optimizer.max_grad_norm, reference=reference,
+                                generator=optimizer.generator, secure_mode=optimizer.secure_mode)
+        param.grad = (param.summed_grad + noise.to(param.summed_grad.device)).view_as(param)
+        _mark_as_processed(param.summed_grad)
+
+
 # --------------------------------------------------------------------------- Flower: printed output
 
 # `flwr run` prints this line, ending with the run id, once the SuperLink accepted the run

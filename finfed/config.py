@@ -7,6 +7,7 @@ scalar values), so ``finfed simulate`` and ``flwr run`` read one source of truth
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -16,6 +17,8 @@ import yaml
 from finfed.errors import ConfigError
 from finfed.settings import Problems, read_section
 from finfed.settings import setting as _opt
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -75,10 +78,19 @@ class QASettings:
 class ModelSettings:
     backbone: str = _opt("bundled", "the pretrained encoder: `bundled` (the small MiniLM shipped with finfed, works "
                                      "offline), a local model folder, or a Hugging Face model id")
-    pooling: Literal["mean", "cls"] = _opt("mean", "classification: how the token vectors become one vector for the "
-                                                       "head: their `mean`, or the first (`cls`) token's")
+    pooling: Literal["auto", "mean", "cls", "last"] = _opt(
+        "auto", "classification: how the token vectors become one vector for the head: their `mean`, the first "
+                "(`cls`) token's, or the `last` real (non-padding) token's; `auto` = `last` for decoder-only "
+                "backbones (GPT-2, Llama, Qwen2, Mistral), `mean` for encoders")
     head_dropout: float = _opt(0.1, "classification: dropout rate before the head (a share of values zeroed "
                                         "while training)", 0.0, 0.9)
+    device: str = _opt("auto", "where the model trains, evaluates, predicts and exports: `auto` (CUDA if present, "
+                               "then Apple MPS, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`. A deployed site "
+                               "chooses its own in its site.toml (`[site] device`); this one does not reach it")
+
+    def __post_init__(self) -> None:
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"`model.device` must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 @dataclass(frozen=True)
@@ -89,8 +101,10 @@ class LoraSettings:
     r: int = _opt(8, "LoRA rank: size of the adapters; higher learns more and sends more per round", 1, 256)
     alpha: float = _opt(16.0, "LoRA scaling: the adapters' output is multiplied by alpha / r", 0.0, None, True)
     dropout: float = _opt(0.0, "dropout rate on the adapters' input while training", 0.0, 0.9)
-    target_modules: tuple = _opt(("query", "value"), "names of the encoder's modules that get adapters (e.g. "
-                                                         "query,key,value); more = more to learn and to send")
+    target_modules: tuple = _opt(("auto",), "names of the backbone's modules that get adapters (e.g. "
+                                             "query,key,value); `auto` = the attention query and value projections "
+                                             "peft knows for the architecture (BERT: query,value; Llama: q_proj,"
+                                             "v_proj; GPT-2: c_attn; ...). More = more to learn and to send")
     init_seed: int = _opt(1234, "seed of the adapters' and head's initial values, the same at every site (with "
                                   "`ffa`, A stays so)", 0)
 
@@ -174,6 +188,13 @@ class TrainSettings:
                                         "on results. 0 = no limit", 0)
     num_threads: int = _opt(0, "torch threads per site process; 0 = torch's default (all cores). In "
                                      "simulation, `simulation.cpus_per_site` is the useful knob", 0, 256)
+    precision: Literal["fp32", "bf16", "fp16"] = _opt(
+        "fp32", "training arithmetic: `fp32`, or mixed precision (autocast) in `bf16` or `fp16` (with a loss "
+                "scaler). Under DP-SGD per-sample gradients, clipping and noise stay in fp32. bf16 needs a GPU "
+                "(or CPU) that supports it; fp16 needs a GPU")
+    gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory; "
+                                               "without DP only (Opacus captures each layer's activations in "
+                                               "the forward pass, which checkpointing would repeat)")
 
 
 @dataclass(frozen=True)
@@ -232,6 +253,8 @@ def _check_secure_aggregation(federation: "FederationSettings") -> None:
 class SimulationSettings:
     cpus_per_site: int = _opt(2, "CPU cores Ray reserves per simulated site: sites train in parallel "
                                   "only as far as the machine's cores allow (2 cores, 2 per site: one at a time)", 1)
+    gpus_per_site: float = _opt(0.0, "share of a GPU Ray reserves per simulated site (Flower's client resources): "
+                                     "0.25 lets four sites train at once on one GPU; 0 = sites reserve none", 0.0)
 
 
 @dataclass(frozen=True)
@@ -267,6 +290,11 @@ class ExperimentConfig:
                               f"got {self.data.synthetic_size}")
         if not self.lora.target_modules:
             raise ConfigError("`lora.target_modules` must name at least one backbone module")
+        if self.train.gradient_checkpointing and self.privacy.enabled:
+            raise ConfigError("`train.gradient_checkpointing` needs `privacy.enabled: false`: Opacus computes "
+                              "per-sample gradients from activations it captures in the forward pass, and "
+                              "checkpointing re-runs that forward pass during backward, so activations would be "
+                              "captured twice and the clipped gradients be wrong")
         if self.federation.min_sites > self.federation.num_sites:
             raise ConfigError(f"`federation.min_sites` ({self.federation.min_sites}) exceeds "
                               f"`federation.num_sites` ({self.federation.num_sites})")

@@ -53,3 +53,4 @@ NODE_DATASET_NAME = "dataset-name"  # the name a site's ledger composes spend un
 NODE_SITE_DIR = "site-dir"  # the site's own folder: its log, its ledger's chain head (never the coordinator's)
 NODE_TEXT_COLUMN = "text-column"  # deployment: the site's own column names, if they differ from the run's
 NODE_LABEL_COLUMN = "label-column"
+NODE_DEVICE = "device"  # deployment: the device the site trains on (site.toml [site] device); never the run's

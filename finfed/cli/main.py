@@ -145,6 +145,7 @@ def simulate(args: argparse.Namespace) -> int:
     started = time.time()
     result = submit_stoppable(run_dir, lambda: run_simulation(
         run_config, num_sites=config.federation.num_sites, cpus_per_site=config.simulation.cpus_per_site,
+        gpus_per_site=config.simulation.gpus_per_site,
         log_path=run_dir / "flower.log", on_line=show_engine_line, append_log=bool(args.resume)))
     return finish_run(run_dir, result, started)
 

@@ -23,6 +23,7 @@ from finfed.models.adapters import (
     trainable_state,
 )
 from finfed.models.backbone import load_tokenizer, quiet_transformers
+from finfed.models.devices import device_name, model_device
 from finfed.privacy.client_level import (
     ACCOUNTANT,
     client_level_epsilon,
@@ -46,6 +47,14 @@ from finfed.tasks import federation_labels, get_task
 from finfed.wire import clean_site_name
 
 logger = logging.getLogger(__name__)
+
+
+def compute_record(config: ExperimentConfig, model) -> dict[str, str]:
+    """Where the coordinator's model runs, and the sites' training arithmetic, as resolved at start."""
+    device = device_name(model_device(model))
+    return {"model.device": f"{device} (setting: {config.model.device})", "train.precision": config.train.precision,
+            "sites": "simulated sites: the same setting, resolved on their machine" if not config.federation.site_nodes
+            else "deployed sites: each its own site.toml [site] device"}
 
 
 class FederatedRun:
@@ -80,6 +89,7 @@ class FederatedRun:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
+        self.outputs.compute = compute_record(self.config, self.model)
         self.outputs.start()
         trainable, total = count_parameters(self.model)
         logger.info(f"run {self.config.name}: {self.config.federation.num_sites} sites, "

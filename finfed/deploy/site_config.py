@@ -19,6 +19,7 @@ from finfed.data.loading import read_table
 from finfed.deploy import pki
 from finfed.deploy.consortium import SITE_FILE, SITE_NAME, read_toml
 from finfed.errors import ConfigError, FinfedError
+from finfed.models.devices import check_device
 from finfed.privacy.ledger import PrivacyLedger
 from finfed.settings import Problems, read_sections, setting
 
@@ -28,6 +29,8 @@ from finfed.settings import Problems, read_sections, setting
 class SiteSection:
     name: str = setting(help="this bank's site name in the consortium (set by `finfed deploy init`)")
     id: int = setting(help="this site's number in the run's records (set by `finfed deploy init`)", minimum=0)
+    device: str = setting("auto", "where this site trains: `auto` (CUDA, then Apple MPS, else the CPU), `cpu`, "
+                                  "`cuda`, `cuda:N` or `mps`; the coordinator's `model.device` never applies here")
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class SiteConfig:
     audit_log: Path | None
     require_secure_aggregation: bool
     runtime_port: int
+    device: str = "auto"  # where the site trains (its own choice; see finfed.site.node_settings.with_site_device)
     share_train_loss: bool = False  # send the (non-private) training loss each round: off unless the bank opts in
 
     @property
@@ -131,7 +135,7 @@ class SiteConfig:
             keys.NODE_SITE_ID: self.site_id, keys.NODE_SITE_NAME: self.name, keys.NODE_DATA_PATH: str(self.data_path),
             keys.NODE_BUDGET_EPSILON: self.budget_epsilon, keys.NODE_BUDGET_DELTA: self.budget_delta,
             keys.NODE_LEDGER_PATH: str(self.ledger_path), keys.NODE_SITE_DIR: str(self.folder),
-            keys.NODE_SHARE_TRAIN_LOSS: self.share_train_loss}
+            keys.NODE_SHARE_TRAIN_LOSS: self.share_train_loss, keys.NODE_DEVICE: self.device}
         if self.dataset_name:
             values[keys.NODE_DATASET_NAME] = self.dataset_name
         if self.text_column:
@@ -188,6 +192,7 @@ def load_site_config(path: Path) -> SiteConfig:
 
     config = {
         "file": file, "name": site and site.name, "site_id": site and site.id,
+        "device": site.device if site else "auto",
         "superlink": coordinator and coordinator.address,
         "root_certificates": local(coordinator, "root_certificates"), "private_key": local(auth, "private_key"),
         "data_path": local(data, "path"), "dataset_name": data and data.name,
@@ -222,6 +227,11 @@ def _check_files(values: dict[str, Any], problems: Problems) -> None:
         # The name is sent beside the site's id in every reply (finfed/wire.py): a plain label, never a path.
         problems.add("site.name", f"must be lower-case letters, digits, '-' or '_' (at most 63 characters, "
                                   f"as `finfed deploy init` writes it), got {values['name']!r}")
+    if values.get("device") is not None:
+        try:
+            check_device(values["device"], "[site] device")
+        except ConfigError as exc:
+            problems.add("site.device", str(exc).replace("[site] device is ", "is "))
     if values["superlink"] and not parse_flower_address(values["superlink"]):
         problems.add("coordinator.address", f"must be host:port, got {values['superlink']!r}")
 

@@ -18,12 +18,14 @@ from torch import nn
 
 from finfed.config import LoraSettings
 from finfed.errors import TrainingError
+from finfed.models.architectures import lora_targets
 
 
 def add_adapters(model: nn.Module, settings: LoraSettings, head: str) -> PeftModel:
-    """Wrap ``model`` with LoRA on ``settings.target_modules``; ``head`` stays fully trainable."""
+    """Wrap ``model`` with LoRA on ``settings.target_modules`` (``auto``: the architecture's attention
+    projections, see finfed.models.architectures); ``head`` stays fully trainable."""
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), modules_to_save=[head],
+                        target_modules=lora_targets(settings.target_modules, model), modules_to_save=[head],
                         bias="none")
     # The seed makes LoRA A identical at every site: FFA-LoRA's exactness depends on it.
     with torch.random.fork_rng():

@@ -15,6 +15,7 @@ from transformers import (
 )
 
 from finfed.errors import ConfigError
+from finfed.models.architectures import prepare_tokenizer
 
 BUNDLED = "bundled"
 
@@ -54,7 +55,7 @@ def load_qa_model(name: str) -> PreTrainedModel:
 
 def load_tokenizer(name: str):
     location = resolve_backbone(name)
-    return AutoTokenizer.from_pretrained(location, **_offline_kwargs(location))
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(location, **_offline_kwargs(location)))
 
 
 def quiet_transformers() -> None:

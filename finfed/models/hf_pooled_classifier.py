@@ -20,6 +20,7 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 HEAD_NAME = "classifier"  # the head module: trained in full beside the adapters, and sent with them
+POOLINGS = ("mean", "cls", "last")
 
 
 class FinfedPooledClassifierConfig(PretrainedConfig):
@@ -30,8 +31,8 @@ class FinfedPooledClassifierConfig(PretrainedConfig):
 
     def __init__(self, encoder_config: dict | None = None, pooling: str = "mean", head_dropout: float = 0.1,
                  **kwargs) -> None:
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.encoder_config = dict(encoder_config or {})
         self.pooling = pooling
         self.head_dropout = head_dropout
@@ -40,7 +41,12 @@ class FinfedPooledClassifierConfig(PretrainedConfig):
 
 
 class FinfedPooledClassifier(PreTrainedModel):
-    """``encoder`` -> mean (or [CLS]) pooling -> dropout -> ``classifier``."""
+    """``encoder`` -> mean ([CLS], or last real token) pooling -> dropout -> ``classifier``.
+
+    The ``encoder`` may be any ``AutoModel`` backbone, a decoder-only one (GPT-2, Llama, ...) too:
+    there ``last`` pooling takes the state of the last non-padding token, the only one that has
+    seen the whole text, whichever side the tokenizer pads on.
+    """
 
     config_class = FinfedPooledClassifierConfig
     base_model_prefix = "encoder"
@@ -78,16 +84,22 @@ class FinfedPooledClassifier(PreTrainedModel):
                 **kwargs) -> SequenceClassifierOutput:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:  # decoders (and DistilBERT) take none
+            inputs["token_type_ids"] = token_type_ids
+        states = self.encoder(**inputs).last_hidden_state
         logits = self.classifier(self.dropout(pool(states, attention_mask, self.config.pooling)))
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def pool(states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """One vector per sequence: the [CLS] state, or the mean over real (unpadded) tokens."""
+    """One vector per sequence: the [CLS] state, the last real token's, or the mean over real (unpadded) tokens."""
     if pooling == "cls":
         return states[:, 0]
+    if pooling == "last":  # the last position the mask keeps: right or left padding alike
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        last = (attention_mask.long() * (positions + 1)).argmax(dim=1)
+        return states[torch.arange(states.shape[0], device=states.device), last]
     mask = attention_mask.unsqueeze(-1).to(states.dtype)
     return (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)

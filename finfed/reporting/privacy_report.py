@@ -90,7 +90,15 @@ def _meta(config: ExperimentConfig, status: dict[str, Any]) -> dict[str, Any]:
             "data": data_description(config), "backbone": config.model.backbone,
             "adapters": f"{config.lora.method} (r={config.lora.r})", "num_sites": config.federation.num_sites,
             "rounds": config.federation.rounds, "local_epochs": config.train.local_epochs,
-            "batch_size": config.train.batch_size}
+            "batch_size": config.train.batch_size, "compute": compute_text(config, status)}
+
+
+def compute_text(config: ExperimentConfig, status: dict[str, Any]) -> str:
+    """Device and precision as resolved at start (status.json), or as set when the run did not record them."""
+    compute = status.get("compute") or {}
+    device = compute.get("model.device", f"{config.model.device} (as set; not recorded)")
+    return (f"device {device}, precision {compute.get('train.precision', config.train.precision)}"
+            + (f"; {compute['sites']}" if compute.get("sites") else ""))
 
 
 def site_name(site_id: str, site: dict[str, Any], rounds: list[dict[str, Any]]) -> str:

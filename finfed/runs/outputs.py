@@ -198,11 +198,17 @@ class RunOutputs:
         self.config = config
         self.run_dir = config.resolved_run_dir
         self.started = time.time()
+        #: what `model.device` and `train.precision` resolved to on the coordinator (config.yaml, status, report)
+        self.compute: dict[str, str] = {}
 
     def start(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.set_status("running")
         save_config(self.config, self.run_dir / CONFIG)
+        if self.compute:
+            with open(self.run_dir / CONFIG, "a", encoding="utf-8") as handle:
+                handle.write("# resolved when the run started (not settings: a resumed run resolves them again)\n"
+                             + "".join(f"#   {key}: {value}\n" for key, value in self.compute.items()))
         (self.run_dir / METRICS).write_text("", encoding="utf-8")
 
     def resume(self, history: list[dict[str, Any]], started: float, from_round: int) -> None:
@@ -214,6 +220,8 @@ class RunOutputs:
     def set_status(self, state: str, **extra: Any) -> None:
         payload = {"state": state, "started": self.started, "updated": time.time(),
                    "elapsed_s": round(time.time() - self.started, 1), **extra}
+        if self.compute:
+            payload.setdefault("compute", dict(self.compute))
         write_json_atomic(self.run_dir / STATUS, payload)
 
     def append_round(self, record: dict[str, Any]) -> None:

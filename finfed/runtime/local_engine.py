@@ -160,7 +160,14 @@ def resume_config(run_dir: Path) -> ExperimentConfig:
     return config
 
 
+def federation_config(num_sites: int, cpus_per_site: int, gpus_per_site: float, total_cpus: int) -> str:
+    """``flwr run --federation-config``: Flower's simulation backend reserves these client resources per site."""
+    return (f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site} "
+            f"client-resources-num-gpus={float(gpus_per_site)} init-args-num-cpus={total_cpus}")
+
+
 def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per_site: int,
+                   gpus_per_site: float = 0.0,
                    log_path: Path, on_line: Callable[[str], None] = lambda line: None,
                    append_log: bool = False) -> FlowerRunResult:
     """Submit finfed's app to a private local SuperLink and wait for it to finish.
@@ -179,9 +186,7 @@ def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per
             write_run_config(run_config, home / "run-config.toml")
             app = write_app(home)
             command = [flower_tool("flwr"), "run", str(app), CONNECTION, "--stream",
-                       "--federation-config",
-                       f"num-supernodes={num_sites} client-resources-num-cpus={cpus_per_site} "
-                       f"client-resources-num-gpus=0.0 init-args-num-cpus={total_cpus}",
+                       "--federation-config", federation_config(num_sites, cpus_per_site, gpus_per_site, total_cpus),
                        "--run-config", str(home / "run-config.toml")]
             run_id = stream_flower_run(command, env, log_path, on_line, append_log, cwd=home)
             status, details = final_run_status(run_id, env, cwd=home)

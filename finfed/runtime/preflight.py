@@ -24,6 +24,9 @@ def check_configuration(config: ExperimentConfig) -> None:
     from finfed.tasks import task_class  # PyTorch and PEFT: the slowest import of the checks, so last
 
     task_class(config)  # refuses settings the task cannot run with
+    from finfed.models.devices import check_compute
+
+    check_compute(config.model.device, config.train.precision, config.simulation.gpus_per_site)
 
 
 def _check_data_files(config: ExperimentConfig) -> None:

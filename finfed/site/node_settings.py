@@ -3,6 +3,7 @@ reads it for every message, SecAgg+ key exchanges included."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from finfed import constants as keys
@@ -23,6 +24,19 @@ def site_folder(config: ExperimentConfig, node_config: Mapping[str, Any], site_i
     """
     folder = str(node_config.get(keys.NODE_SITE_DIR, ""))
     return folder or str(config.resolved_run_dir / "sites" / f"site-{site_id}")
+
+
+def with_site_device(config: ExperimentConfig, node_config: Mapping[str, Any]) -> ExperimentConfig:
+    """The run's settings with the device this site chose: node config ``device`` (a deployed site's
+    site.toml ``[site] device``, ``auto`` if unset). A simulated site (Flower gives it a ``partition-id``)
+    without the key uses the run's `model.device`; the coordinator never picks a deployed site's device."""
+    value = node_config.get(keys.NODE_DEVICE)
+    if value is None:
+        value = config.model.device if keys.NODE_PARTITION_ID in node_config else "auto"
+    value = str(value).strip()
+    if value == config.model.device:
+        return config
+    return replace(config, model=replace(config.model, device=value))
 
 
 def share_train_loss(config: ExperimentConfig, node_config: Mapping[str, Any]) -> bool:

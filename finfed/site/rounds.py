@@ -40,7 +40,10 @@ from finfed.privacy.randomness import warn_if_reproducible
 from finfed.privacy.site_budget import SiteBudget, SitePolicy
 from finfed.runs.stop import stop_path
 from finfed.site.log import site_log
-from finfed.site.node_settings import site_folder  # noqa: F401  (re-exported: it lived here)
+from finfed.site.node_settings import (
+    site_folder,  # noqa: F401  (re-exported: it lived here)
+    with_site_device,
+)
 from finfed.tasks import Task, federation_labels, get_task, task_class
 from finfed.training.local import train_locally
 from finfed.wire import clean_site_name
@@ -133,7 +136,7 @@ def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> Si
     site_id = int(node_config.get(keys.NODE_PARTITION_ID, node_config.get(keys.NODE_SITE_ID, 0)))
     refuse_reproducible_when_deployed(config, node_config, site_id)
     data_path = str(node_config.get(keys.NODE_DATA_PATH, ""))
-    site = _site_context(with_site_columns(config, node_config), site_id, data_path,
+    site = _site_context(with_site_device(with_site_columns(config, node_config), node_config), site_id, data_path,
                          site_policy(config, node_config, site_id), str(node_config.get(keys.NODE_SITE_NAME, "")))
     if keys.NODE_PARTITION_ID in node_config:  # Flower sets it in simulation only
         site = replace(site, stop_request=str(stop_path(config.resolved_run_dir)))

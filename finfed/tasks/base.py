@@ -19,6 +19,8 @@ from finfed.config import ExperimentConfig
 from finfed.data.partition import RecordFormat, load_federated_data
 from finfed.errors import ConfigError
 from finfed.models.adapters import add_adapters
+from finfed.models.architectures import enable_gradient_checkpointing
+from finfed.models.devices import resolve_device
 
 
 class Task(ABC):
@@ -109,8 +111,16 @@ class Task(ABC):
         """The backbone with its task head, before adapters."""
 
     def build_model(self) -> nn.Module:
-        """The backbone with adapters and task head, trainable tensors marked."""
-        return add_adapters(self.build_base_model(), self.config.lora, head=self.head_name)
+        """The backbone with adapters and task head, trainable tensors marked, on `model.device`."""
+        base = self.build_base_model()
+        if self.config.train.gradient_checkpointing:
+            enable_gradient_checkpointing(base)
+        return add_adapters(base, self.config.lora, head=self.head_name).to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        """Where this task's model runs (`model.device` resolved on this machine)."""
+        return resolve_device(self.config.model.device)
 
     @abstractmethod
     def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:

@@ -13,7 +13,9 @@ from finfed.data.loading import normalise_examples, read_table
 from finfed.data.partition import RecordFormat
 from finfed.data.synthetic_news import generate_news
 from finfed.errors import ConfigError
+from finfed.models.architectures import resolve_pooling
 from finfed.models.backbone import load_encoder
+from finfed.models.devices import on_model_device
 from finfed.models.hf_pooled_classifier import HEAD_NAME, FinfedPooledClassifier
 from finfed.privacy.ledger import dataset_fingerprint
 from finfed.tasks.base import Task
@@ -57,10 +59,12 @@ class ClassificationTask(Task):
         encoder = load_encoder(settings.backbone)
         with torch.random.fork_rng():
             torch.manual_seed(self.config.lora.init_seed)  # same initial head everywhere
-            return FinfedPooledClassifier.on_encoder(encoder, self.labels, settings.pooling, settings.head_dropout)
+            pooling = resolve_pooling(settings.pooling, encoder.config.model_type)
+            return FinfedPooledClassifier.on_encoder(encoder, self.labels, pooling, settings.head_dropout)
 
     @staticmethod
     def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = on_model_device(model, batch)
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def encode(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
@@ -75,6 +79,7 @@ class ClassificationTask(Task):
         return batch
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = on_model_device(model, batch)
         return self.criterion(self.logits(model, batch), batch["labels"])
 
     @torch.no_grad()
@@ -85,7 +90,7 @@ class ClassificationTask(Task):
         for start in range(0, len(examples), size):
             batch = self.collate(examples[start:start + size])
             logits = self.logits(model, batch)
-            chunks.append(torch.softmax(logits, dim=-1))
+            chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
         return torch.cat(chunks) if chunks else torch.empty(0, len(self.labels))
 
     @torch.no_grad()
@@ -95,7 +100,7 @@ class ClassificationTask(Task):
         size = self.config.train.eval_batch_size
         for start in range(0, len(examples), size):
             batch = self.collate(list(examples[start:start + size]))
-            logits = self.logits(model, batch)
+            logits = self.logits(model, batch).float().cpu()
             losses += nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
         return losses
 

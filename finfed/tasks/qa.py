@@ -25,6 +25,7 @@ from finfed.data.synthetic_filings import generate_filings_qa
 from finfed.errors import ConfigError
 from finfed.models import hf_qa_pipeline
 from finfed.models.backbone import load_qa_model
+from finfed.models.devices import on_model_device
 from finfed.privacy.ledger import dataset_fingerprint
 from finfed.tasks.base import Task
 from finfed.tasks.classification import pad_batch
@@ -49,6 +50,11 @@ PROTECTED_UNIT = (
     "each DP-SGD step at most once and contributes at most one clipped gradient to it; records whose "
     "answer fits no window are left out of training. Several questions about the same passage are "
     "separate records: the passage itself is protected only as far as each of its records is.")
+
+
+def _token_fields(window: Window) -> dict[str, list[int]]:
+    """The model inputs of ``window``: token type ids only where the tokenizer gives them."""
+    return {key: getattr(window, key) for key in TOKEN_KEYS if getattr(window, key) is not None}
 
 
 class QuestionAnsweringTask(Task):
@@ -98,7 +104,7 @@ class QuestionAnsweringTask(Task):
         if unanswerable:
             logger.info(f"{len(unanswerable)} of {len(frame)} QA record(s) left out of training: no window of "
                         f"{self.max_length} tokens holds the whole answer")
-        return [{**{k: getattr(w, k) for k in TOKEN_KEYS}, "start": w.start, "end": w.end, "record": w.record,
+        return [{**_token_fields(w), "start": w.start, "end": w.end, "record": w.record,
                  "id": str(frame["id"].iloc[w.record])} for w in chosen]
 
     def encode_for_evaluation(self, frame: pd.DataFrame, tokenizer: Any) -> list[dict]:
@@ -106,11 +112,11 @@ class QuestionAnsweringTask(Task):
         frame = frame.reset_index(drop=True)
         records = [{"id": str(row["id"]), "context": row["context"], "answers": list(row["answer_texts"])}
                    for _, row in frame.iterrows()]
-        return [{**{k: getattr(w, k) for k in TOKEN_KEYS}, "start": w.start, "end": w.end, "record": w.record,
+        return [{**_token_fields(w), "start": w.start, "end": w.end, "record": w.record,
                  "window": w, "meta": records[w.record]} for w in self.windows(frame, tokenizer)]
 
     def collate(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
-        batch = pad_batch(items, TOKEN_KEYS)
+        batch = pad_batch(items, [key for key in TOKEN_KEYS if key in items[0]])
         batch["start_positions"] = torch.tensor([item["start"] for item in items])
         batch["end_positions"] = torch.tensor([item["end"] for item in items])
         return batch
@@ -118,10 +124,12 @@ class QuestionAnsweringTask(Task):
     # ------------------------------------------------------------------ model use
     @staticmethod
     def logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        output = model(**{k: batch[k] for k in TOKEN_KEYS})
+        batch = on_model_device(model, batch)
+        output = model(**{k: batch[k] for k in TOKEN_KEYS if k in batch})
         return output.start_logits, output.end_logits
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = on_model_device(model, batch)
         start, end = self.logits(model, batch)
         criterion = nn.functional.cross_entropy
         return (criterion(start, batch["start_positions"], reduction=self.loss_reduction)
@@ -131,6 +139,7 @@ class QuestionAnsweringTask(Task):
     def example_losses(self, model: nn.Module, examples: Sequence[dict]) -> list[float]:
         losses = []
         for batch in self._batches(model, examples):
+            batch = on_model_device(model, batch)
             start, end = self.logits(model, batch)
             losses += ((nn.functional.cross_entropy(start, batch["start_positions"], reduction="none")
                         + nn.functional.cross_entropy(end, batch["end_positions"], reduction="none")) / 2).tolist()
@@ -149,6 +158,7 @@ class QuestionAnsweringTask(Task):
         for begin, batch in zip(range(0, len(examples), self.config.train.eval_batch_size),
                                 self._batches(model, examples)):
             start, end = self.logits(model, batch)
+            start, end = start.float().cpu(), end.float().cpu()
             for offset, (s, e) in enumerate(zip(start, end)):
                 length = len(examples[begin + offset]["input_ids"])
                 starts.append(s[:length])

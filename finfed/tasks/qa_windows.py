@@ -31,7 +31,7 @@ class Window:
     record: int
     input_ids: list[int]
     attention_mask: list[int]
-    token_type_ids: list[int]
+    token_type_ids: list[int] | None  # None: the tokenizer gives none (RoBERTa, DistilBERT, ModernBERT, ...)
     offsets: list[tuple[int, int] | None]  # character span of each context token, None elsewhere
     start: int  # answer token positions, or NO_ANSWER when the answer is not (wholly) in this window
     end: int
@@ -56,8 +56,7 @@ def tokenize_windows(tokenizer: Any, questions: Sequence[str], contexts: Sequenc
         offsets = [tuple(span) if sequence_ids[t] == 1 else None
                    for t, span in enumerate(encoded["offset_mapping"][i])]
         fields = {"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i],
-                  "token_type_ids": (encoded["token_type_ids"][i] if "token_type_ids" in encoded
-                                     else [0] * len(offsets)),
+                  "token_type_ids": encoded["token_type_ids"][i] if "token_type_ids" in encoded else None,
                   "offsets": offsets}
         windows.append((int(record), fields))
     return windows

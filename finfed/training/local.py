@@ -20,15 +20,40 @@ from finfed.compat import empty_per_sample_gradients, is_missing_per_sample_grad
 from finfed.config import TrainSettings
 from finfed.errors import PrivacyError, RunInterrupted, TrainingError
 from finfed.models.adapters import trainable_state
+from finfed.models.devices import model_device
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan
 from finfed.privacy.randomness import dp_randomness
+from finfed.training.precision import (
+    INITIAL_DP_LOSS_SCALE,
+    MAX_SCALE_RETRIES,
+    DeviceDPOptimizer,
+    Fp32GradSampleModule,
+    autocast,
+    check_per_sample_gradients,
+    check_precision,
+    clear_per_sample_gradients,
+    per_sample_gradients_finite,
+)
 
 # Opacus rescales per-sample gradients assuming this reduction; the task's loss must match.
 LOSS_REDUCTION = "mean"
 
 LossFn = Callable[[nn.Module, dict], torch.Tensor]
 Collate = Callable[[Sequence[dict]], dict]
+
+
+@dataclass
+class Arithmetic:
+    """How a step computes: ``train.precision`` on ``device``; fp16's loss scaling (GradScaler, or under DP
+    the per-sample gradients' own scale, see finfed.training.precision)."""
+
+    precision: str
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+
+    def autocast(self):
+        return autocast(self.precision, self.device)
 
 
 @dataclass(frozen=True)
@@ -110,16 +135,22 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
     torch.manual_seed(seed)  # dropout
     before = trainable_state(model)
     model.train()
+    arithmetic = Arithmetic(settings.precision, model_device(model))
+    check_precision(arithmetic.precision, arithmetic.device)
     optimizer = make_optimizer(model, settings)
     if plan is not None:
         if accountant is None:
             raise PrivacyError("DP training needs an accountant: every step must be accounted for")
         _check_private_setup(model, loss_reduction)
-        module = GradSampleModule(model, batch_first=True, loss_reduction=LOSS_REDUCTION, strict=True)
+        check_per_sample_gradients(model)
+        module = Fp32GradSampleModule(model, batch_first=True, loss_reduction=LOSS_REDUCTION, strict=True)
+        if arithmetic.precision == "fp16":
+            module.loss_scale = INITIAL_DP_LOSS_SCALE
         randomness = dp_randomness(seed, reproducible=reproducible_dp)
         # secure_mode: noise as the sum of four Gaussians (Opacus' defence against floating-point attacks
         # on the noise's low bits); it needs no extra package in DPOptimizer, only in PrivacyEngine.
-        optimizer = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier,
+        # DeviceDPOptimizer draws it from the CPU generator whatever the model's device.
+        optimizer = DeviceDPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier,
                                 max_grad_norm=plan.max_grad_norm,
                                 expected_batch_size=plan.expected_batch_size,
                                 loss_reduction=LOSS_REDUCTION, generator=randomness.noise, secure_mode=True)
@@ -128,9 +159,11 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
     else:
         module = model
         batches = shuffled_batches(len(dataset), settings.batch_size, steps, generator)
+        if arithmetic.precision == "fp16":
+            arithmetic.scaler = torch.amp.GradScaler(arithmetic.device.type)
     try:
         outcome = _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
-                             settings.physical_batch_size, should_stop)
+                             settings.physical_batch_size, should_stop, arithmetic)
     finally:
         if isinstance(module, GradSampleModule):
             module.remove_hooks()
@@ -140,7 +173,9 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
 
 
 def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
-               physical_batch_size: int = 0, should_stop: Callable[[], bool] | None = None) -> TrainOutcome:
+               physical_batch_size: int = 0, should_stop: Callable[[], bool] | None = None,
+               arithmetic: Arithmetic | None = None) -> TrainOutcome:
+    arithmetic = arithmetic or Arithmetic("fp32", model_device(module))
     total_loss, seen, empty = 0.0, 0, 0
     for step, indices in enumerate(batches, start=1):
         if should_stop is not None and should_stop():
@@ -151,7 +186,7 @@ def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, pro
             _noise_only_step(optimizer)
             continue
         loss = _logical_step(module, optimizer, [dataset[i] for i in indices], collate, loss_fn,
-                             physical_batch_size or len(indices), step)
+                             physical_batch_size or len(indices), step, arithmetic)
         total_loss += loss * len(indices)
         seen += len(indices)
         if progress is not None:
@@ -160,7 +195,8 @@ def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, pro
                         examples_seen=seen)
 
 
-def _logical_step(module, optimizer, items: list, collate, loss_fn, chunk: int, step: int) -> float:
+def _logical_step(module, optimizer, items: list, collate, loss_fn, chunk: int, step: int,
+                  arithmetic: Arithmetic) -> float:
     """One optimizer step over ``items``, computed in physical batches of ``chunk`` to bound memory.
 
     Under DP-SGD each physical batch's per-sample gradients are clipped and summed
@@ -173,19 +209,47 @@ def _logical_step(module, optimizer, items: list, collate, loss_fn, chunk: int, 
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
         last = start + chunk >= len(items)
-        loss = loss_fn(module, collate(part))
-        if not math.isfinite(loss.item()):
-            raise TrainingError(f"training loss became {loss.item()} at step {step}; lower the learning rate")
-        (loss if private else loss * len(part) / len(items)).backward()
-        total += loss.item() * len(part)
+        loss = _backward(module, collate(part), loss_fn, len(part) / len(items), private, step, arithmetic)
+        total += loss * len(part)
         if private:
             optimizer.signal_skip_step(do_skip=not last)
             _step(optimizer)
             if not last:
                 optimizer.zero_grad(set_to_none=True)  # keeps the clipped sums of skipped steps
-    if not private:
+    if not private and arithmetic.scaler is not None:
+        arithmetic.scaler.step(optimizer)  # skips the step if the scaled gradients overflowed
+        arithmetic.scaler.update()
+    elif not private:
         _step(optimizer)
     return total / len(items)
+
+
+def _backward(module, batch: dict, loss_fn, weight: float, private: bool, step: int,
+              arithmetic: Arithmetic) -> float:
+    """Forward (under autocast) and backward of one physical batch; its mean loss.
+
+    Without DP the loss is weighted by the part's share of the logical batch. Under DP with fp16 the
+    loss is multiplied by the module's loss scale (the per-sample gradients divide it out in fp32);
+    if any per-sample gradient overflowed, the same batch is recomputed at half the scale.
+    """
+    scaled_dp = private and arithmetic.precision == "fp16"
+    for _ in range(MAX_SCALE_RETRIES):
+        with arithmetic.autocast():
+            loss = loss_fn(module, batch)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingError(f"training loss became {value} at step {step}; lower the learning rate")
+        if private:
+            (loss * module.loss_scale if scaled_dp else loss).backward()
+        else:
+            weighted = loss * weight
+            (arithmetic.scaler.scale(weighted) if arithmetic.scaler is not None else weighted).backward()
+        if not scaled_dp or per_sample_gradients_finite(module):
+            return value
+        clear_per_sample_gradients(module)
+        module.loss_scale /= 2
+    raise TrainingError(f"fp16 per-sample gradients overflowed at step {step} even at loss scale "
+                        f"{module.loss_scale:g}; use `train.precision: bf16` or `fp32`")
 
 
 def _step(optimizer) -> None:
