@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--context", help="qa: the passage holding the answer")
     predict.add_argument("--max-answer-tokens", type=int, help="qa: longest answer (default: the run's setting)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--explain", action="store_true", help="show which words drove each prediction "
+                         "(Integrated Gradients on the global model; qa: also the runner-up spans)")
+    predict.add_argument("--explain-html", type=Path, metavar="FILE",
+                         help="write the explanation as a coloured HTML snippet to FILE (implies --explain)")
+    predict.add_argument("--explain-steps", type=int, default=50, metavar="N",
+                         help="integration steps of --explain (default 50; more: smaller convergence delta)")
 
     export = commands.add_parser("export", help="write a run's model as a folder transformers.pipeline loads")
     export.add_argument("run_dir", type=Path)
@@ -116,6 +122,13 @@ def simulate(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     from finfed.inference.predict import answer_question, predict_texts
 
+    if args.explain or args.explain_html:
+        from finfed.inference.explain import explain_prediction
+
+        print(explain_prediction(args.run_dir, texts=args.texts, question=args.question, context=args.context,
+                                 max_answer_tokens=args.max_answer_tokens, html_path=args.explain_html,
+                                 as_json=args.json, steps=args.explain_steps))
+        return 0
     if args.question is not None or args.context is not None:
         if not (args.question and args.context) or args.texts:
             raise FinfedError("qa prediction needs both --question and --context, and no texts")
