@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--merge", action="store_true",
                         help="merge the adapters into the weights (default: PEFT adapter beside its base)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    export.add_argument("--quantize", choices=("int8",), help="int8: a smaller merged model (torchao; Linear "
+                        "layers int8), loaded by the same pipeline call (needs torchao: finfed[int8])")
 
     add_deploy_parser(commands)
     return parser
@@ -156,8 +158,9 @@ def export(args: argparse.Namespace) -> int:
         training_note,
     )
 
-    manifest = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
-    print(f"Exported {manifest['task']} model ({manifest['form']}) of run {manifest['run']['name']} to {args.out}")
+    manifest = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite, quantize=args.quantize)
+    form = manifest["form"] + (f", {manifest['quantization']['method']}" if manifest.get("quantization") else "")
+    print(f"Exported {manifest['task']} model ({form}) of run {manifest['run']['name']} to {args.out}")
     if training_note(manifest):
         print(training_note(manifest))
     print(f"Privacy: {privacy_line(manifest)}\nLoad it with:\n\n{load_snippet(manifest, str(args.out))}")
