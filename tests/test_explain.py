@@ -147,4 +147,4 @@ def test_explaining_the_wrong_way_names_the_run(classification_run, qa_run, caps
     with pytest.raises(ConfigError, match=f"run {qa_run}: a 'qa' model labels no texts"):
         explain_texts(qa_run, TEXTS[:1])
     assert main(["predict", str(classification_run), "--question", "who?", "--context", "x y", "--explain"]) == 2
-    assert "labels no texts" not in capsys.readouterr().err
+    assert f"run {classification_run}: a 'classification' model answers no questions" in capsys.readouterr().err
