@@ -3,6 +3,7 @@
     python benchmarks/int8_export.py                      # trains the default run first (finfed simulate)
     python benchmarks/int8_export.py --run runs/default   # an existing finished classification run
     python benchmarks/int8_export.py --set federation.rounds=1   # a quicker training run (say so in the notes)
+    python benchmarks/int8_export.py --quick-train 150   # no Flower: the default model trained centrally, no DP
 
 Both exports are loaded the way a user loads them, ``transformers.pipeline("text-classification",
 model=FOLDER, trust_remote_code=True)``, and measured on the run's central test split: accuracy,
@@ -28,8 +29,11 @@ from finfed.cli.main import main as finfed
 from finfed.config import load_config
 from finfed.data.partition import load_federated_data
 from finfed.inference.export import export_run
-from finfed.runs.outputs import CONFIG
-from finfed.tasks import task_class
+from finfed.models.backbone import load_tokenizer
+from finfed.runs.model_store import save_model
+from finfed.runs.outputs import CONFIG, MODEL, RunOutputs
+from finfed.tasks import federation_labels, get_task, task_class
+from finfed.training.local import train_locally
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -42,6 +46,28 @@ def train_default(run_dir: Path, overrides: list[str]) -> float:
         args += ["--set", override]
     if finfed(args) != 0:
         raise SystemExit("the training run failed")
+    return time.time() - started
+
+
+def quick_train(run_dir: Path, steps: int) -> float:
+    """The default run's model (MiniLM, LoRA, its head) trained centrally without DP on the default data's
+    training pool for ``steps`` steps, saved as a finished run: when a federated run cannot be afforded."""
+    started = time.time()
+    config = load_config(None, [f"run_dir={run_dir}", "name=int8-export-quick", "privacy.enabled=false"])
+    labels = federation_labels(config)
+    task = get_task(config, labels)
+    data = load_federated_data(config.data, config.federation.num_sites, task.records)
+    model = task.build_model()
+    tokenizer = load_tokenizer(config.model.backbone)
+    examples = task.encode(data.train_pool, tokenizer)
+    train_locally(model, examples, task.collate, task.loss,
+                  loss_reduction=task.loss_reduction, settings=config.train, steps=steps, seed=0)
+    outputs = RunOutputs(config)
+    outputs.start()
+    save_model(model, config, labels, run_dir / MODEL)
+    outputs.write_privacy({"dp_enabled": False, "unit": None, "guarantee": "none: trained centrally without DP "
+                           "for this benchmark", "sites": {}, "client_level": None})
+    outputs.set_status("complete", rounds=0, trained_rounds=0, model_round=0)
     return time.time() - started
 
 
@@ -76,11 +102,23 @@ def measure(folder: Path, texts: list[str], labels: list[str], latency_sentences
             "batched_ms_per_sentence": round(1000 * batched / len(texts), 2)}
 
 
+def describe_run(args: argparse.Namespace) -> str:
+    if args.run is not None:
+        return str(args.run)
+    if args.quick_train:
+        return (f"the default run's model and data, trained now centrally without DP for {args.quick_train} steps "
+                "(not federated: a quick stand-in for the default run)")
+    return "trained now: finfed simulate" + (" --set " + " --set ".join(args.overrides) if args.overrides
+                                             else " (the default run)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a finished classification run (default: train the default run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the training run (repeatable)")
+    parser.add_argument("--quick-train", type=int, metavar="STEPS", help="instead of a federated run: the default "
+                        "model trained centrally without DP for STEPS steps (no Flower; figures say so)")
     parser.add_argument("--latency-sentences", type=int, default=200, help="sentences timed one by one")
     parser.add_argument("--note", default="", help="recorded with the figures (e.g. 'contended machine')")
     parser.add_argument("--out", type=Path, default=RESULTS / "int8-export.json")
@@ -88,7 +126,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="finfed-int8-") as scratch:
         scratch = Path(scratch)
         run_dir, train_s = args.run, None
-        if run_dir is None:
+        if run_dir is None and args.quick_train:
+            run_dir = scratch / "run"
+            train_s = round(quick_train(run_dir, args.quick_train), 1)
+        elif run_dir is None:
             run_dir = scratch / "run"
             train_s = round(train_default(run_dir, args.overrides), 1)
         texts, labels = test_split(run_dir)
@@ -102,8 +143,7 @@ def main() -> None:
     agreement = sum(a == b for a, b in zip(fp32, int8)) / len(fp32)
     result = {
         "case": "int8-export",
-        "run": "trained now: finfed simulate" + (f" --set {' --set '.join(args.overrides)}" if args.overrides else
-                                                  " (the default run)") if args.run is None else str(args.run),
+        "run": describe_run(args),
         "train_wall_s": train_s,
         "test_sentences": len(texts),
         "label_agreement": round(agreement, 4),
