@@ -43,8 +43,11 @@ def imported_distributions() -> dict[str, str]:
 
 
 def declared() -> set[str]:
+    """Core dependencies and the optional features' extras (not `dev`: tests and tools only)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return {distribution_name(requirement) for requirement in project["dependencies"]}
+    extras = [requirement for name, requirements in project.get("optional-dependencies", {}).items()
+              if name != "dev" for requirement in requirements]
+    return {distribution_name(requirement) for requirement in [*project["dependencies"], *extras]}
 
 
 def test_every_imported_package_is_declared():

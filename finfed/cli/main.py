@@ -82,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--merge", action="store_true",
                         help="merge the adapters into the weights (default: PEFT adapter beside its base)")
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    export.add_argument("--quantize", choices=("int8",), help="int8: a smaller merged model (torchao; Linear "
+                        "layers int8), loaded by the same pipeline call (needs torchao: finfed[int8])")
 
     add_deploy_parser(commands)
     return parser
@@ -99,6 +101,12 @@ def add_predict_parser(commands) -> None:
     predict.add_argument("--context", help="qa: the passage holding the answer")
     predict.add_argument("--max-answer-tokens", type=int, help="qa: longest answer (default: the run's setting)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--explain", action="store_true", help="show which words drove each prediction "
+                         "(Integrated Gradients on the global model; qa: also the runner-up spans)")
+    predict.add_argument("--explain-html", type=Path, metavar="FILE",
+                         help="write the explanation as a coloured HTML snippet to FILE (implies --explain)")
+    predict.add_argument("--explain-steps", type=int, default=50, metavar="N",
+                         help="integration steps of --explain (default 50; more: smaller convergence delta)")
     batch = predict.add_argument_group("a file of inputs")
     batch.add_argument("--input", type=Path, metavar="FILE",
                        help="a CSV or JSONL file: one prediction per row, in batches of the run's "
@@ -155,6 +163,15 @@ def predict(args: argparse.Namespace) -> int:
 
     columns = {key.removeprefix("column_"): value for key, value in vars(args).items()
                if key.startswith("column_") and value is not None}
+    if args.explain or args.explain_html:
+        if args.input is not None:
+            raise FinfedError("--explain explains texts or a question given as arguments, not an --input file")
+        from finfed.inference.explain import explain_prediction
+
+        print(explain_prediction(args.run_dir, texts=args.texts, question=args.question, context=args.context,
+                                 max_answer_tokens=args.max_answer_tokens, html_path=args.explain_html,
+                                 as_json=args.json, steps=args.explain_steps))
+        return 0
     if args.input is not None:
         return predict_input_file(args, columns)
     if args.output or args.overwrite or columns:
@@ -208,8 +225,9 @@ def export(args: argparse.Namespace) -> int:
         training_note,
     )
 
-    manifest = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite)
-    print(f"Exported {manifest['task']} model ({manifest['form']}) of run {manifest['run']['name']} to {args.out}")
+    manifest = export_run(args.run_dir, args.out, merge=args.merge, overwrite=args.overwrite, quantize=args.quantize)
+    form = manifest["form"] + (f", {manifest['quantization']['method']}" if manifest.get("quantization") else "")
+    print(f"Exported {manifest['task']} model ({form}) of run {manifest['run']['name']} to {args.out}")
     if training_note(manifest):
         print(training_note(manifest))
     print(f"Privacy: {privacy_line(manifest)}\nLoad it with:\n\n{load_snippet(manifest, str(args.out))}")

@@ -16,6 +16,13 @@ pipeline, an extractive QA pipeline (:mod:`finfed.models.hf_qa_pipeline`, named 
 ``custom_pipelines``; finfed decodes with its decoder). The task says which
 (:meth:`finfed.tasks.Task.ship_export_code`).
 
+``quantize="int8"`` (`finfed export --quantize int8`) writes the merged form with every
+``Linear`` layer quantized by torchao (int8 weights per output channel, int8 dynamic
+activations) through transformers' ``TorchAoConfig``: ``config.json`` records the
+quantization, so the same ``pipeline(...)`` call loads it (torchao installed: the ``int8``
+extra). Embeddings and LayerNorms stay fp32. Size, CPU latency and agreement with the fp32
+export: benchmarks/int8_export.py.
+
 Every export carries ``finfed_export.json`` with the run's privacy record, so a
 model never travels without its privacy parameters.
 """
@@ -41,6 +48,9 @@ from finfed.tasks import Task, task_named
 
 EXPORT_INFO = "finfed_export.json"
 EXPORT_FORMAT = "finfed-export/1"
+QUANTIZATIONS = ("int8",)
+INT8_SCHEME = ("torchao int8: every Linear layer's weights int8 per output channel, activations quantized to int8 "
+               "dynamically; embeddings and LayerNorms fp32")
 
 
 @dataclass(frozen=True)
@@ -58,9 +68,17 @@ class ExportSpec:
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False,
-               overwrite: bool = False) -> dict[str, Any]:
-    """Write the run's global model to ``out``; returns the ``finfed_export.json`` contents."""
+               overwrite: bool = False, quantize: str | None = None) -> dict[str, Any]:
+    """Write the run's global model to ``out``; returns the ``finfed_export.json`` contents.
+
+    ``quantize="int8"``: the merged form (implied), its ``Linear`` layers quantized (torchao, the ``int8`` extra).
+    """
     run_dir, out = Path(run_dir), Path(out)
+    if quantize is not None:
+        if quantize not in QUANTIZATIONS:
+            raise RunError(f"--quantize {quantize!r} is not supported; choose one of {', '.join(QUANTIZATIONS)}")
+        torchao_version()  # refuse before any work when torchao is missing
+        merge = True  # quantization applies to the merged weights
     status = require_model(run_dir)
     privacy = read_privacy(run_dir)
     if not privacy:
@@ -74,10 +92,18 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False,
     manifest = export_manifest(run_dir, task.config.name, info, spec, privacy, merged=merge)
     manifest["training"] = {key: status.get(key) for key in ("state", "rounds", "trained_rounds", "model_round",
                                                              "budget_exhausted_at_round")}
+    if quantize is not None:
+        manifest["quantization"] = {"method": quantize, "scheme": INT8_SCHEME,
+                                    "library": f"torchao {torchao_version()}"}
     staging = out.parent / f".{out.name}.partial"
-    _remove_tree(staging)  # a crashed earlier export of the same name
+    unquantized = out.parent / f".{out.name}.fp32.partial"
+    for folder in (staging, unquantized):
+        _remove_tree(folder)  # a crashed earlier export of the same name
     try:
-        if merge:
+        if quantize is not None:
+            write_merged(model, tokenizer, spec, unquantized)
+            write_int8(unquantized, spec, staging)
+        elif merge:
             write_merged(model, tokenizer, spec, staging)
         else:
             write_adapter(model, task.build_base_model(), tokenizer, spec, staging)
@@ -85,6 +111,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, merge: bool = False,
         _replace(out, staging)
     finally:
         _remove_tree(staging)
+        _remove_tree(unquantized)
     return manifest
 
 
@@ -146,6 +173,29 @@ def save_transformers(module: nn.Module, tokenizer: Any, spec: ExportSpec, folde
     module.save_pretrained(str(folder))  # a custom class (auto_map) copies its own module file here
     tokenizer.model_max_length = spec.max_length  # pipeline(..., truncation=True) cuts where finfed did
     tokenizer.save_pretrained(str(folder))
+
+
+def write_int8(merged: Path, spec: ExportSpec, folder: Path) -> None:
+    """The merged export in ``merged``, loaded through its own pipeline with torchao's int8 quantization and
+    saved to ``folder``: ``config.json`` then names the quantization, so a plain ``pipeline(...)`` loads it."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+    from transformers import TorchAoConfig, pipeline
+
+    quantization = TorchAoConfig(Int8DynamicActivationInt8WeightConfig())
+    pipe = pipeline(spec.pipeline_task, model=str(merged), trust_remote_code=True,
+                    model_kwargs={"quantization_config": quantization})
+    shutil.copytree(merged, folder, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    pipe.model.save_pretrained(str(folder))
+
+
+def torchao_version() -> str:
+    """The installed torchao's version; RunError when it is missing (`pip install 'finfed[int8]'`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchao")
+    except PackageNotFoundError:
+        raise RunError("--quantize int8 needs torchao: pip install 'finfed[int8]' (or: pip install torchao)") from None
 
 
 # --------------------------------------------------------------------------- metadata
@@ -242,6 +292,10 @@ def export_readme(manifest: dict[str, Any]) -> str:
             "model (`config.json`, `model.safetensors`); transformers' PEFT integration applies it on load")
     code = task_named(manifest["task"]).export_code
     peft = "" if form == "merged" else " Loading the adapter form needs the `peft` package."
+    if manifest.get("quantization"):
+        what += f"; quantized ({manifest['quantization']['scheme']})"
+        peft += (f" Loading it needs torchao ({manifest['quantization']['library']} wrote it); `config.json`'s "
+                 "`quantization_config` tells transformers how.")
     return f"""# finfed export: run `{run['name']}` ({manifest['task']}, {form})
 
 Federated model trained by finfed on {data}: {what}. Backbone: `{manifest['backbone']}`.

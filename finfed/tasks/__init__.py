@@ -5,6 +5,7 @@ they call the :class:`~finfed.tasks.base.Task` interface.
 """
 
 from finfed.tasks.base import (
+    Explainable,
     Task,
     federation_labels,
     get_task,
@@ -19,5 +20,5 @@ from finfed.tasks.qa import QuestionAnsweringTask
 register_task("classification", ClassificationTask)
 register_task("qa", QuestionAnsweringTask)
 
-__all__ = ["ClassificationTask", "QuestionAnsweringTask", "Task", "federation_labels", "get_task", "register_task",
-           "task_class", "task_named", "task_names"]
+__all__ = ["ClassificationTask", "Explainable", "QuestionAnsweringTask", "Task", "federation_labels", "get_task",
+           "register_task", "task_class", "task_named", "task_names"]

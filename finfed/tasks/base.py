@@ -8,8 +8,9 @@ so no code outside finfed.tasks asks which task is running (tests/test_boundarie
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import pandas as pd
 import torch
@@ -21,6 +22,24 @@ from finfed.errors import ConfigError
 from finfed.models.adapters import add_adapters
 from finfed.models.architectures import enable_gradient_checkpointing
 from finfed.models.devices import resolve_device
+
+
+@dataclass(frozen=True)
+class Explainable:
+    """One model input made ready for attribution (finfed.inference.explain): what is scored, and how it is shown.
+
+    ``inputs`` is a batch of one (``input_ids``, ``attention_mask``, ...) as the task's model takes it;
+    ``score`` maps the model's output to the explained value, one per example (the predicted label's
+    logit, the answer span's start + end logit); ``spans`` gives each token's characters in ``text``
+    (None: a token not shown, e.g. [CLS], or a QA question's tokens).
+    """
+
+    inputs: dict[str, torch.Tensor]
+    score: Callable[[Any], torch.Tensor]
+    target: str  # what `score` is, in words
+    text: str
+    spans: list[tuple[int, int] | None]
+    prediction: dict[str, Any]  # the task's prediction, as `finfed predict --json` shows it
 
 
 class Task(ABC):
@@ -105,6 +124,16 @@ class Task(ABC):
                      max_answer_tokens: int | None = None) -> list[dict]:
         """One prediction per row (rows keyed by :meth:`prediction_columns`' fields), as `finfed predict`
         prints it: the same dict for a row given alone or among others."""
+
+    def explainable_text(self, model: nn.Module, tokenizer: Any, text: str) -> Explainable:
+        """``text`` with its predicted label, ready for attribution."""
+        raise ConfigError(f"a {self.name!r} model labels no texts; {self.predict_usage}")
+
+    def explainable_answer(self, model: nn.Module, tokenizer: Any, question: str, context: str, *,
+                           max_answer_tokens: int | None = None, runners_up: int = 3) -> Explainable:
+        """The answer span of ``question`` in ``context`` (and up to ``runners_up`` next-best spans), ready for
+        attribution."""
+        raise ConfigError(f"a {self.name!r} model answers no questions; {self.predict_usage}")
 
     @abstractmethod
     def build_base_model(self) -> nn.Module:

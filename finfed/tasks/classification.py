@@ -18,7 +18,7 @@ from finfed.models.backbone import load_encoder
 from finfed.models.devices import on_model_device
 from finfed.models.hf_pooled_classifier import HEAD_NAME, FinfedPooledClassifier
 from finfed.privacy.ledger import dataset_fingerprint
-from finfed.tasks.base import Task
+from finfed.tasks.base import Explainable, Task
 from finfed.tasks.classification_metrics import accuracy, macro_f1, majority_accuracy
 
 
@@ -140,3 +140,16 @@ class ClassificationTask(Task):
         if max_answer_tokens:
             raise ConfigError(f"--max-answer-tokens is for question answering; a {self.name!r} model labels texts")
         return self.label_texts(model, tokenizer, [row["text"] for row in rows])
+
+    def explainable_text(self, model: nn.Module, tokenizer: Any, text: str) -> Explainable:
+        """The predicted label's logit, explained over the words of ``text`` (truncated as for prediction)."""
+        [prediction] = self.label_texts(model, tokenizer, [text])
+        encoded = tokenizer(text, truncation=True, max_length=self.max_length, return_offsets_mapping=True,
+                            return_special_tokens_mask=True)
+        spans = [None if special or start == end else (start, end) for (start, end), special in
+                 zip(encoded["offset_mapping"], encoded["special_tokens_mask"])]
+        inputs = {key: torch.tensor([encoded[key]]) for key in ("input_ids", "attention_mask")}
+        target = self.labels.index(prediction["label"])
+        return Explainable(inputs=inputs, score=lambda output: output.logits[:, target],
+                           target=f"the logit of {prediction['label']!r}", text=text, spans=spans,
+                           prediction=prediction)

@@ -27,9 +27,9 @@ from finfed.models import hf_qa_pipeline
 from finfed.models.backbone import load_qa_model
 from finfed.models.devices import on_model_device
 from finfed.privacy.ledger import dataset_fingerprint
-from finfed.tasks.base import Task
+from finfed.tasks.base import Explainable, Task
 from finfed.tasks.classification import pad_batch
-from finfed.tasks.qa_decoding import Answer, decode_answer
+from finfed.tasks.qa_decoding import Answer, decode_answer, ranked_answers
 from finfed.tasks.qa_metrics import squad_scores
 from finfed.tasks.qa_windows import Window, record_windows, training_windows
 
@@ -252,3 +252,30 @@ class QuestionAnsweringTask(Task):
         answers = self._answers(model, tokenizer, rows, max_answer_tokens)
         return [{"question": row["question"], "answer": answer.text, "score": answer.score, "start": answer.start,
                  "end": answer.end} for row, answer in zip(rows, answers)]
+
+    def explainable_answer(self, model: nn.Module, tokenizer: Any, question: str, context: str, *,
+                           max_answer_tokens: int | None = None, runners_up: int = 3) -> Explainable:
+        """The answer span's start + end logit, explained over the window that holds it; with the runner-up spans."""
+        limit = max_answer_tokens or self.max_answer_tokens
+        frame = pd.DataFrame([{"id": "question", "question": question, "context": context,
+                               "answer_texts": [context[:1]], "answer_starts": [0]}])  # gold unused
+        examples = self.encode_for_evaluation(frame, tokenizer)
+        starts, ends = self._window_logits(model, examples)
+        windows = [item["window"] for item in examples]
+        ranked = ranked_answers(context, windows, starts, ends, limit, runners_up + 1)
+        if not ranked:
+            raise ConfigError("the context left no room in the model's window: nothing to explain")
+        best, window = ranked[0], windows[ranked[0].window]
+        inputs = {key: torch.tensor([getattr(window, key)]) for key in TOKEN_KEYS
+                  if getattr(window, key) is not None}  # no token type ids: the tokenizer gives none
+        first, last = best.first, best.last
+        prediction = {"question": question, **_answer_fields(best.answer),
+                      "runners_up": [_answer_fields(span.answer) for span in ranked[1:]]}
+        return Explainable(inputs=inputs,
+                           score=lambda output: output.start_logits[:, first] + output.end_logits[:, last],
+                           target="the answer span's start + end logit", text=context, spans=list(window.offsets),
+                           prediction=prediction)
+
+
+def _answer_fields(answer: Answer) -> dict[str, Any]:
+    return {"answer": answer.text, "score": answer.score, "start": answer.start, "end": answer.end}

@@ -35,3 +35,62 @@ def decode_answer(context: str, windows: Sequence[Window], start_logits: Sequenc
     text, score, start, end = best_answer(context, [window.offsets for window in windows], is_context,
                                           start_logits, end_logits, max_answer_tokens)
     return Answer(text=text, score=score, start=start, end=end)
+
+
+@dataclass(frozen=True)
+class RankedSpan:
+    """A candidate answer span: where it is in the context, and which window tokens hold it."""
+
+    answer: Answer
+    window: int
+    first: int  # token positions in that window
+    last: int
+
+
+def ranked_answers(context: str, windows: Sequence[Window], start_logits: Sequence[torch.Tensor],
+                   end_logits: Sequence[torch.Tensor], max_answer_tokens: int, count: int) -> list[RankedSpan]:
+    """The ``count`` best distinct spans over all windows, best first, scored as :func:`decode_answer` scores
+    them (p(start) * p(end) in their window); the first is :func:`decode_answer`'s answer. A span seen in
+    several overlapping windows counts once, at its best score (the first window wins ties, as there)."""
+    candidates = []  # (-score, window, flat index): sorted, ties go to the earlier window and span, as argmax does
+    for index, (window, starts, ends) in enumerate(zip(windows, start_logits, end_logits)):
+        is_context = torch.tensor([span is not None for span in window.offsets])
+        scores = span_scores(starts, ends, is_context, max_answer_tokens)
+        if scores is None:
+            continue
+        top = torch.topk(scores.flatten(), min(scores.numel(), count * 4 + 4))
+        candidates += [(-float(score), index, int(flat), len(is_context)) for score, flat in
+                       zip(top.values, top.indices) if score >= 0]
+    ranked, seen = [], set()
+    for negative, index, flat, length in sorted(candidates, key=lambda c: (c[0], c[1], c[2])):
+        first, last = flat // length, flat % length
+        offsets = windows[index].offsets
+        start, end = offsets[first][0], offsets[last][1]
+        if (start, end) in seen:
+            continue
+        seen.add((start, end))
+        ranked.append(RankedSpan(Answer(context[start:end], -negative, start, end), index, first, last))
+        if len(ranked) == count:
+            break
+    return ranked
+
+
+def span_scores(start_logits: torch.Tensor, end_logits: torch.Tensor, is_context: torch.Tensor,
+                max_answer_tokens: int) -> torch.Tensor | None:
+    """p(start) * p(end) of every (first, last) token pair of one window; -1 where a pair is no allowed span.
+
+    The same scores as the exported pipeline's ``span_in_window`` (finfed.models.hf_qa_pipeline), which
+    keeps only their maximum (tests/test_explain.py checks the two agree on the best span).
+    """
+    is_context = is_context.bool()
+    if not is_context.any():
+        return None
+    length = len(is_context)
+    start, end = start_logits[:length].float(), end_logits[:length].float()
+    start_p = torch.softmax(start.masked_fill(~is_context, float("-inf")), dim=0)
+    end_p = torch.softmax(end.masked_fill(~is_context, float("-inf")), dim=0)
+    positions = torch.arange(length)
+    allowed = ((positions[None, :] >= positions[:, None])
+               & (positions[None, :] < positions[:, None] + max_answer_tokens)
+               & is_context[:, None] & is_context[None, :])
+    return (start_p[:, None] * end_p[None, :]).masked_fill(~allowed, -1.0)
