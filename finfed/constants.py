@@ -46,3 +46,6 @@ NODE_DATASET_NAME = "dataset-name"  # the name a site's ledger composes spend un
 NODE_SITE_DIR = "site-dir"  # the site's own folder: its log, its ledger's chain head (never the coordinator's)
 NODE_TEXT_COLUMN = "text-column"  # deployment: the site's own column names, if they differ from the run's
 NODE_LABEL_COLUMN = "label-column"
+
+# Environment: a file where one simulation's processes share their noise calibrations (finfed.privacy.calibration)
+CALIBRATION_CACHE_ENV = "FINFED_CALIBRATION_CACHE"

@@ -19,13 +19,8 @@ RUN_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "statu
              "model/tokenizer.json"]
 
 
-def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors(
-        tiny_config, tiny_simulate, tmp_path, monkeypatch):
-    audit = tmp_path / "audit.jsonl"
-    monkeypatch.setenv("FINFED_AUDIT_LOG", str(audit))
-    config, code = tiny_config(), tiny_simulate()
-    run_dir = tmp_path / "run"
-    assert code == 0
+def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors(tiny_simulated_run):
+    run_dir, audit, config = tiny_simulated_run
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
     status = read_status(run_dir)
