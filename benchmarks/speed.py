@@ -122,6 +122,8 @@ def run_figures(run_dir: Path) -> dict:
             examples += int(match[3])
             train_s += float(match[4])
             ready_s += float(match[5])
+    builds = sum(len(re.findall(r"model built in ", log.read_text(encoding="utf-8", errors="replace")))
+                 for log in run_dir.glob("sites/*/site.log"))
     rounds, central = 0, {}
     path = run_dir / "metrics.jsonl"
     if path.exists():
@@ -129,7 +131,8 @@ def run_figures(run_dir: Path) -> dict:
             record = json.loads(line)
             rounds, central = max(rounds, int(record.get("round", 0))), record.get("central", central)
     return {"rounds": rounds, "site_rounds_trained": fits, "training_steps": steps, "examples_trained": examples,
-            "train_step_s": round(train_s, 1), "model_ready_s": round(ready_s, 2), "final_central": central}
+            "train_step_s": round(train_s, 1), "model_ready_s": round(ready_s, 2),
+            "site_model_builds": builds, "final_central": central}
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ them directly.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -214,8 +215,11 @@ def _process_model(site: SiteContext) -> _BuiltModel:
     if _PROCESS_MODEL and _PROCESS_MODEL[0].key == key:
         return _PROCESS_MODEL[0]
     _PROCESS_MODEL.clear()  # the old model goes before the new one is built: one copy at a time
+    started = time.perf_counter()
     model = site.task.build_model()
     MODEL_BUILDS[0] += 1
+    site_log(site.policy.folder).info(f"model built in {time.perf_counter() - started:.3f} s "
+                                      f"(build {MODEL_BUILDS[0]} in process {os.getpid()})")
     _PROCESS_MODEL.append(_BuiltModel(key=key, model=model, fingerprint=frozen_adapter_fingerprint(model)))
     return _PROCESS_MODEL[0]
 
