@@ -37,8 +37,10 @@ SCALE = ROOT / "simulations" / "scale.yaml"
 CASES: dict[str, list[str]] = {
     "default-speed": [],
     "scale-50": ["--config", str(SCALE)],
+    # The memory reference: 5 sites of the same size as scale-50's (180 training sentences), all asked each
+    # round, so each round trains as many examples as a scale-50 round does.
     "scale-5": ["--config", str(SCALE), "--set", "federation.num_sites=5", "--set",
-                "federation.fraction_train=1.0", "--set", "name=scale-5"],
+                "federation.fraction_train=1.0", "--set", "data.synthetic_size=1200", "--set", "name=scale-5"],
     "scale-200": ["--config", str(SCALE), "--set", "federation.num_sites=200", "--set",
                   "federation.fraction_train=0.025", "--set", "data.synthetic_size=48000", "--set", "name=scale-200"],
 }
