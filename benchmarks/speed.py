@@ -93,14 +93,23 @@ def _short_name(process: psutil.Process) -> str:
     return name[:40]
 
 
-def run_case(name: str, args: list[str], run_dir: Path) -> dict:
+def run_case(name: str, args: list[str], run_dir: Path, limit: float) -> dict:
+    from finfed.runtime.processes import stop_process_tree
+
     command = [sys.executable, "-m", "finfed.cli", "simulate", *args, "--set", f"run_dir={run_dir}"]
     started = time.time()
     process = subprocess.Popen(command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    timed_out = False
     with TreeMemory(process.pid) as memory:
-        _, stderr = process.communicate()
+        try:
+            _, stderr = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:  # stop the whole run (SuperLink, Ray...), keep what it measured
+            timed_out = True
+            stop_process_tree(process, grace=5.0)
+            stderr = ""
     wall = time.time() - started
-    return {"case": name, "exit_code": process.returncode, "wall_s": round(wall, 1),
+    return {"case": name, "exit_code": process.returncode, "timed_out_after_s": limit if timed_out else None,
+            "wall_s": round(wall, 1),
             "peak_rss_mb": round(memory.peak / 2**20), "processes_at_peak": memory.peak_processes,
             "rss_mb_at_peak": [[name, round(size / 2**20)] for name, size in memory.at_peak[:8]],
             **run_figures(run_dir), "stderr_tail": stderr[-2000:] if process.returncode else "",
@@ -141,10 +150,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("case", choices=sorted(CASES))
     parser.add_argument("--keep", help="keep the run directory here instead of a temporary one")
+    parser.add_argument("--limit", type=float, default=450.0,
+                        help="seconds before the run is stopped (default 450: a shared machine's lock turn); "
+                             "what it measured so far is still written")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(args.keep) if args.keep else Path(tmp) / "run"
-        result = run_case(args.case, CASES[args.case], run_dir)
+        result = run_case(args.case, CASES[args.case], run_dir, args.limit)
     if result.get("train_step_s"):
         result["wall_over_train_step"] = round(result["wall_s"] / result["train_step_s"], 2)
     if result.get("examples_trained"):
