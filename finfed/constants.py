@@ -54,3 +54,6 @@ NODE_SITE_DIR = "site-dir"  # the site's own folder: its log, its ledger's chain
 NODE_TEXT_COLUMN = "text-column"  # deployment: the site's own column names, if they differ from the run's
 NODE_LABEL_COLUMN = "label-column"
 NODE_DEVICE = "device"  # deployment: the device the site trains on (site.toml [site] device); never the run's
+
+# Environment: a file where one simulation's processes share their noise calibrations (finfed.privacy.calibration)
+CALIBRATION_CACHE_ENV = "FINFED_CALIBRATION_CACHE"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import re
 from pathlib import Path
@@ -68,3 +70,21 @@ def tiny_simulate(tiny_backbone, tmp_path):
         settings = [*_tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides]
         return main(["simulate", *[arg for item in settings for arg in ("--set", item)]])
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_simulated_run(tiny_backbone, tmp_path_factory):
+    """One real `finfed simulate` of the tiny federation (Flower's engine), shared by every test that only
+    reads its outputs (issue 14: one run instead of one per test). Its sites' outbound audit log is kept.
+    Returns (run_dir, audit_log, config)."""
+    from finfed.cli.main import main
+
+    folder = tmp_path_factory.mktemp("shared-run")
+    run_dir, audit = folder / "run", folder / "audit.jsonl"
+    settings = _tiny_overrides(tiny_backbone, run_dir)
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as console:
+        patch.setenv("FINFED_AUDIT_LOG", str(audit))
+        code = main(["simulate", *[arg for item in settings for arg in ("--set", item)]])
+    (folder / "console.err").write_text(console.getvalue())  # the progress lines, for tests that read them
+    assert code == 0, "the shared tiny simulation failed"
+    return run_dir, audit, load_config(None, settings)

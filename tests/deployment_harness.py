@@ -78,7 +78,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, watch: St
         if watch is not None and watch.process.poll() is not None:
             raise AssertionError(f"{watch.name} exited ({watch.process.returncode}) while waiting for {what}:\n"
                                  f"{watch.text()[-4000:]}")
-        time.sleep(0.5)
+        time.sleep(0.1)  # a condition met is seen within 0.1 s, not 0.5
     tail = f":\n{watch.text()[-4000:]}" if watch is not None else ""
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{tail}")
 

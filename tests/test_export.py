@@ -157,9 +157,8 @@ def test_export_refuses_an_incomplete_run(tiny_config, tmp_path):
 
 
 @pytest.mark.slow
-def test_simulated_run_exports_through_the_cli(tiny_simulate, tmp_path):
-    assert tiny_simulate() == 0
-    run_dir, out = tmp_path / "run", tmp_path / "export"
+def test_simulated_run_exports_through_the_cli(tiny_simulated_run, tmp_path):
+    run_dir, out = tiny_simulated_run[0], tmp_path / "export"
     assert main(["export", str(run_dir), str(out), "--merge"]) == 0
     expected = predict_texts(run_dir, TEXTS)
     for want, got in zip(expected, classify(out)):

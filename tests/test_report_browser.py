@@ -93,11 +93,10 @@ def test_the_ledger_report_renders_and_prints_with_integrity_runs_and_budget_lin
 
 
 @pytest.mark.slow
-def test_a_simulated_runs_report_and_its_sites_ledger_render_and_print(tiny_simulate, tmp_path):
+def test_a_simulated_runs_report_and_its_sites_ledger_render_and_print(tiny_simulated_run, tmp_path):
     """Not built from records: a real `finfed simulate` (tiny model, Flower's engine), its report as printed
     by the run itself and by `finfed report --pdf`, and one of its sites' ledgers."""
-    assert tiny_simulate() == 0
-    run_dir = tmp_path / "run"
+    run_dir = tiny_simulated_run[0]
     assert main(["report", str(run_dir), "--pdf"]) == 0
     dom = rendered(run_dir / "report.html", tmp_path)
     text = page_text(dom)

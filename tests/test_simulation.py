@@ -19,13 +19,8 @@ RUN_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "statu
              "model/tokenizer.json"]
 
 
-def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors(
-        tiny_config, tiny_simulate, tmp_path, monkeypatch, capsys):
-    audit = tmp_path / "audit.jsonl"
-    monkeypatch.setenv("FINFED_AUDIT_LOG", str(audit))
-    config, code = tiny_config(), tiny_simulate()
-    run_dir = tmp_path / "run"
-    assert code == 0
+def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors(tiny_simulated_run):
+    run_dir, audit, config = tiny_simulated_run
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), name
     status = read_status(run_dir)
@@ -38,7 +33,7 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
     # Each site's name (the synthetic data's `institution`) beside its id: metrics, privacy.json, report, console.
     names = {0: "institution-0", 1: "institution-1"}
     assert all({s["site"]: s["site-name"] for s in r["sites"]} == names for r in rounds[1:])
-    assert "[finfed] sites: 0 = institution-0, 1 = institution-1" in capsys.readouterr().err
+    assert "[finfed] sites: 0 = institution-0, 1 = institution-1" in (run_dir.parent / "console.err").read_text()
     assert all({"accuracy", "macro_f1", "loss"} <= set(r["central"]) for r in rounds)
     assert all(len(r["sites"]) == 2 and "eval-accuracy" in r["sites"][0] for r in rounds[1:])
 

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from finfed.cli.console import console_level, console_logging
 from finfed.cli.deploy import add_deploy_parser, deploy
 from finfed.cli.run_console import finish_run, show_engine_line, submit_stoppable
+from finfed.constants import CALIBRATION_CACHE_ENV
 from finfed.errors import FinfedError
 from finfed.runs.stop import sigterm_interrupts
 
@@ -121,6 +125,27 @@ def add_predict_parser(commands) -> None:
 
 
 def simulate(args: argparse.Namespace) -> int:
+    # Noise is calibrated once per simulation: the preflight's results are shared with the coordinator's and
+    # the sites' processes through this file (finfed.privacy.calibration checks each value it reads).
+    with tempfile.TemporaryDirectory(prefix="finfed-calibration-") as cache, \
+            _environment(CALIBRATION_CACHE_ENV, str(Path(cache) / "calibration.json")):
+        return _simulate(args)
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
+
+
+def _simulate(args: argparse.Namespace) -> int:
     from finfed.config import load_config, to_run_config, with_absolute_paths
     from finfed.runs.outputs import check_run_dir, prepare_run_dir
     from finfed.runtime.local_engine import (

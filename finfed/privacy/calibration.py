@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import functools
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
+from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
+from finfed.atomic import write_bytes_atomic
 from finfed.config import PrivacySettings, TrainSettings
+from finfed.constants import CALIBRATION_CACHE_ENV
 from finfed.errors import DataError
 
 
@@ -56,8 +62,45 @@ def calibrate_noise(*, target_epsilon: float, target_delta: float, sample_rate: 
                     accountant: str) -> float:
     """Smallest noise multiplier (to 0.01 in epsilon) whose epsilon after ``steps`` stays within target.
 
-    Cached: PRV calibration takes seconds and every round of a site asks again.
+    Cached: PRV calibration takes seconds and every round of a site asks again. Across the processes of
+    one simulation (the CLI's preflight, each worker) through the file named by ``FINFED_CALIBRATION_CACHE``,
+    if set: a value found there is used only after the accountant confirms its epsilon is within target
+    (one epsilon evaluation instead of a search), so an altered file can cost utility, never privacy.
     """
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
-                                      sample_rate=sample_rate, steps=steps, accountant=accountant,
-                                      epsilon_tolerance=0.01))
+    key = json.dumps([target_epsilon, target_delta, sample_rate, steps, accountant])
+    shared = _shared_calibrations()
+    cached = shared.get(key)
+    if isinstance(cached, float) and cached > 0 and _epsilon(cached, sample_rate, steps, target_delta,
+                                                              accountant) <= target_epsilon:
+        return cached
+    noise = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
+                                       sample_rate=sample_rate, steps=steps, accountant=accountant,
+                                       epsilon_tolerance=0.01))
+    _share_calibration(key, noise)
+    return noise
+
+
+def _epsilon(noise: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
+    checker = create_accountant(accountant)
+    checker.history = [(noise, sample_rate, steps)]
+    return float(checker.get_epsilon(delta=delta))
+
+
+def _shared_calibrations() -> dict:
+    path = os.environ.get(CALIBRATION_CACHE_ENV)
+    if not path:
+        return {}
+    try:
+        values = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
+
+
+def _share_calibration(key: str, noise: float) -> None:
+    path = os.environ.get(CALIBRATION_CACHE_ENV)
+    if path:
+        try:
+            write_bytes_atomic(path, json.dumps({**_shared_calibrations(), key: noise}).encode("utf-8"))
+        except OSError:
+            pass  # a cache only: the next process calibrates again

@@ -7,6 +7,8 @@ them directly.
 from __future__ import annotations
 
 import functools
+import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -111,7 +113,10 @@ def dataset_name(config: ExperimentConfig, node_config: Mapping[str, Any], site_
     return f"{source}/site-{site_id}"
 
 
-@functools.lru_cache(maxsize=2)
+# Every site a worker process serves stays cached: Flower's simulation runs many sites in turn on one
+# ClientApp process, and a site's data, tokenised examples and fingerprint are what grows with the number
+# of sites (a few MB each at most); the model is shared (_process_model).
+@functools.lru_cache(maxsize=1024)
 def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy: SitePolicy,
                   name: str = "") -> SiteContext:
     quiet_transformers()
@@ -124,7 +129,7 @@ def _site_context(config: ExperimentConfig, site_id: int, data_path: str, policy
         data = simulated_site(config.data, site_id, config.federation.num_sites, task.records,
                               audit_holdout=audit_holdout_fraction(config, site_id))
         name = name or site_names(config.data, config.federation.num_sites, task.records)[site_id]
-    tokenizer = load_tokenizer(config.model.backbone)
+    tokenizer = _tokenizer(config.model.backbone)
     return SiteContext(config=config, task=task, data=data,
                        train_examples=task.encode(data.train, tokenizer),
                        validation_examples=task.encode_for_evaluation(data.validation, tokenizer),
@@ -183,11 +188,56 @@ def _round_shape(site: SiteContext) -> dict[str, Any]:
             "rounds": site.config.federation.rounds}
 
 
+@functools.lru_cache(maxsize=2)
+def _tokenizer(backbone: str):
+    return load_tokenizer(backbone)
+
+
+@dataclass
+class _BuiltModel:
+    key: tuple
+    model: torch.nn.Module
+    fingerprint: str
+
+
+_PROCESS_MODEL: list[_BuiltModel] = []  # at most one: the model this worker process trains and evaluates
+MODEL_BUILDS = [0]  # how many times this process built a model (tests and the profile count them)
+
+
+def _model_key(site: SiteContext) -> tuple:
+    """What the built model depends on: the run's settings except the data columns and site-only fields."""
+    config = site.config
+    return (config.task, config.model, config.lora, config.qa, config.train, tuple(site.task.labels),
+            type(site.task))
+
+
+def _process_model(site: SiteContext) -> _BuiltModel:
+    """One backbone copy per worker process, not per site or per round.
+
+    Every tensor a round depends on is reset before use: the trainable ones are loaded from the
+    coordinator's arrays (load_trainable_state checks all of them), the frozen ones are never changed
+    by training, a round's optimizer is made afresh (training.local), Opacus' hooks and per-sample
+    gradients are removed after each round, and dropout is re-seeded at the start of every round; so a
+    cached model gives the same round as a freshly built one.
+    """
+    key = _model_key(site)
+    if _PROCESS_MODEL and _PROCESS_MODEL[0].key == key:
+        return _PROCESS_MODEL[0]
+    _PROCESS_MODEL.clear()  # the old model goes before the new one is built: one copy at a time
+    started = time.perf_counter()
+    model = site.task.build_model()
+    MODEL_BUILDS[0] += 1
+    site_log(site.policy.folder).info(f"model built in {time.perf_counter() - started:.3f} s "
+                                      f"(build {MODEL_BUILDS[0]} in process {os.getpid()})")
+    _PROCESS_MODEL.append(_BuiltModel(key=key, model=model, fingerprint=frozen_adapter_fingerprint(model)))
+    return _PROCESS_MODEL[0]
+
+
 def _model_with(site: SiteContext, arrays: Mapping[str, np.ndarray], expected_fingerprint: str):
     if site.config.train.num_threads:
         torch.set_num_threads(site.config.train.num_threads)
-    model = site.task.build_model()
-    fingerprint = frozen_adapter_fingerprint(model)
+    built = _process_model(site)
+    model, fingerprint = built.model, built.fingerprint
     if expected_fingerprint and fingerprint != expected_fingerprint:
         raise TrainingError(f"site {site.data.site_id}: frozen LoRA A differs from the server's "
                             f"({fingerprint} != {expected_fingerprint}); check `lora.init_seed` and the backbone")
@@ -212,7 +262,9 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
     config = site.config
     budget = site_budget(site, accountant_state, resumed_at_round)
     plan = budget.admit(**_round_shape(site)) if budget else None
+    started = time.perf_counter()
     model = _model_with(site, arrays, expected_fingerprint)
+    ready = time.perf_counter()
     steps = plan.steps_per_round if plan else steps_per_round(len(site.train_examples), config.train)
     should_stop = Path(site.stop_request).exists if site.stop_request else None
     outcome = train_locally(
@@ -221,6 +273,11 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
         seed=config.seed * 100_003 + server_round * 1_009 + site.data.site_id,
         plan=plan, accountant=budget.accountant if budget else None, progress=progress, should_stop=should_stop,
         reproducible_dp=config.privacy.reproducible)
+    trained = time.perf_counter()
+    # Timings stay in the site's own log (they follow the secret Poisson batch sizes: never sent).
+    site_log(site.policy.folder).info(
+        f"round {server_round}: {outcome.steps} steps on {outcome.examples_seen} examples; train-seconds "
+        f"{trained - ready:.3f}, model-ready-seconds {ready - started:.3f}")
     if should_stop is not None and should_stop():  # the stop came after the last step: still nothing recorded
         raise RunInterrupted(f"site {site.data.site_id}: the run was asked to stop; round {server_round} abandoned")
     metrics = {keys.SITE_ID: site.data.site_id, keys.NUM_EXAMPLES: len(site.train_examples),

@@ -1,0 +1,170 @@
+"""Benchmark: speed and memory of simulated runs (issue 14).
+
+    python benchmarks/speed.py default-speed     # the default `finfed simulate` (3 sites, 4 rounds)
+    python benchmarks/speed.py scale-50          # simulations/scale.yaml: 50 sites, 10 % per round, 5 rounds
+    python benchmarks/speed.py scale-5           # the same federation with 5 sites (the memory reference)
+    python benchmarks/speed.py scale-200         # stretch: 200 sites
+
+Each case runs `finfed simulate` in a child process and samples, every 0.25 s, the summed resident set
+size of that process and all its descendants (the CLI, SuperLink, `flwr run`, the simulation process,
+Ray's own processes and its ClientApp workers): ``peak_rss_mb`` is the largest such sum. It also reads
+the run's own figures: wall time, the training steps' time (each site's ``train-seconds``, summed over
+sites and rounds, from the sites' own logs: timings never leave a site) and the examples trained.
+Results: benchmarks/results/<case>.json. Figures measured on a shared machine are contended: the JSON
+says where and when it was measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SCALE = ROOT / "simulations" / "scale.yaml"
+
+CASES: dict[str, list[str]] = {
+    "default-speed": [],
+    "scale-50": ["--config", str(SCALE)],
+    # The memory reference: 5 sites of the same size as scale-50's (180 training sentences), all asked each
+    # round, so each round trains as many examples as a scale-50 round does.
+    "scale-5": ["--config", str(SCALE), "--set", "federation.num_sites=5", "--set",
+                "federation.fraction_train=1.0", "--set", "data.synthetic_size=1200", "--set", "name=scale-5"],
+    "scale-200": ["--config", str(SCALE), "--set", "federation.num_sites=200", "--set",
+                  "federation.fraction_train=0.025", "--set", "data.synthetic_size=48000", "--set", "name=scale-200"],
+}
+
+
+class TreeMemory:
+    """Peak of the summed RSS of a process and its descendants, sampled on a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.peak_processes = 0
+        self.at_peak: list[tuple[str, int]] = []  # (process, RSS) at the peak, largest first
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> "TreeMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                processes = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:
+                return
+            sizes = []
+            for process in processes:
+                try:
+                    sizes.append((_short_name(process), process.memory_info().rss))
+                except psutil.Error:
+                    pass
+            total = sum(size for _, size in sizes)
+            if total > self.peak:
+                self.peak, self.peak_processes = total, len(processes)
+                self.at_peak = sorted(sizes, key=lambda item: -item[1])
+            self._stop.wait(self.interval)
+
+
+def _short_name(process: psutil.Process) -> str:
+    words = [Path(word).name for word in process.cmdline()[:4] if not word.startswith("-")]
+    name = process.name()
+    if "python" in name and len(words) > 1:
+        name = " ".join(words[1:3])
+    return name[:40]
+
+
+def run_case(name: str, args: list[str], run_dir: Path, limit: float) -> dict:
+    from finfed.runtime.processes import stop_process_tree
+
+    command = [sys.executable, "-m", "finfed.cli", "simulate", *args, "--set", f"run_dir={run_dir}"]
+    started = time.time()
+    process = subprocess.Popen(command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    timed_out = False
+    with TreeMemory(process.pid) as memory:
+        try:
+            _, stderr = process.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:  # stop the whole run (SuperLink, Ray...), keep what it measured
+            timed_out = True
+            stop_process_tree(process, grace=5.0)
+            stderr = ""
+    wall = time.time() - started
+    return {"case": name, "exit_code": process.returncode, "timed_out_after_s": limit if timed_out else None,
+            "wall_s": round(wall, 1),
+            "peak_rss_mb": round(memory.peak / 2**20), "processes_at_peak": memory.peak_processes,
+            "rss_mb_at_peak": [[name, round(size / 2**20)] for name, size in memory.at_peak[:8]],
+            **run_figures(run_dir), "stderr_tail": stderr[-2000:] if process.returncode else "",
+            "measured": {"host": platform.node(), "cpus": os.cpu_count(),
+                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         "note": "contended: a shared machine (other jobs ran beside it)"}}
+
+
+SITE_LINE = re.compile(r"round (\d+): (\d+) steps on (\d+) examples; train-seconds ([\d.]+), "
+                       r"model-ready-seconds ([\d.]+)")
+
+
+def run_figures(run_dir: Path) -> dict:
+    """Training time, steps and examples from the sites' own logs (RUN/sites/*/site.log: finfed.site.rounds
+    writes one line per round trained), central metrics from metrics.jsonl."""
+    train_s, ready_s, examples, steps, fits = 0.0, 0.0, 0, 0, 0
+    for log in sorted(run_dir.glob("sites/*/site.log")):
+        for match in SITE_LINE.finditer(log.read_text(encoding="utf-8", errors="replace")):
+            fits += 1
+            steps += int(match[2])
+            examples += int(match[3])
+            train_s += float(match[4])
+            ready_s += float(match[5])
+    builds = sum(len(re.findall(r"model built in ", log.read_text(encoding="utf-8", errors="replace")))
+                 for log in run_dir.glob("sites/*/site.log"))
+    rounds, central = 0, {}
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            rounds, central = max(rounds, int(record.get("round", 0))), record.get("central", central)
+    return {"rounds": rounds, "site_rounds_trained": fits, "training_steps": steps, "examples_trained": examples,
+            "train_step_s": round(train_s, 1), "model_ready_s": round(ready_s, 2),
+            "site_model_builds": builds, "final_central": central}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("--keep", help="keep the run directory here instead of a temporary one")
+    parser.add_argument("--limit", type=float, default=450.0,
+                        help="seconds before the run is stopped (default 450: a shared machine's lock turn); "
+                             "what it measured so far is still written")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(args.keep) if args.keep else Path(tmp) / "run"
+        result = run_case(args.case, CASES[args.case], run_dir, args.limit)
+    if result.get("train_step_s"):
+        result["wall_over_train_step"] = round(result["wall_s"] / result["train_step_s"], 2)
+    if result.get("examples_trained"):
+        result["wall_s_per_1000_examples"] = round(1000 * result["wall_s"] / result["examples_trained"], 2)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.case}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
