@@ -79,6 +79,10 @@ class DataSettings:
         elif self.source == "synthetic" and self.path:
             raise ConfigError(f"`data.source` is 'synthetic' but `data.path` is set ({self.path!r}): remove "
                               "`data.source` (a path means `file`) or remove `data.path`")
+        strays = sorted({label for label in self.label_map.values() if label not in self.labels})
+        if self.labels and strays:
+            raise ConfigError(f"`data.label_map` renames values to {strays}, which `data.labels` {list(self.labels)} "
+                              "does not list; make the two agree")
 
 
 @dataclass(frozen=True)
