@@ -208,3 +208,20 @@ def test_the_numpy_test_split_is_datasets_train_test_split(rows, fraction, seed)
     parts = Dataset.from_dict({"row": list(range(rows))}).train_test_split(test_size=fraction, seed=seed)
     train, test = split_rows(rows, settings)
     assert train.tolist() == parts["train"]["row"][:] and test.tolist() == parts["test"]["row"][:]
+
+
+@pytest.mark.slow  # a whole `finfed simulate` (Flower, Ray), tiny: ~300 rows, 1 round, a few steps per site
+def test_simulate_trains_on_the_four_bank_file_with_only_its_settings(tiny_simulate, tmp_path):
+    from finfed.config import load_config as read_saved
+    from finfed.runs.outputs import read_metrics, read_status
+
+    path = tmp_path / "banks.csv"
+    four_banks(320).to_csv(path, index=False)
+    code = tiny_simulate(f"data.path={path}", *BANK_SETTINGS, "federation.num_sites=0", "federation.rounds=1",
+                         "privacy.membership_audit=false", "train.batch_size=16")
+    run_dir = tmp_path / "run"
+    assert code == 0 and read_status(run_dir)["state"] == "complete"
+    saved = read_saved(run_dir / "config.yaml")
+    assert saved.data.source == "file" and saved.data.path == str(path.resolve())
+    assert saved.federation.num_sites == 4
+    assert len(read_metrics(run_dir)) == 1
