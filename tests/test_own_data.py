@@ -224,4 +224,4 @@ def test_simulate_trains_on_the_four_bank_file_with_only_its_settings(tiny_simul
     saved = read_saved(run_dir / "config.yaml")
     assert saved.data.source == "file" and saved.data.path == str(path.resolve())
     assert saved.federation.num_sites == 4
-    assert len(read_metrics(run_dir)) == 1
+    assert len(read_metrics(run_dir)) == 2  # round 0 (before training) and the one round
