@@ -15,17 +15,22 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from finfed.errors import ConfigError
-from finfed.settings import Problems, read_section
+from finfed.settings import NameMap, Problems, read_section
 from finfed.settings import setting as _opt
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+#: `federation.num_sites` when it is left automatic and no partition column decides it
+DEFAULT_NUM_SITES = 3
+#: `data.partition_column`'s default: finfed's synthetic data names each row's institution in it
+DEFAULT_PARTITION_COLUMN = "institution"
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    source: Literal["synthetic", "file", "hub"] = _opt(
-        "synthetic", "where the examples come from: `synthetic` (finfed's generator, for trying things out), `file` "
-                     "(a local file, `data.path`) or `hub` (a Hugging Face dataset)")
+    source: Literal["auto", "synthetic", "file", "hub"] = _opt(
+        "auto", "where the examples come from: `file` (a local file, `data.path`), `hub` (a Hugging Face dataset) or "
+                "`synthetic` (finfed's generator, for trying things out); `auto` = `file` when `data.path` is set, "
+                "else `synthetic`")
     path: str = _opt("", "the CSV, JSONL or Parquet file (`source: file`) or the hub dataset's name (`source: hub`); "
                          "relative paths start at the working directory")
     test_path: str = _opt("", "a separate file for the central test set, same format; empty = hold "
@@ -39,20 +44,28 @@ class DataSettings:
     bad_answers: Literal["refuse", "drop"] = _opt(
         "refuse", "qa: a record whose answer text is not at its offset is refused (error) or dropped (counted)")
     labels: tuple = _opt((), "classification: the label names, in the order the model's outputs "
-                           "take; empty = the sorted labels found in the data. Required by `finfed deploy "
-                           "run` (the coordinator sees no data)")
+                           "take; empty = the sorted labels found in the data (after `data.label_map`). Required "
+                           "by `finfed deploy run` (the coordinator sees no data). "
+                           "`--set data.labels=[negative,neutral,positive]`")
+    label_map: NameMap = _opt(NameMap(), "classification: the file's label values renamed to the model's labels, "
+                                         "applied to every file (training, `data.test_path`, a deployed site's) "
+                                         "before labels are checked; values not listed stay as they are. "
+                                         "`--set 'data.label_map={neg: negative, neu: neutral, pos: positive}'`")
     test_fraction: float = _opt(0.25, "share of the records held out as the central test set (when "
                                     "`data.test_path` is empty)", 0.0, 0.9, True)
     split_seed: int = _opt(42, "seed of the central test split, the split across sites and each "
                             "site's validation split; change it to see how much results depend on the split", 0)
-    partitioner: Literal["iid", "dirichlet", "column"] = _opt(
-        "column", "simulation: how one dataset is split across the sites: `column` (by `data.partition_column`, "
-                  "e.g. the institution that holds each row), `iid` (at random) or `dirichlet` (label skew)")
+    partitioner: Literal["auto", "iid", "dirichlet", "column"] = _opt(
+        "auto", "simulation: how one dataset is split across the sites: `column` (one site per value of "
+                "`data.partition_column`, e.g. the bank that holds each row), `iid` (at random) or `dirichlet` "
+                "(label skew); `auto` = `column` when the data has `data.partition_column` (or you named that "
+                "column), else `iid`")
     dirichlet_alpha: float = _opt(0.5, "`partitioner: dirichlet`: concentration of each site's label "
                                         "mix; smaller = more skewed sites (0.1: very different, 100: nearly "
                                         "iid)", 0.0, None, True)
-    partition_column: str = _opt("institution", "`partitioner: column`: column naming the site that holds each row; "
-                                              "needs as many distinct values as `federation.num_sites`")
+    partition_column: str = _opt(DEFAULT_PARTITION_COLUMN, "`partitioner: column`: column naming the site that holds "
+                                                           "each row; its distinct values (sorted) are the sites and "
+                                                           "their names")
     validation_fraction: float = _opt(0.1, "share of each site's records kept out of training to evaluate "
                                           "the global model locally each round (the metrics the site "
                                           "reports)", 0.0, 0.5)
@@ -61,6 +74,17 @@ class DataSettings:
     synthetic_size: int = _opt(0, "rows the synthetic generator produces (source=synthetic); 0 = the task's "
                                   "default (classification 3000 sentences, qa 600 questions)", 0)
     synthetic_seed: int = _opt(7, "seed of the synthetic generator (`source: synthetic`)", 0)
+
+    def __post_init__(self) -> None:
+        if self.source == "auto":  # resolved here, so every reader sees `file` or `synthetic`
+            object.__setattr__(self, "source", "file" if self.path else "synthetic")
+        elif self.source == "synthetic" and self.path:
+            raise ConfigError(f"`data.source` is 'synthetic' but `data.path` is set ({self.path!r}): remove "
+                              "`data.source` (a path means `file`) or remove `data.path`")
+        strays = sorted({label for label in self.label_map.values() if label not in self.labels})
+        if self.labels and strays:
+            raise ConfigError(f"`data.label_map` renames values to {strays}, which `data.labels` {list(self.labels)} "
+                              "does not list; make the two agree")
 
 
 @dataclass(frozen=True)
@@ -199,8 +223,9 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class FederationSettings:
-    num_sites: int = _opt(3, "sites (institutions) in the federation; `finfed deploy run` sets it from the "
-                               "consortium", 1, 1000)
+    num_sites: int = _opt(0, "sites (institutions) in the federation; 0 = automatic: the number of distinct "
+                               "values of `data.partition_column` when the data is split by that column, else "
+                               f"{DEFAULT_NUM_SITES}. `finfed deploy run` sets it from the consortium", 0, 1000)
     rounds: int = _opt(4, "federated rounds: in each, sites train locally and the coordinator averages "
                                  "their updates; the whole run spends `privacy.target_epsilon`", 1, 10000)
     fraction_train: float = _opt(1.0, "share of sites asked to train each round (with client-level DP: each "
@@ -235,7 +260,11 @@ class FederationSettings:
 def _check_secure_aggregation(federation: "FederationSettings") -> None:
     """SecAgg+ settings Flower's workflow would reject mid-run (or accept unsafely), refused at load."""
     shares, threshold = federation.secagg_num_shares, federation.secagg_reconstruction_threshold
-    if federation.num_sites < 2 or federation.min_sites == 1:
+    if federation.num_sites == 0:  # automatic: checked again once the data has decided it
+        if federation.min_sites == 1:
+            raise ConfigError("`federation.secure_aggregation` needs at least 2 sites per round "
+                              "(`federation.min_sites` 0 or >= 2): the sum of one update is that update")
+    elif federation.num_sites < 2 or federation.min_sites == 1:
         raise ConfigError("`federation.secure_aggregation` needs at least 2 sites per round (`federation.num_sites` "
                           ">= 2, `federation.min_sites` 0 or >= 2): the sum of one update is that update")
     if not (shares <= 1 or (shares > 2 and shares == int(shares))):
@@ -281,6 +310,8 @@ class ExperimentConfig:
     qa: QASettings = field(default_factory=QASettings)
 
     def __post_init__(self) -> None:
+        if not self.federation.num_sites and not self.sites_from_column:
+            object.__setattr__(self, "federation", dataclasses.replace(self.federation, num_sites=DEFAULT_NUM_SITES))
         if self.data.source != "synthetic" and not self.data.path:
             raise ConfigError(f"`data.path` is required when `data.source` is {self.data.source!r}")
         if self.data.partitioner == "column" and not self.data.partition_column:
@@ -295,7 +326,7 @@ class ExperimentConfig:
                               "per-sample gradients from activations it captures in the forward pass, and "
                               "checkpointing re-runs that forward pass during backward, so activations would be "
                               "captured twice and the clipped gradients be wrong")
-        if self.federation.min_sites > self.federation.num_sites:
+        if self.federation.num_sites and self.federation.min_sites > self.federation.num_sites:
             raise ConfigError(f"`federation.min_sites` ({self.federation.min_sites}) exceeds "
                               f"`federation.num_sites` ({self.federation.num_sites})")
         if self.federation.secure_aggregation and self.client_dp.mode != "off":
@@ -305,6 +336,12 @@ class ExperimentConfig:
             raise ConfigError("`federation.min_sites` must be 0 with `client_dp.mode` on: sites are Poisson-sampled, "
                               "so a round may ask fewer sites (or none), and stopping the run on that would "
                               "reveal the sample size")
+
+    @property
+    def sites_from_column(self) -> bool:
+        """Whether the sites may come from a partition column of a file or hub dataset (`federation.num_sites`
+        then stays 0 until :func:`finfed.data.partition.resolve_num_sites` reads the column)."""
+        return self.data.source != "synthetic" and self.data.partitioner in ("auto", "column")
 
     @property
     def resolved_run_dir(self) -> Path:
@@ -327,7 +364,7 @@ def config_from_dict(values: Mapping[str, Any], source: str | Path = "") -> Expe
 def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
     """Nested plain values (lists, not tuples), ready for YAML or JSON."""
     def plain(value: Any) -> Any:
-        if isinstance(value, dict):
+        if isinstance(value, dict):  # sections and maps (NameMap) alike
             return {k: plain(v) for k, v in value.items()}
         return list(value) if isinstance(value, tuple) else value
 
@@ -335,7 +372,8 @@ def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values parsed as YAML scalars)."""
+    """Apply ``section.key=value`` strings, each value read as YAML: ``3``, ``true``, ``text``, a list
+    ``[negative,neutral,positive]`` (or ``negative,neutral,positive``), a map ``{neg: negative, pos: positive}``."""
     result = _deep_copy(values)
     for item in overrides:
         if "=" not in item:
@@ -395,11 +433,16 @@ def to_run_config(config: ExperimentConfig) -> dict[str, bool | int | float | st
     # Flower's own flattening rule, imported here: importing flwr takes a second the CLI need not spend.
     from finfed.compat import flatten_run_config
 
-    def lists_joined(values: Mapping[str, Any]) -> dict[str, Any]:
-        return {key: lists_joined(value) if isinstance(value, Mapping) else
-                ",".join(value) if isinstance(value, list) else value for key, value in values.items()}
+    def scalars(section: Any) -> dict[str, Any]:
+        values = {}
+        for spec in dataclasses.fields(section):
+            value = getattr(section, spec.name)
+            values[spec.name] = (scalars(value) if dataclasses.is_dataclass(value) else value.to_text()
+                                 if isinstance(value, NameMap) else ",".join(value) if isinstance(value, tuple)
+                                 else value)
+        return values
 
-    return flatten_run_config(lists_joined(config_to_dict(config)))
+    return flatten_run_config(scalars(config))
 
 
 def from_run_config(run_config: Mapping[str, Any]) -> ExperimentConfig:

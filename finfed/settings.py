@@ -68,6 +68,35 @@ class Problems:
         raise ConfigError(f"{where} {len(lines)} problem(s):\n  - " + "\n  - ".join(lines))
 
 
+class NameMap(dict):
+    """A frozen, hashable map of names to names (e.g. ``data.label_map``): settings stay hashable and comparable.
+
+    From YAML or ``--set`` it comes as a mapping (``{neg: negative, pos: positive}``); through Flower's flat run
+    config as JSON text (:func:`to_text`), which :func:`check_value` reads back.
+    """
+
+    def __init__(self, pairs: Any = ()) -> None:
+        super().__init__(pairs)
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
+
+    def _frozen(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("settings are frozen: a NameMap cannot be changed")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _frozen  # type: ignore[assignment]
+    __ior__ = _frozen  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:  # copy and pickle rebuild it whole, never item by item
+        return NameMap, (dict(self),)
+
+    def to_text(self) -> str:
+        """JSON text, for Flower's run config (scalars only)."""
+        import json
+
+        return json.dumps(dict(self), ensure_ascii=False, sort_keys=True)
+
+
 class Invalid(ValueError):
     """A value that does not fit its setting; the message says what was expected and what it got."""
 
@@ -156,6 +185,8 @@ def check_value(value: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int)) for v in value):
             raise Invalid(f"must be a list of names, got {value!r}")
         return tuple(str(v) for v in value)
+    if annotation is NameMap:
+        return _name_map(value)
     if annotation in (int, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise Invalid(f"must be a number ({annotation.__name__}), got {value!r}")
@@ -166,6 +197,28 @@ def check_value(value: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
             raise Invalid(f"must be {bounds(meta)}, got {value!r}")
         return value
     raise TypeError(f"unsupported settings type {annotation}")
+
+
+def _name_map(value: Any) -> NameMap:
+    """A mapping of names, from a mapping or (run config, ``--set``) its JSON / YAML flow text."""
+    if isinstance(value, str):
+        import yaml  # JSON text from the run config is YAML too
+
+        text = value.strip()
+        try:
+            value = yaml.safe_load(text) if text else {}
+        except yaml.YAMLError:
+            raise Invalid(f"must be a map of names such as {{neg: negative, pos: positive}}, got {text!r}") from None
+        value = {} if value is None else value
+    if not isinstance(value, Mapping) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for pair in value.items() for v in pair):
+        raise Invalid(f"must be a map of names such as {{neg: negative, pos: positive}}, got {value!r}")
+    return NameMap((_name(k), _name(v)) for k, v in value.items())
+
+
+def _name(value: Any) -> str:
+    """A file's value as text: 1.0 read from YAML still names the file's `1.0`, 1 its `1`."""
+    return str(value)
 
 
 def within(value: float, meta: Mapping[str, Any]) -> bool:
@@ -189,5 +242,6 @@ def type_name(annotation: Any) -> str:
     """How a settings type reads in the documentation."""
     if typing.get_origin(annotation) is Literal:
         return "one of " + ", ".join(f"`{choice}`" for choice in typing.get_args(annotation))
-    return {bool: "true/false", int: "whole number", float: "number", str: "text",
-            tuple: "list of names"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+    names = {bool: "true/false", int: "whole number", float: "number", str: "text", tuple: "list of names",
+             NameMap: "map of names"}
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))

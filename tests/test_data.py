@@ -98,7 +98,7 @@ def test_empty_partition_is_refused(tmp_path):
         for site in range(8):
             simulated_site(config.data, site, 8, SENTENCES)
     config = load_config(None, ["data.source=file", f"data.path={path}", "data.partition_column=bank"])
-    with pytest.raises(ConfigError, match="has 1 distinct values but `federation.num_sites` is 3"):
+    with pytest.raises(ConfigError, match=r"has 1 distinct values \(one site each\) but `federation.num_sites` is 3"):
         simulated_site(config.data, 0, 3, SENTENCES)
 
 

@@ -44,6 +44,8 @@ lora:
 finfed simulate --config loans.yaml
 finfed simulate --config loans.yaml --set privacy.target_epsilon=1 --set federation.rounds=8
 finfed simulate --set lora.target_modules=query,value   # a list: comma-separated names
+finfed simulate --set data.path=banks.csv --set data.labels=[negative,neutral,positive] \\
+    --set 'data.label_map={{neg: negative, neu: neutral, pos: positive}}'   # a list and a map, YAML style
 ```
 
 - `--set section.key=value` (repeatable) applies after the file; the value is read as YAML
@@ -51,7 +53,7 @@ finfed simulate --set lora.target_modules=query,value   # a list: comma-separate
 - `finfed deploy run` takes the same file and `--set`s; a deployed bank sets its own part in its
   `site.toml` (last section below).
 - The settings travel to Flower's apps as its run config, under the same dotted keys
-  (`privacy.target_epsilon`; lists as comma-joined text).
+  (`privacy.target_epsilon`; lists as comma-joined text, maps as JSON text).
 """
 
 SITE_PREAMBLE = """\
@@ -108,6 +110,8 @@ def _default(value: Any) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, tuple):
         return f"`{','.join(value)}`" if value else "(none)"
+    if isinstance(value, dict):
+        return f"`{dict(value)}`" if value else "(none)"
     if value == "":
         return "(empty)"
     return f"`{value}`"

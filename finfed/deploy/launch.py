@@ -348,6 +348,8 @@ def deployment_config(consortium: Consortium, path: Path | None, overrides: list
         else:
             values.setdefault(section, value)
     config = config_from_dict(apply_overrides(values, overrides), source=path or "")
+    if not config.federation.num_sites:  # 0 = automatic: in a deployment, every site of the consortium
+        config = replace(config, federation=replace(config.federation, num_sites=len(consortium.sites)))
     if config.privacy.reproducible:
         raise ConfigError(f"{path or 'the run'}: `privacy.reproducible` is for tests and benchmarks only: it derives "
                           "each site's DP sampling and noise from the run's seed, which the coordinator knows, so "

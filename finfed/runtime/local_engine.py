@@ -135,7 +135,8 @@ def simulation_env(home: Path) -> dict[str, str]:
 
 
 def simulation_config(config: ExperimentConfig) -> ExperimentConfig:
-    """`finfed simulate`'s own default: sites keep privacy ledgers in the run directory.
+    """`finfed simulate`'s own defaults: the number of sites decided (from the partition column when left at 0),
+    and sites keep privacy ledgers in the run directory.
 
     A resumed run is a new Flower run whose sites start with an empty ``Context.state``;
     only a ledger tells them what they spent before the stop. Keeping one per run makes
@@ -143,6 +144,11 @@ def simulation_config(config: ExperimentConfig) -> ExperimentConfig:
     """
     if config.resume_from:
         raise RunError("to resume a run, use `finfed simulate --resume RUN_DIR` (it takes the run's saved settings)")
+    from finfed.data.partition import resolve_num_sites
+    from finfed.tasks import task_class
+
+    # `federation.num_sites` 0 = automatic: one site per value of the partition column (read alone, cheaply)
+    config = resolve_num_sites(config, task_class(config).records)
     if config.privacy.ledger_dir or not config.privacy.enabled:
         return config
     ledgers = str(config.resolved_run_dir / RUN_LEDGERS)

@@ -18,12 +18,12 @@ def check_configuration(config: ExperimentConfig) -> None:
 
     `finfed simulate` calls it after the run-folder check and before :func:`check_simulation`.
     """
-    # CHEAP-CHECK HOOK (issue 11): the data helper's config-only data check (paths, columns, labels, label map,
-    # partition column) plugs in here, e.g. `finfed.data.checks.check_data_config(config)`; until then, the files:
-    _check_data_files(config)
+    _check_data_files(config)  # the plainest mistake first, before the slower imports
+    from finfed.data.checks import check_data_config
     from finfed.tasks import task_class  # PyTorch and PEFT: the slowest import of the checks, so last
 
-    task_class(config)  # refuses settings the task cannot run with
+    records = task_class(config).records  # task_class refuses settings the task cannot run with
+    check_data_config(config, records)  # columns, labels, label map, partition column: file headers, no model
     from finfed.models.devices import check_compute
 
     check_compute(config.model.device, config.train.precision, config.simulation.gpus_per_site)

@@ -33,7 +33,8 @@ def pad_batch(items: Sequence[dict], keys: Sequence[str], pad_id: int = 0) -> di
 
 
 SENTENCES = RecordFormat(read_file=read_table, normalise=normalise_examples, generate=generate_news,
-                         synthetic_name="synthetic financial news", synthetic_size=3000, labelled=True)
+                         synthetic_name="synthetic financial news", synthetic_size=3000, labelled=True,
+                         columns=lambda settings: (settings.text_column, settings.label_column))
 
 
 class ClassificationTask(Task):
