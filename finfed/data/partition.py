@@ -248,7 +248,8 @@ def simulated_site(settings: DataSettings, site_id: int, num_sites: int, records
 
 # --------------------------------------------------------------------------- sites from the partition column
 
-def _pool_partition_values(settings: DataSettings, records: RecordFormat) -> tuple[pd.Series | None, str]:
+def _pool_partition_values(settings: DataSettings, records: RecordFormat,
+                           num_sites: int = 0) -> tuple[pd.Series | None, str]:
     """The training pool's partition-column values (as text), or None when the data is not split by a column.
 
     Cheap for a file of sentences: only the partition column is read, and the test split is taken by row
@@ -266,7 +267,8 @@ def _pool_partition_values(settings: DataSettings, records: RecordFormat) -> tup
         if not settings.test_path:
             values = values.iloc[split_rows(len(values), settings)[0]]
         return values, kind
-    data = load_federated_data(settings, DEFAULT_NUM_SITES, records)
+    # The synthetic generator makes one institution per site, so it needs the run's count (0: the default).
+    data = load_federated_data(settings, num_sites or DEFAULT_NUM_SITES, records)
     kind = partitioner_used(settings, list(data.train_pool.columns), data.source, data.file_columns)
     return (data.train_pool[settings.partition_column] if kind == "column" else None), kind
 
@@ -288,7 +290,7 @@ def site_names(settings: DataSettings, num_sites: int, records: RecordFormat) ->
     Cheap for a file: reads only the partition column. ``num_sites``: 0 = automatic; a value that contradicts
     the column is a :class:`ConfigError`.
     """
-    values, _ = _pool_partition_values(settings, records)
+    values, _ = _pool_partition_values(settings, records, num_sites)
     if values is None:
         return [f"site-{i}" for i in range(num_sites or DEFAULT_NUM_SITES)]
     names = sorted(set(values))
@@ -302,7 +304,7 @@ def resolve_num_sites(config: ExperimentConfig, records: RecordFormat) -> Experi
     of distinct values, or the default when the data is not split by a column."""
     if config.federation.num_sites and not config.sites_from_column:
         return config
-    values, _ = _pool_partition_values(config.data, records)
+    values, _ = _pool_partition_values(config.data, records, config.federation.num_sites)
     if values is None:
         found = config.federation.num_sites or DEFAULT_NUM_SITES
     else:
