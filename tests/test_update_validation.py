@@ -163,8 +163,8 @@ def test_a_rejected_update_never_reaches_the_model_even_if_every_site_is_bad():
 # --------------------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("overrides,words", [
-    (["federation.aggregation=median", "federation.secure_aggregation=true"], "SecAgg+ reveals only"),
-    (["federation.aggregation=krum", "federation.secure_aggregation=true"], "SecAgg+ reveals only"),
+    (["federation.aggregation=median", "federation.secure_aggregation=true"], "reveals only the weighted sum"),
+    (["federation.aggregation=krum", "federation.secure_aggregation=true"], "reveals only the weighted sum"),
     (["federation.aggregation=trimmed_mean", "client_dp.mode=fixed"], "sensitivity of a sum"),
     (["federation.aggregation=krum", "federation.krum_byzantine_sites=1"], "at least 5 sites"),
     (["federation.aggregation=trimmed_mean", "federation.trim_fraction=0.5"], "trim_fraction"),
