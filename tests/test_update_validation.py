@@ -208,3 +208,17 @@ def test_in_a_run_the_bad_site_is_rejected_every_round_and_the_run_completes(tin
     report = json.loads((run_dir / "report.json").read_text())
     assert report["rejections"]["count"] == 2
     assert "rejected" in (run_dir / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_robust_rule_runs_end_to_end_in_flower_simulation(tiny_simulate, tmp_path):
+    """Through Flower's simulation engine: `federation.aggregation: median` trains, evaluates and reports."""
+    assert tiny_simulate("federation.aggregation=median", "privacy.membership_audit=false") == 0
+    run_dir = tmp_path / "run"
+    status = read_status(run_dir)
+    assert status["state"] == "complete" and status["trained_rounds"] == status["rounds"]
+    assert status["site_rejections"] == {}
+    rounds = read_metrics(run_dir)
+    assert all(np.isfinite(r["central"]["loss"]) and r["rejections"] == [] for r in rounds)
+    report = json.loads((run_dir / "report.json").read_text())
+    assert "coordinate-wise median" in report["aggregation"] and report["rejections"]["count"] == 0
