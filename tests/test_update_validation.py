@@ -222,3 +222,20 @@ def test_a_robust_rule_runs_end_to_end_in_flower_simulation(tiny_simulate, tmp_p
     assert all(np.isfinite(r["central"]["loss"]) and r["rejections"] == [] for r in rounds)
     report = json.loads((run_dir / "report.json").read_text())
     assert "coordinate-wise median" in report["aggregation"] and report["rejections"]["count"] == 0
+
+
+def test_under_secagg_only_the_average_is_checked_and_a_bad_one_is_rejected_as_a_whole():
+    from finfed.coordinator.rounds import RoundOutcome
+    from finfed.coordinator.secure import SecureTraining
+    from finfed.coordinator.validation import AGGREGATE
+
+    training = SecureTraining.__new__(SecureTraining)  # only its check of the unmasked average is exercised
+    training.validator = UpdateValidator(load_config(None, []))
+    sites = [{keys.SITE_ID: s, keys.NUM_EXAMPLES: 100, keys.STEPS: 2} for s in (0, 1)]
+    fine = training._checked(RoundOutcome(arrays=small(0), updates=list(sites)), zeros())
+    assert fine.arrays is not None and fine.rejections == []
+    poisoned = {**small(0), "lora.B": np.full((16, 4), np.nan, np.float32)}
+    outcome = training._checked(RoundOutcome(arrays=poisoned, updates=list(sites)), zeros())
+    assert outcome.arrays is None and outcome.updates == []
+    assert outcome.rejections == [{"site": AGGREGATE, "reason": NON_FINITE}]
+    assert [m[keys.UPDATE_REJECTED] for m in outcome.rejected] == [f"{AGGREGATE}: {NON_FINITE}"] * 2
