@@ -251,15 +251,44 @@ class FederationSettings:
     secagg_max_weight: float = _opt(10000.0, "SecAgg+: largest example count a site may weight its update "
                                              "with (a site with more training records is refused)",
                                     0.0, None, True)
+    # How site updates become the global model, and what the coordinator checks before (docs/secure-aggregation-
+    # and-faults.md, "Validating updates" and "Robust aggregation").
+    aggregation: Literal["fedavg", "median", "trimmed_mean", "krum"] = _opt(
+        "fedavg", "how the site updates are combined: `fedavg` (mean weighted by example counts), or a robust "
+                  "rule from Flower: `median` (coordinate-wise median), `trimmed_mean` (coordinate-wise mean "
+                  "without the `trim_fraction` largest and smallest values) or `krum` (the one update closest to "
+                  "its neighbours). Robust rules need each site's own update: refused with SecAgg+ and "
+                  "client-level DP")
+    trim_fraction: float = _opt(0.2, "`aggregation: trimmed_mean`: share of the updates cut at each end of every "
+                                     "coordinate (with 3 sites, below 1/3 cuts none)", 0.0, 0.5,
+                                exclusive_max=True)
+    krum_byzantine_sites: int = _opt(0, "`aggregation: krum`: sites assumed malicious (f); Krum needs at least "
+                                        "2f + 3 sites", 0)
+    validate_updates: bool = _opt(True, "check every site update before aggregating it: tensor names and shapes "
+                                        "of the global model, finite values, L2 norm of the change within "
+                                        "`update_norm_bound`; a failing update is rejected and recorded, the "
+                                        "round goes on with the others")
+    update_norm_bound: float = _opt(0.0, "largest L2 norm of a site's change to the trainable tensors in one "
+                                         "round; 0 = derived from the training settings (optimiser, learning "
+                                         "rates, steps, DP clipping and noise: a worst-case bound, see "
+                                         "docs/secure-aggregation-and-faults.md)", 0.0)
 
     def __post_init__(self) -> None:
         if self.secure_aggregation:
             _check_secure_aggregation(self)
+        if self.aggregation == "krum" and self.num_sites and self.num_sites < 2 * self.krum_byzantine_sites + 3:
+            raise ConfigError(f"`federation.aggregation: krum` with `federation.krum_byzantine_sites` "
+                              f"{self.krum_byzantine_sites} needs at least {2 * self.krum_byzantine_sites + 3} "
+                              f"sites (2f + 3), got `federation.num_sites` {self.num_sites}")
 
 
 def _check_secure_aggregation(federation: "FederationSettings") -> None:
     """SecAgg+ settings Flower's workflow would reject mid-run (or accept unsafely), refused at load."""
     shares, threshold = federation.secagg_num_shares, federation.secagg_reconstruction_threshold
+    if federation.aggregation != "fedavg":
+        raise ConfigError(f"`federation.aggregation: {federation.aggregation}` is impossible with "
+                          "`federation.secure_aggregation`: SecAgg+ reveals only the weighted sum of the updates, "
+                          "and a median, trimmed mean or Krum needs each site's own update; use `fedavg`")
     if federation.num_sites == 0:  # automatic: checked again once the data has decided it
         if federation.min_sites == 1:
             raise ConfigError("`federation.secure_aggregation` needs at least 2 sites per round "
@@ -332,6 +361,11 @@ class ExperimentConfig:
         if self.federation.secure_aggregation and self.client_dp.mode != "off":
             raise ConfigError("`client_dp.mode` must be 'off' with `federation.secure_aggregation`: server-side "
                               "clipping needs each site's own update, which SecAgg+ hides from the coordinator")
+        if self.client_dp.mode != "off" and self.federation.aggregation != "fedavg":
+            raise ConfigError(f"`federation.aggregation: {self.federation.aggregation}` is impossible with "
+                              "`client_dp.mode` on: client-level DP adds noise calibrated to the sensitivity of a "
+                              "sum of clipped updates, which a median, trimmed mean or Krum selection is not; use "
+                              "`fedavg`")
         if self.client_dp.mode != "off" and self.federation.min_sites:
             raise ConfigError("`federation.min_sites` must be 0 with `client_dp.mode` on: sites are Poisson-sampled, "
                               "so a round may ask fewer sites (or none), and stopping the run on that would "

@@ -18,9 +18,16 @@ REFUSED = "refused"  # 1 when a site declined the round to stay within its budge
 # Flower Error code of a SecAgg+ setup reply by which a site declines the round before any key or masked
 # vector leaves it (Flower's own codes are 0-8).
 REFUSAL_ERROR_CODE = 4001
+# Coordinator-side mark on a site's metrics whose update failed validation (finfed/coordinator/validation.py):
+# its reason category. Never sent by a site.
+UPDATE_REJECTED = "update-rejected"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 EVAL_MACRO_F1 = "eval-macro-f1"
+# Classification: the global model's recall of label i on a site's validation split, `eval-recall-<i>` (by index,
+# so no key carries a label's text); a disclosed, non-private statistic, allow-listed for the first labels only.
+EVAL_RECALL_PREFIX = "eval-recall-"
+MAX_SHARED_LABELS = 256
 
 # The site's name (an institution's name: public, not data about its records). A metric record holds numbers
 # only, so it travels in a record of its own (plain replies) or in the SecAgg+ FitRes metrics (text allowed);

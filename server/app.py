@@ -1,9 +1,11 @@
-"""Flower ServerApp: FedAvg over the trained adapter tensors, central evaluation each round.
+"""Flower ServerApp: FedAvg (or a robust rule) over the trained adapter tensors, central evaluation each round.
 
 The same app serves ``finfed simulate``, ``flwr run`` on a simulation federation, and a
 deployed SuperLink, in both aggregation modes: plain FedAvg (named tensors over Flower's
 Message API) or SecAgg+ (``federation.secure_aggregation``: Flower's legacy workflow, see
 ``finfed/coordinator/secure.py``). With ``resume_from`` it continues a stopped run from its checkpoint.
+Every site update is validated before aggregation (``finfed/coordinator/validation.py``); plain
+rounds may aggregate with Flower's FedMedian, FedTrimmedAvg or Krum (``federation.aggregation``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, Strategy
 
 from finfed import constants as keys
 from finfed.config import from_run_config, to_run_config
@@ -20,6 +22,7 @@ from finfed.coordinator.rounds import Coordinator, PlainTraining
 from finfed.coordinator.run import FederatedRun
 from finfed.coordinator.sampling import SiteNames, SiteSampler
 from finfed.coordinator.secure import SecureTraining
+from finfed.coordinator.validation import UpdateValidator
 from finfed.errors import RunInterrupted
 from finfed.privacy.client_level import ClientLevelMechanism, default_count_stddev
 from finfed.runs.checkpoint import resume_point
@@ -29,8 +32,8 @@ from finfed.runtime.app_log import configure_app_logging
 app = ServerApp()
 
 
-class RecordingFedAvg(FedAvg):
-    """FedAvg weighted by example counts, asking the sites ``SiteSampler`` finds online."""
+class AsksSampledSites:
+    """A Flower strategy's messaging, asking the sites ``SiteSampler`` finds online; its own aggregation."""
 
     def __init__(self, sampler: SiteSampler, **kwargs) -> None:
         super().__init__(weighted_by_key=keys.NUM_EXAMPLES, arrayrecord_key=keys.ARRAYS,
@@ -51,7 +54,36 @@ class RecordingFedAvg(FedAvg):
         return self.ask(sorted(grid.get_node_ids()), arrays, config, server_round, MessageType.EVALUATE)
 
 
-def with_client_dp(strategy: RecordingFedAvg, run: FederatedRun) -> Strategy:
+class RecordingFedAvg(AsksSampledSites, FedAvg):
+    """FedAvg weighted by example counts."""
+
+
+class RecordingMedian(AsksSampledSites, FedMedian):
+    """Coordinate-wise median of the updates (unweighted)."""
+
+
+class RecordingTrimmedMean(AsksSampledSites, FedTrimmedAvg):
+    """Coordinate-wise mean without the largest and smallest ``beta`` share (unweighted)."""
+
+
+class RecordingKrum(AsksSampledSites, Krum):
+    """The one update with the smallest summed distance to its n - f - 2 nearest others."""
+
+
+def aggregation_strategy(federation, sampler: SiteSampler) -> AsksSampledSites:
+    """``federation.aggregation`` as a Flower strategy (the config refuses robust rules with SecAgg+ or client DP)."""
+    kwargs = dict(fraction_train=federation.fraction_train, fraction_evaluate=1.0,
+                  min_train_nodes=sampler.needed, min_evaluate_nodes=1)
+    if federation.aggregation == "median":
+        return RecordingMedian(sampler, **kwargs)
+    if federation.aggregation == "trimmed_mean":
+        return RecordingTrimmedMean(sampler, beta=federation.trim_fraction, **kwargs)
+    if federation.aggregation == "krum":
+        return RecordingKrum(sampler, num_malicious_nodes=federation.krum_byzantine_sites, **kwargs)
+    return RecordingFedAvg(sampler, **kwargs)
+
+
+def with_client_dp(strategy: AsksSampledSites, run: FederatedRun) -> Strategy:
     """Client-level DP (``finfed.privacy.client_level``) around FedAvg's messaging, if configured.
 
     The update noise and the site sampling come from one generator seeded by ``secrets``, or by
@@ -78,13 +110,13 @@ def build_coordinator(run: FederatedRun, grid: Grid, context: Context, site_name
     sampler = SiteSampler(federation, minimum=2 if secure else 1,
                           needed=1 if run.config.client_dp.mode != "off" else None)
     names = SiteNames(site_names)
-    fedavg = RecordingFedAvg(sampler, fraction_train=federation.fraction_train, fraction_evaluate=1.0,
-                             min_train_nodes=sampler.needed, min_evaluate_nodes=1)
+    strategy = aggregation_strategy(federation, sampler)
+    validator = UpdateValidator(run.config)
     if secure:
-        training = SecureTraining(context, grid, federation, sampler, names)
+        training = SecureTraining(context, grid, federation, sampler, names, validator)
     else:
-        training = PlainTraining(with_client_dp(fedavg, run), grid, names, federation.round_timeout)
-    return Coordinator(run, grid, training, fedavg, names, federation.round_timeout)
+        training = PlainTraining(with_client_dp(strategy, run), grid, names, federation.round_timeout, validator)
+    return Coordinator(run, grid, training, strategy, names, federation.round_timeout)
 
 
 @app.main()

@@ -30,6 +30,15 @@ def _site(trained: int, names: dict[str, str], site_id: str) -> dict[str, Any]:
     return {**site, "site-name": names[site_id]} if site_id in names else site
 
 
+def _evaluation(server_round: int) -> list[dict[str, Any]]:
+    """What the two sites report after evaluating the global model on their validation splits: site 1 is served
+    worse, most of all on label 2 (`positive`)."""
+    return [{"site": 0, "num-examples": 60, "eval-accuracy": 0.7, "eval-macro-f1": 0.65, "eval-loss": 0.8,
+             "eval-recall-0": 0.8, "eval-recall-1": 0.7, "eval-recall-2": 0.6},
+            {"site": 1, "num-examples": 40, "eval-accuracy": 0.5, "eval-macro-f1": 0.45, "eval-loss": 1.1,
+             "eval-recall-0": 0.75, "eval-recall-1": 0.55, "eval-recall-2": 0.2}]
+
+
 def finished_run(root: Path, *, name: str = "report-check", refused_from: int | None = None,
                  names: dict[str, str] | None = None, budget: float = 8.0) -> Path:
     """A two-site, three-round DP run; with ``refused_from``, every site refused that round (budget reached)."""
@@ -44,7 +53,8 @@ def finished_run(root: Path, *, name: str = "report-check", refused_from: int | 
                   "epsilon": _epsilon_after(r), "delta": DELTA} for s in (0, 1)] if 0 < r <= trained else []
         outputs.append_round({"round": r, "central": {"accuracy": 0.4 + 0.1 * min(r, trained),
                                                       "macro_f1": 0.3 + 0.1 * min(r, trained), "loss": 1 - 0.1 * r},
-                              "sites": sites, "failures": [], "refusals": [0, 1] if r == refused_from else []})
+                              "sites": sites, "failures": [], "refusals": [0, 1] if r == refused_from else [],
+                              "evaluation": _evaluation(r) if 0 < r <= trained else []})
     sites = {sid: _site(trained, names or {}, sid) if trained else {} for sid in ("0", "1")}
     if refused_from is not None:  # what finfed.coordinator.run records for a site that refused
         for site in sites.values():
@@ -57,7 +67,7 @@ def finished_run(root: Path, *, name: str = "report-check", refused_from: int | 
     state = "complete" if refused_from is None else "budget-exhausted"
     outputs.set_status(state, rounds=rounds, trained_rounds=trained, model_round=trained or None,
                        budget_exhausted_at_round=refused_from, baseline={"accuracy": 0.38, "macro_f1": 0.18},
-                       baseline_description="the majority class",
+                       baseline_description="the majority class", labels=["negative", "neutral", "positive"],
                        membership_audit={"site": 0, "attack": "loss-threshold", "auc": 0.52, "members": 100,
                                          "non_members": 100})
     return outputs.run_dir

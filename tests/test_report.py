@@ -83,7 +83,7 @@ def test_the_html_report_has_no_raw_markdown_real_headers_alt_text_and_text_labe
     for plot in re.findall(r"<img [^>]*>", page):
         assert re.search(r'alt="[^"]{40,}"', plot), plot
     assert text.count("within budget") >= 2  # each site's status in words, not only a colour
-    assert "http" not in page.split("<body>")[1] and page.count("data:image/png;base64,") == 2
+    assert "http" not in page.split("<body>")[1] and page.count("data:image/png;base64,") == 3
 
 
 def test_the_epsilon_plot_draws_each_site_the_target_and_the_lifetime_budget(tmp_path):
@@ -210,3 +210,26 @@ def test_a_ledger_restarted_explicitly_renders_its_earlier_rounds_in_every_forma
         rendered = render_ledger(summary, kind)
         assert "(records replaced by a new cohort): the 3 round(s) before it" in rendered and "no DP rounds" in rendered
     assert json.loads(render_ledger(summary, "json"))["datasets"][DATASET]["new_ledgers"][0]["rounds_before"] == 3
+
+
+def test_the_fairness_section_names_the_worst_site_and_the_largest_gaps_as_disclosed_statistics(tmp_path):
+    report = build_report(finished_run(tmp_path))
+    fairness = report["fairness"]
+    assert fairness["round"] == 3 and fairness["metric"] == "accuracy"
+    assert fairness["worst_site"] == {"name": "site 1", "value": 0.5}
+    assert fairness["gap"] == pytest.approx(0.2)
+    assert fairness["largest_recall_gap"]["label"] == "positive"
+    assert fairness["largest_recall_gap"]["gap"] == pytest.approx(0.4)
+    assert fairness["sites"][1]["recall"] == {"negative": 0.75, "neutral": 0.55, "positive": 0.2}
+    markdown, html = render_markdown(report), render_html(report)
+    assert "## Per-site fairness" in markdown and "disclosed, non-private statistics" in markdown
+    assert "| site 1 | 40 | 0.5000 | 0.4500 | 1.1000 | negative 0.7500, neutral 0.5500, positive 0.2000 |" in markdown
+    text = page_text(html)
+    assert "Per-site fairness" in text and "site 1 (worst)" in text and "disclosed, non-private statistics" in text
+    drawn = plot_data(html, "fairness-plot")
+    assert drawn["groups"] == ["site 0", "site 1"]
+    assert drawn["series"]["accuracy"] == {"site 0": 0.7, "site 1": 0.5}
+    assert drawn["series"]["recall positive"] == {"site 0": 0.6, "site 1": 0.2}
+    assert 'id="fairness-plot" src="data:image/png;base64,' in html
+    assert json.loads(json.dumps(report, default=float))["rejections"]["count"] == 0
+    assert "Aggregation: FedAvg" in markdown and "No site update was rejected" in markdown

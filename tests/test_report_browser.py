@@ -105,8 +105,17 @@ def test_a_simulated_runs_report_and_its_sites_ledger_render_and_print(tiny_simu
     assert "Every site within its privacy budgetyes" in card and "Headline metric" in card
     assert "site 0" in text and "site 1" in text
     assert {"target", "budget"} <= {line["kind"] for line in plot_lines(dom, "epsilon-plot")}
+    # Per-site fairness: the global model on each site's validation split, per-label recall, the worst site,
+    # with its plot, and said to be disclosed, non-private statistics.
+    fairness = text[text.index("Per-site fairness"):text.index("Aggregation and rejected updates")]
+    assert "worst-served site" in fairness and "(worst)" in fairness and "recall" in fairness
+    assert "disclosed, non-private statistics" in fairness
+    drawn = plot_data(dom, "fairness-plot")
+    assert len(drawn["groups"]) == 2 and any(name.startswith("recall ") for name in drawn["series"])
+    assert "No site update was rejected" in text
     printed, pages = pdf_text(run_dir / "report.pdf")
     assert pages >= 2 and "Verdict" in printed and "within budget" in printed and "`" not in printed
+    assert "Per-site fairness" in printed
 
     ledger = sorted((run_dir / "ledgers").glob("*"))[0]
     page = tmp_path / "ledger.html"

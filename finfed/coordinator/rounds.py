@@ -26,6 +26,7 @@ from finfed import constants as keys
 from finfed.config import to_run_config
 from finfed.coordinator.run import FederatedRun
 from finfed.coordinator.sampling import SiteNames
+from finfed.coordinator.validation import UNREADABLE, UpdateValidator, rejection
 from finfed.errors import RunInterrupted
 from finfed.privacy.disclosure import shown_reason
 from finfed.records import from_array_record, to_array_record
@@ -46,6 +47,10 @@ class RoundOutcome:
     updates: list[dict[str, Any]] = field(default_factory=list)
     refusals: list[dict[str, Any]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    # Updates that failed validation (finfed/coordinator/validation.py): the sites' metrics, marked with
+    # keys.UPDATE_REJECTED (their privacy spend is real), and the recorded rejections (site, reason).
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    rejections: list[dict[str, Any]] = field(default_factory=list)
     # A client-level DP release: applied (and accounted) even when no sampled site sent an update.
     private_release: bool = False
 
@@ -92,11 +97,25 @@ def _metrics(replies: list[Message]) -> list[dict[str, Any]]:
     return [reply_metrics(m) for m in replies]
 
 
+def _common_metrics(replies: list[Message]) -> list[Message]:
+    """The replies with only the metric keys all of them hold (recorded already): Flower's averaging of
+    evaluation metrics refuses replies whose keys differ, as per-label recall does where a site's validation
+    split lacks a label."""
+    common = set.intersection(*(set(m.content[keys.METRICS].keys()) for m in replies)) if replies else set()
+    for reply in replies:
+        record = reply.content[keys.METRICS]
+        for key in [k for k in record.keys() if k not in common]:
+            del record[key]
+    return replies
+
+
 class PlainTraining:
     """Updates travel as named tensors (Flower's Message API) and the strategy averages them."""
 
-    def __init__(self, strategy, grid, names: SiteNames, timeout: float) -> None:
+    def __init__(self, strategy, grid, names: SiteNames, timeout: float,
+                 validator: UpdateValidator | None = None) -> None:
         self.strategy, self.grid, self.names, self.timeout = strategy, grid, names, timeout
+        self.validator = validator
 
     def train(self, server_round: int, arrays: Arrays, config: dict[str, Any]) -> RoundOutcome:
         messages = list(self.strategy.configure_train(server_round, to_array_record(arrays),
@@ -108,12 +127,38 @@ class PlainTraining:
             self.names.learn(reply.metadata.src_node_id, reply_metrics(reply))
         updates = [m for m in answered if keys.ARRAYS in m.content]
         refusals = [m for m in answered if keys.ARRAYS not in m.content]
+        accepted, rejected, rejections = self.screen(server_round, arrays, updates)
         # Error replies go on to the strategy: a client-level DP strategy releases its noise regardless.
-        aggregated, _ = self.strategy.aggregate_train(server_round, updates + errors)
+        aggregated, _ = self.strategy.aggregate_train(server_round, accepted + errors)
         return RoundOutcome(arrays=from_array_record(aggregated) if aggregated is not None else None,
-                            updates=_metrics(updates), refusals=_metrics(refusals),
+                            updates=_metrics(accepted), refusals=_metrics(refusals),
                             failures=failure_lines(messages, replies, self.names, self.timeout),
+                            rejected=rejected, rejections=rejections,
                             private_release=getattr(self.strategy, "releases_every_round", False))
+
+    def screen(self, server_round: int, arrays: Arrays, updates: list[Message]):
+        """Updates that pass validation; the metrics and rejections of those that do not (no value recorded)."""
+        if self.validator is None:
+            return updates, [], []
+        accepted, rejected, rejections = [], [], []
+        for reply in updates:
+            metrics = {k: v for k, v in reply.content[keys.METRICS].items() if k != keys.UPDATE_REJECTED}
+            try:
+                update = from_array_record(reply.content[keys.ARRAYS])
+            except Exception:  # noqa: BLE001 - whatever a foreign site sent, it is rejected, not fatal
+                reason = UNREADABLE
+            else:
+                reason = self.validator.problem(arrays, update, metrics)
+            if reason is None:
+                accepted.append(reply)
+                continue
+            label = self.names.label(reply.metadata.src_node_id)
+            logger.warning("round %d: the update of %s was rejected (%s) and not aggregated; the round goes on "
+                           "with the others", server_round, label, reason)
+            rejected.append({**metrics, keys.UPDATE_REJECTED: reason})
+            site = metrics.get(keys.SITE_ID)
+            rejections.append(rejection(int(site) if isinstance(site, (int, float)) else label, reason))
+        return accepted, rejected, rejections
 
     def state(self) -> dict[str, Any]:
         # Adaptive client-level clipping adapts its norm each round: a resumed run must start from it.
@@ -169,7 +214,8 @@ class Coordinator:
             # ledgers; a resumed run trains this round again.
             self.check_stop(f"during round {server_round}: round abandoned")
         self.run.record_training(server_round, outcome.updates, outcome.failures, outcome.refusals,
-                                 offline=self.offline(outcome.failures))
+                                 offline=self.offline(outcome.failures), rejected=outcome.rejected,
+                                 rejections=outcome.rejections)
         if outcome.private_release:
             self.run.record_client_level_release(server_round)
         if outcome.arrays is not None and (outcome.updates or outcome.private_release):
@@ -195,7 +241,7 @@ class Coordinator:
         for reply in answered:  # a site failing every training round is still named by its evaluation
             self.names.learn(reply.metadata.src_node_id, reply_metrics(reply))
         self.run.record_evaluation(server_round, _metrics(answered))
-        self.evaluation.aggregate_evaluate(server_round, answered)
+        self.evaluation.aggregate_evaluate(server_round, _common_metrics(answered))
 
     def save(self, server_round: int, arrays: Arrays) -> None:
         run = self.run

@@ -73,6 +73,7 @@ class FederatedRun:
         self.site_eval: dict[int, list[dict[str, Any]]] = {}
         self.failures: dict[int, list[str]] = {}
         self.refusals: dict[int, list[int]] = {}
+        self.rejections: dict[int, list[dict[str, Any]]] = {}  # updates that failed validation: site, reason
         self.resumed_from: list[int] = []  # rounds of the checkpoints this run was resumed from
         self.exhausted = False
         self.exhausted_round: int | None = None
@@ -141,14 +142,21 @@ class FederatedRun:
 
     # ------------------------------------------------------------------ per round
     def record_training(self, server_round: int, metrics: list[Mapping[str, Any]], errors: list[str],
-                        refusals: list[Mapping[str, Any]] = (), offline: list[str] = ()) -> None:
+                        refusals: list[Mapping[str, Any]] = (), offline: list[str] = (),
+                        rejected: list[Mapping[str, Any]] = (), rejections: list[Mapping[str, Any]] = ()) -> None:
         """Keep each site's reply; fail on errors, but not on sites refusing to overspend.
 
         ``errors``: sites asked that sent no update (error reply or silence); ``offline``: sites
         seen earlier that were not connected, hence not asked. Both are recorded for the round.
+        ``rejected``: metrics of sites whose update failed validation (kept: they spent privacy budget),
+        ``rejections``: what is recorded of them (site, reason category). The round goes on without them.
         """
-        self.site_train[server_round] = self._named(metrics)
+        self.site_train[server_round] = self._named(metrics) + self._named(
+            [m for m in rejected if all(isinstance(m.get(k), (int, float))
+                                        for k in (keys.SITE_ID, keys.NUM_EXAMPLES, keys.STEPS))])
         self._named(refusals)
+        if rejections:
+            self.rejections[server_round] = [dict(r) for r in rejections]
         if errors or offline:
             self.failures[server_round] = [*errors, *offline]
             logger.info(f"round {server_round}: {len(errors) + len(offline)} site(s) sent no update: "
@@ -207,6 +215,9 @@ class FederatedRun:
                   "sites": self._round_sites(server_round),
                   "failures": self.failures.get(server_round, []),
                   "refusals": self.refusals.get(server_round, []),
+                  "rejections": self.rejections.get(server_round, []),
+                  # every site that evaluated the global model on its validation split (the report's fairness)
+                  "evaluation": self._round_evaluations(server_round),
                   "elapsed_s": round(time.time() - self.outputs.started, 1)}
         self.history.append(record)
         self.outputs.append_round(record)
@@ -227,6 +238,12 @@ class FederatedRun:
                           if k.startswith("eval-")})
             sites.append(entry)
         return sites
+
+    def _round_evaluations(self, server_round: int) -> list[dict[str, Any]]:
+        return [{"site": int(m[keys.SITE_ID]), **{k: v for k, v in m.items() if k.startswith("eval-")
+                                                  or k == keys.NUM_EXAMPLES}}
+                for m in sorted(self.site_eval.get(server_round, []), key=lambda m: int(m[keys.SITE_ID]))
+                if isinstance(m.get(keys.SITE_ID), (int, float))]
 
     def _epsilon_note(self, record: dict[str, Any]) -> str:
         spent = [s for s in record["sites"] if keys.EPSILON in s]
@@ -276,7 +293,8 @@ class FederatedRun:
     @property
     def trained_rounds(self) -> list[int]:
         """Rounds in which at least one site's update reached the model."""
-        return sorted(r for r, updates in self.site_train.items() if updates)
+        return sorted(r for r, updates in self.site_train.items()
+                      if any(not u.get(keys.UPDATE_REJECTED) for u in updates))
 
     def disclosed_losses(self) -> dict[str, Any]:
         """Sites that sent their training loss (their opt-in): a statistic of sampled records outside epsilon."""
@@ -297,9 +315,10 @@ class FederatedRun:
                    "model_round": trained[-1] if trained else None,
                    "budget_exhausted_at_round": self.exhausted_round,
                    "site_failures": {str(r): f for r, f in sorted(self.failures.items())},
+                   "site_rejections": {str(r): f for r, f in sorted(self.rejections.items())},
                    "resumed_from_rounds": self.resumed_from,
                    "baseline": self.task.baseline(self.test_examples),
-                   "baseline_description": self.task.baseline_description}
+                   "baseline_description": self.task.baseline_description, "labels": list(self.labels)}
         if self.exhausted and not trained:
             self.outputs.set_status("budget-exhausted", **outcome)
             logger.info(f"run ended without training: every site refused round {self.exhausted_round} "
@@ -321,6 +340,7 @@ class FederatedRun:
         self.outputs.set_status("interrupted", rounds=self.config.federation.rounds,
                                 last_completed_round=last_completed_round,
                                 site_failures={str(r): f for r, f in sorted(self.failures.items())},
+                                site_rejections={str(r): f for r, f in sorted(self.rejections.items())},
                                 resumed_from_rounds=self.resumed_from)
         logger.info(f"run interrupted after round {last_completed_round} of {self.config.federation.rounds}")
 
@@ -356,6 +376,7 @@ class FederatedRun:
         return {"started": self.outputs.started, "history": self.history, "resumed_from": self.resumed_from,
                 "site_train": by_round(self.site_train), "site_eval": by_round(self.site_eval),
                 "failures": by_round(self.failures), "refusals": by_round(self.refusals),
+                "rejections": by_round(self.rejections),
                 "exhausted_round": self.exhausted_round, "client_level_rounds": self.client_level_rounds,
                 "site_names": {str(i): name for i, name in self.site_names.items()}}
 
@@ -365,6 +386,7 @@ class FederatedRun:
             return {int(r): v for r, v in snapshot[name].items()}
         self.site_train, self.site_eval = by_round("site_train"), by_round("site_eval")
         self.failures, self.refusals = by_round("failures"), by_round("refusals")
+        self.rejections = {int(r): v for r, v in snapshot.get("rejections", {}).items()}
         self.exhausted_round = snapshot["exhausted_round"]
         self.exhausted = self.exhausted_round is not None
         self.site_names = {int(i): name for i, name in snapshot.get("site_names", {}).items()}

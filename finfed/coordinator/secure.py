@@ -16,6 +16,7 @@ refusal), its public keys, encrypted key shares it forwards, and its masked vect
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -35,10 +36,13 @@ from finfed.compat import (
 from finfed.config import FederationSettings
 from finfed.coordinator.rounds import Arrays, RoundOutcome
 from finfed.coordinator.sampling import SiteNames, SiteSampler
+from finfed.coordinator.validation import AGGREGATE, UpdateValidator, rejection
 from finfed.errors import RunError
 from finfed.privacy.disclosure import shown_reason
 from finfed.records import to_array_record
 from finfed.wire import refusing_site
+
+logger = logging.getLogger(__name__)
 
 
 class DropoutTolerantSecAggPlus(SecAggPlusWorkflow):
@@ -132,9 +136,9 @@ class SecureTraining:
     """One SecAgg+ training round per call, through Flower's workflow."""
 
     def __init__(self, context, grid, federation: FederationSettings, sampler: SiteSampler,
-                 names: SiteNames) -> None:
+                 names: SiteNames, validator: UpdateValidator | None = None) -> None:
         self.context, self.grid, self.federation = context, grid, federation
-        self.sampler, self.names = sampler, names
+        self.sampler, self.names, self.validator = sampler, names, validator
         self.workflow = secagg_workflow(federation)
 
     def train(self, server_round: int, arrays: Arrays, config: dict[str, Any]) -> RoundOutcome:
@@ -144,7 +148,22 @@ class SecureTraining:
                                       to_array_record(arrays))
         self.workflow.refused = {}
         self.workflow(self.grid, legacy)
-        return self._outcome(face, nodes, list(arrays))
+        return self._checked(self._outcome(face, nodes, list(arrays)), arrays)
+
+    def _checked(self, outcome: RoundOutcome, arrays: Arrays) -> RoundOutcome:
+        """Only the unmasked average can be checked (finfed/coordinator/validation.py): if it fails, the round's
+        aggregate is rejected as a whole, the global model kept, and every contributing site marked."""
+        if outcome.arrays is None or self.validator is None:
+            return outcome
+        reason = self.validator.aggregate_problem(arrays, outcome.arrays, outcome.updates)
+        if reason is None:
+            return outcome
+        logger.warning("round aggregate rejected (%s): some site's masked update was bad, which one SecAgg+ "
+                       "hides; the global model is kept", reason)
+        outcome.rejected = [{**m, keys.UPDATE_REJECTED: f"{AGGREGATE}: {reason}"} for m in outcome.updates]
+        outcome.rejections = [rejection(AGGREGATE, reason)]
+        outcome.updates, outcome.arrays = [], None
+        return outcome
 
     def _outcome(self, face: RoundFace, nodes: list[int], names: list[str]) -> RoundOutcome:
         refused = dict(self.workflow.refused)

@@ -68,9 +68,13 @@ MAX_REASON = 300  # characters: a reason is a sentence, never a dump
 TRAIN_METRICS = frozenset({keys.NUM_EXAMPLES, keys.SITE_ID, keys.EPSILON, DELTA, keys.STEPS,
                            keys.NOISE_MULTIPLIER, keys.SAMPLE_RATE, keys.REFUSED})
 OPT_IN_TRAIN_METRICS = frozenset({keys.TRAIN_LOSS})  # only with node config `share-train-loss`
-# Metric keys an evaluate reply may carry: the tasks' validation metrics (classification, qa).
+# Metric keys an evaluate reply may carry: the tasks' validation metrics (classification, qa), and per-label
+# recall (classification): each label's share of the site's validation records the global model gets right.
+# Like the other validation metrics it is a disclosed, non-private statistic of the site's validation split
+# (not covered by epsilon; the report says so); its keys are `eval-recall-<index>`, never a label's text.
+LABEL_RECALL_METRICS = frozenset(f"{keys.EVAL_RECALL_PREFIX}{i}" for i in range(keys.MAX_SHARED_LABELS))
 EVALUATE_METRICS = frozenset({keys.NUM_EXAMPLES, keys.SITE_ID, keys.EVAL_LOSS, keys.EVAL_ACCURACY,
-                              keys.EVAL_MACRO_F1, "eval-exact-match", "eval-f1"})
+                              keys.EVAL_MACRO_F1, "eval-exact-match", "eval-f1"}) | LABEL_RECALL_METRICS
 
 # SecAgg+ (Flower's secaggplus_mod): the protocol's own keys per stage, in record "secaggplus_configs".
 SECAGG_RECORD = "secaggplus_configs"

@@ -23,6 +23,7 @@ from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.guarantee import guarantee_text, sites_that_sent
 from finfed.privacy.membership_audit import audit_reading
 from finfed.privacy.randomness import randomness_warning
+from finfed.reporting.fairness import fairness_section, rejections_section
 from finfed.reporting.task_text import data_description, protected_unit_text
 from finfed.runs.outputs import CONFIG, read_metrics, read_privacy, require_finished
 
@@ -75,6 +76,11 @@ def build_report(run_dir: str | Path, status: dict[str, Any] | None = None) -> d
               "disclosed": disclosed_text(privacy), "audit": audit_text(status.get("membership_audit")),
               "client_level_text": client_level_text(privacy.get("client_level")),
               "meta": _meta(config, status), "configuration": config_to_dict(config)}
+    report["fairness"] = fairness_section(
+        rounds, status.get("labels") or list(config.data.labels),
+        lambda sid: sites[sid]["name"] if sid in sites else site_name(sid, {}, rounds))
+    report["rejections"] = rejections_section(status, rounds)
+    report["aggregation"] = aggregation_text(config)
     report["deltas"] = deltas_text(report)
     report["utility_summary"] = utility_summary(report)
     report["verdict"] = verdict(report)
@@ -257,6 +263,32 @@ def deltas_text(report: dict[str, Any]) -> str:
     own = [f"{name} at its own delta {d:g}" for name, d in sites.items() if d != run_delta]
     rest = "the other sites at the run's delta" if len(own) < len(sites) else "the run's delta is"
     return "; ".join(own) + f"; {rest} {run_delta:g}"
+
+
+AGGREGATION_RULES = {
+    "fedavg": "FedAvg (the mean of the site updates, weighted by example counts)",
+    "median": "coordinate-wise median of the site updates (Flower's FedMedian, unweighted)",
+    "trimmed_mean": "coordinate-wise trimmed mean of the site updates (Flower's FedTrimmedAvg, unweighted)",
+    "krum": "Krum (Flower's Krum: the one site update closest to its neighbours)",
+}
+
+
+def aggregation_text(config: ExperimentConfig) -> str:
+    """How updates were combined and checked (finfed/coordinator/validation.py)."""
+    federation = config.federation
+    rule = AGGREGATION_RULES[federation.aggregation]
+    if federation.aggregation == "trimmed_mean":
+        rule += f", cutting {federation.trim_fraction:g} of the updates at each end"
+    elif federation.aggregation == "krum":
+        rule += f", assuming up to {federation.krum_byzantine_sites} malicious site(s)"
+    if not federation.validate_updates:
+        return f"Aggregation: {rule}. Updates were **not validated** (`federation.validate_updates: false`)."
+    bound = (f"a configured L2 bound of {federation.update_norm_bound:g}" if federation.update_norm_bound
+             else "the worst-case L2 bound the training settings imply")
+    where = (" Under SecAgg+ only the unmasked average could be checked, not each site's update."
+             if federation.secure_aggregation else "")
+    return (f"Aggregation: {rule}. Before aggregation every update was checked: tensor names and shapes of the "
+            f"global model, finite values, and its change within {bound}.{where}")
 
 
 def client_level_text(summary: dict[str, Any] | None) -> str:

@@ -19,6 +19,7 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from finfed.atomic import write_text_atomic
+from finfed.reporting.fairness import fairness_plot
 from finfed.reporting.privacy_report import build_report
 from finfed.reporting.run_report import delta_text, round_rows
 
@@ -79,6 +80,38 @@ def line_plot(data: dict[str, Any], xlabel: str, ylabel: str, title: str) -> str
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+HATCHES = ("", "//", "..", "xx", "\\\\", "oo", "--")
+
+
+def bar_plot(data: dict[str, Any], ylabel: str, title: str) -> str:
+    """``data`` (``groups`` on the x axis, ``series`` {label: {group: y}}) as grouped bars, base64 PNG; each
+    series has its own hatching, so the plot reads without colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups, series = data["groups"], data["series"]
+    figure, axis = plt.subplots(figsize=(6.4, 3.4), dpi=100)
+    width = 0.8 / max(len(series), 1)
+    for index, (label, values) in enumerate(series.items()):
+        xs = [g + index * width for g, name in enumerate(groups) if name in values]
+        axis.bar(xs, [values[name] for name in groups if name in values], width=width, label=label,
+                 hatch=HATCHES[index % len(HATCHES)], edgecolor="black", linewidth=0.6)
+    axis.set_xticks([g + width * (len(series) - 1) / 2 for g in range(len(groups))], groups, fontsize=8)
+    axis.set_ylim(0, 1.05)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(axis="y", alpha=0.3)
+    if series:
+        axis.legend(fontsize=7, ncol=min(len(series), 4))
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def budget_lines(target: float | None, budgets: dict[str, float | None]) -> list[dict[str, Any]]:
     """The run's target epsilon and each distinct lifetime budget (sites sharing one share a line)."""
     lines = [] if target is None else [{"kind": "target", "label": f"run target ε = {target:g}", "value": target}]
@@ -100,7 +133,7 @@ def run_plots(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     utility = {"series": {name: {str(r["round"]): r["central"][name] for r in report["rounds"]} for name in names},
                "lines": [{"kind": "baseline", "label": f"baseline {name} = {report['baseline'][name]:.4f}",
                           "value": report["baseline"][name]} for name in names if name in report["baseline"]]}
-    return {"epsilon": epsilon, "utility": utility}
+    return {"epsilon": epsilon, "utility": utility, "fairness": fairness_plot(report.get("fairness"))}
 
 
 def privacy_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -136,7 +169,10 @@ def run_context(report: dict[str, Any], with_plots: bool) -> dict[str, Any]:
         context["images"] = {
             "epsilon": line_plot(plots["epsilon"], "round", "epsilon (cumulative)",
                                  "Privacy spent per site, against target and budget"),
-            "utility": line_plot(plots["utility"], "round", "score", "Global model on the central test split")}
+            "utility": line_plot(plots["utility"], "round", "score", "Global model on the central test split"),
+            "fairness": bar_plot(plots["fairness"], "score on the site's validation split",
+                                 "Global model per site (disclosed, non-private)")
+            if plots["fairness"]["groups"] else ""}
     return context
 
 

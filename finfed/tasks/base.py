@@ -176,8 +176,9 @@ class Task(ABC):
         """SHA-256 of the records a site trains on: the key of its privacy ledger."""
 
     @abstractmethod
-    def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:
-        """Metrics (including ``loss``) of ``model`` on encoded examples."""
+    def evaluate(self, model: nn.Module, examples: list[dict], per_label: bool = False) -> dict[str, float]:
+        """Metrics (including ``loss``) of ``model`` on encoded examples; ``per_label``: also each label's
+        recall where the task has labels (a site's validation split, for the report's fairness section)."""
 
     @abstractmethod
     def baseline(self, examples: list[dict]) -> dict[str, float]:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from finfed.config import ExperimentConfig
+from finfed.constants import MAX_SHARED_LABELS
 from finfed.data.loading import normalise_examples, read_table
 from finfed.data.partition import RecordFormat
 from finfed.data.synthetic_news import generate_news
@@ -19,7 +20,12 @@ from finfed.models.devices import on_model_device
 from finfed.models.hf_pooled_classifier import HEAD_NAME, FinfedPooledClassifier
 from finfed.privacy.ledger import dataset_fingerprint
 from finfed.tasks.base import Explainable, Task
-from finfed.tasks.classification_metrics import accuracy, macro_f1, majority_accuracy
+from finfed.tasks.classification_metrics import (
+    accuracy,
+    macro_f1,
+    majority_accuracy,
+    recall_per_label,
+)
 
 
 def pad_batch(items: Sequence[dict], keys: Sequence[str], pad_id: int = 0) -> dict[str, torch.Tensor]:
@@ -31,6 +37,8 @@ def pad_batch(items: Sequence[dict], keys: Sequence[str], pad_id: int = 0) -> di
         batch[key] = torch.tensor([item[key] + [fill] * (width - len(item[key])) for item in items])
     return batch
 
+
+RECALL_PREFIX = "recall_"  # a site reports it as constants.EVAL_RECALL_PREFIX + index (finfed/site/rounds.py)
 
 SENTENCES = RecordFormat(read_file=read_table, normalise=normalise_examples, generate=generate_news,
                          synthetic_name="synthetic financial news", synthetic_size=3000, labelled=True,
@@ -108,14 +116,18 @@ class ClassificationTask(Task):
     def fingerprint(self, frame: pd.DataFrame) -> str:
         return dataset_fingerprint(frame["text"], frame["label"])
 
-    def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, examples: list[dict], per_label: bool = False) -> dict[str, float]:
         probs = self.probabilities(model, examples)
         y_true = [item["label"] for item in examples]
         y_pred = probs.argmax(dim=-1).tolist()
         targets = torch.tensor(y_true)
         loss = nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), targets).item() if y_true else 0.0
-        return {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, len(self.labels)),
-                "loss": loss}
+        scores = {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, len(self.labels)),
+                  "loss": loss}
+        if per_label:  # a site's validation split: each label's recall by index; labels absent there left out
+            labels = min(len(self.labels), MAX_SHARED_LABELS)
+            scores.update({f"{RECALL_PREFIX}{i}": r for i, r in recall_per_label(y_true, y_pred, labels).items()})
+        return scores
 
     def baseline(self, examples: list[dict]) -> dict[str, float]:
         y_true = [item["label"] for item in examples]

@@ -23,6 +23,13 @@ def macro_f1(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> 
     return sum(scores) / num_classes
 
 
+def recall_per_label(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict[int, float]:
+    """Share of each label's examples predicted as that label; labels absent from ``y_true`` are left out."""
+    totals = Counter(y_true)
+    hits = Counter(t for t, p in zip(y_true, y_pred) if t == p)
+    return {cls: hits[cls] / totals[cls] for cls in range(num_classes) if totals[cls]}
+
+
 def majority_accuracy(y_true: Sequence[int]) -> float:
     """Accuracy of always predicting the most frequent true label."""
     if not y_true:

@@ -178,7 +178,7 @@ class QuestionAnsweringTask(Task):
         """One decoded answer per record, in record order."""
         return self._decode(examples, *self._window_logits(model, examples))
 
-    def evaluate(self, model: nn.Module, examples: list[dict]) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, examples: list[dict], per_label: bool = False) -> dict[str, float]:
         # One forward pass serves both the decoded answers and the loss of the windows holding one.
         starts, ends = self._window_logits(model, examples)
         predictions = [answer.text for answer in self._decode(examples, starts, ends)]

@@ -1,0 +1,126 @@
+"""Per-site fairness of the global model, and the updates the coordinator rejected, for the run report.
+
+Fairness comes from what each site sent after evaluating the global model on its own validation
+split in the last round it evaluated (metrics.jsonl ``evaluation``): its metrics and, for
+classification, each label's recall (``eval-recall-<index>``). These are disclosed, non-private
+statistics of the sites' validation records: no noise, not covered by any epsilon.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from finfed.constants import EVAL_RECALL_PREFIX, NUM_EXAMPLES
+
+# The metric a site's standing is judged by: the first one the task reports (higher is better for each).
+PREFERRED = ("accuracy", "macro_f1", "f1", "exact_match")
+DISCLOSURE = ("These are **disclosed, non-private statistics**: each site computed them on its own validation "
+              "split and sent them in the clear. No noise is added and no epsilon covers them; a site's "
+              "per-label recall tells the coordinator, for instance, how often that site's validation records of "
+              "each label are classified correctly.")
+
+
+def _metric_name(key: str) -> str:
+    return key.removeprefix("eval-").replace("-", "_")
+
+
+def last_evaluation(rounds: list[dict[str, Any]]) -> tuple[int | None, list[dict[str, Any]]]:
+    """The latest round in which sites evaluated the global model, and their entries."""
+    for record in reversed(rounds):
+        if record.get("evaluation"):
+            return int(record["round"]), record["evaluation"]
+    return None, []
+
+
+def fairness_section(rounds: list[dict[str, Any]], labels: list[str],
+                     name_of: Callable[[str], str]) -> dict[str, Any] | None:
+    """The global model per site (metrics, per-label recall), the worst site and the largest gaps; None: no data."""
+    server_round, entries = last_evaluation(rounds)
+    if not entries:
+        return None
+    sites = []
+    for entry in entries:
+        metrics = {_metric_name(k): float(v) for k, v in entry.items()
+                   if k.startswith("eval-") and not k.startswith(EVAL_RECALL_PREFIX)}
+        recall = {_label(labels, k): float(v) for k, v in entry.items() if k.startswith(EVAL_RECALL_PREFIX)}
+        sites.append({"site": int(entry["site"]), "name": name_of(str(int(entry["site"]))),
+                      "records": int(entry.get(NUM_EXAMPLES, 0)), "metrics": metrics, "recall": recall})
+    metric = next((m for m in PREFERRED if all(m in s["metrics"] for s in sites)), None)
+    section: dict[str, Any] = {"round": server_round, "metric": metric, "sites": sites, "disclosure": DISCLOSURE,
+                               "worst_site": None, "best_site": None, "gap": None, "recall_gaps": [],
+                               "largest_recall_gap": None}
+    if metric:
+        ranked = sorted(sites, key=lambda s: s["metrics"][metric])
+        worst, best = ranked[0], ranked[-1]
+        section.update(worst_site={"name": worst["name"], "value": worst["metrics"][metric]},
+                       best_site={"name": best["name"], "value": best["metrics"][metric]},
+                       gap=best["metrics"][metric] - worst["metrics"][metric])
+    section["recall_gaps"] = _recall_gaps(sites)
+    section["largest_recall_gap"] = max(section["recall_gaps"], key=lambda g: g["gap"], default=None)
+    section["summary"] = _summary(section)
+    return section
+
+
+def _label(labels: list[str], key: str) -> str:
+    index = int(key.removeprefix(EVAL_RECALL_PREFIX))
+    return str(labels[index]) if index < len(labels) else f"label {index}"
+
+
+def _recall_gaps(sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per label: the site with the lowest recall and the spread between sites (labels seen at two sites or more)."""
+    gaps = []
+    for label in sorted({label for s in sites for label in s["recall"]}):
+        values = [(s["recall"][label], s["name"]) for s in sites if label in s["recall"]]
+        if len(values) < 2:
+            continue
+        (low, low_site), (high, high_site) = min(values), max(values)
+        gaps.append({"label": label, "worst_site": low_site, "worst": low, "best_site": high_site, "best": high,
+                     "gap": high - low})
+    return gaps
+
+
+def _summary(section: dict[str, Any]) -> str:
+    if not section["metric"]:
+        return f"The sites reported no common metric in round {section['round']}."
+    worst, best, metric = section["worst_site"], section["best_site"], section["metric"]
+    text = (f"On their own validation splits after round {section['round']}, the global model's {metric} ranges "
+            f"from {worst['value']:.4f} ({worst['name']}, the worst-served site) to {best['value']:.4f} "
+            f"({best['name']}): a gap of {section['gap']:.4f}.")
+    largest = section["largest_recall_gap"]
+    if largest:
+        text += (f" The largest per-label gap is in the recall of `{largest['label']}`: {largest['worst']:.4f} at "
+                 f"{largest['worst_site']} against {largest['best']:.4f} at {largest['best_site']} "
+                 f"({largest['gap']:.4f}).")
+    return text
+
+
+def fairness_plot(section: dict[str, Any] | None) -> dict[str, Any]:
+    """What the fairness plot draws: one group of bars per site (the metric, then each label's recall)."""
+    if not section:
+        return {"groups": [], "series": {}}
+    series: dict[str, dict[str, float]] = {}
+    if section["metric"]:
+        series[section["metric"]] = {s["name"]: s["metrics"][section["metric"]] for s in section["sites"]}
+    for label in sorted({label for s in section["sites"] for label in s["recall"]}):
+        series[f"recall {label}"] = {s["name"]: s["recall"][label] for s in section["sites"] if label in s["recall"]}
+    return {"groups": [s["name"] for s in section["sites"]], "series": series}
+
+
+def rejections_section(status: dict[str, Any], rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Updates rejected before aggregation (finfed/coordinator/validation.py): counts by reason and by site."""
+    by_round = status.get("site_rejections") or {str(r["round"]): r["rejections"] for r in rounds
+                                                 if r.get("rejections")}
+    every = [(int(r), item) for r, items in by_round.items() for item in items]
+    reasons = Counter(item["reason"] for _, item in every)
+    sites = Counter(str(item["site"]) for _, item in every)
+    if not every:
+        text = "No site update was rejected: every update received passed validation before aggregation."
+    else:
+        text = (f"{len(every)} update(s) were rejected before aggregation and left out of their round (the round "
+                "went on with the others): " + ", ".join(f"{n} for {reason}" for reason, n in sorted(reasons.items()))
+                + "; by site: " + ", ".join(f"{site} {n}" for site, n in sorted(sites.items())) + ".")
+    return {"count": len(every), "by_reason": dict(sorted(reasons.items())), "by_site": dict(sorted(sites.items())),
+            "by_round": {str(r): [i for rr, i in every if rr == r] for r in sorted({r for r, _ in every})},
+            "text": text}
