@@ -79,6 +79,9 @@ class ModelSettings:
                                                        "head: their `mean`, or the first (`cls`) token's")
     head_dropout: float = _opt(0.1, "classification: dropout rate before the head (a share of values zeroed "
                                         "while training)", 0.0, 0.9)
+    init_from: str = _opt("", "warm start: a finished run directory or a `finfed export` folder (adapter form) "
+                              "whose adapters and head the federation starts from, e.g. a non-private run on "
+                              "public text; task, labels, backbone and pooling must match; empty = from scratch")
 
 
 @dataclass(frozen=True)
@@ -394,6 +397,7 @@ def with_absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
                                   if config.privacy.ledger_dir else "")
     data = dataclasses.replace(config.data, test_path=absolute(config.data.test_path),
                                path=absolute(config.data.path) if config.data.source == "file" else config.data.path)
-    model = dataclasses.replace(config.model, backbone=absolute(config.model.backbone))
+    model = dataclasses.replace(config.model, backbone=absolute(config.model.backbone),
+                                init_from=absolute(config.model.init_from))
     return dataclasses.replace(config, data=data, model=model, privacy=privacy,
                                run_dir=str(config.resolved_run_dir.resolve()))
