@@ -54,6 +54,8 @@ def _threshold(case: str, metric: str, goal: float) -> Callable[[Results], tuple
 def _both(case: str, goals: dict[str, float]) -> Callable[[Results], tuple[str, str]]:
     def measure(results: Results) -> tuple[str, str]:
         parts = [_threshold(case, metric, goal)(results) for metric, goal in goals.items()]
+        if all(p[1] == "-" for p in parts):
+            return "not measured", "-"
         figures = " / ".join(p[0] for p in parts)
         misses = [f"{metric.replace('_', '-')} {p[1]}" for metric, p in zip(goals, parts) if p[1] not in ("met",)]
         return figures, "met" if not misses else "; ".join(misses)
