@@ -112,6 +112,10 @@ class ModelSettings:
                                "then Apple MPS, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`. A deployed site "
                                "chooses its own in its site.toml (`[site] device`); this one does not reach it")
 
+    init_from: str = _opt("", "warm start: a finished run directory or a `finfed export` folder (adapter form) "
+                              "whose adapters and head the federation starts from, e.g. a non-private run on "
+                              "public text; task, labels, backbone and pooling must match; empty = from scratch")
+
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ConfigError(f"`model.device` must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
@@ -499,6 +503,7 @@ def with_absolute_paths(config: ExperimentConfig) -> ExperimentConfig:
                                   if config.privacy.ledger_dir else "")
     data = dataclasses.replace(config.data, test_path=absolute(config.data.test_path),
                                path=absolute(config.data.path) if config.data.source == "file" else config.data.path)
-    model = dataclasses.replace(config.model, backbone=absolute(config.model.backbone))
+    model = dataclasses.replace(config.model, backbone=absolute(config.model.backbone),
+                                init_from=absolute(config.model.init_from))
     return dataclasses.replace(config, data=data, model=model, privacy=privacy,
                                run_dir=str(config.resolved_run_dir.resolve()))

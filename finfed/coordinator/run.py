@@ -43,6 +43,7 @@ from finfed.privacy.randomness import (
 from finfed.reporting.render import write_reports
 from finfed.runs.model_store import save_model
 from finfed.runs.outputs import MODEL, RunOutputs
+from finfed.runs.warm_start import warm_start
 from finfed.tasks import federation_labels, get_task
 from finfed.wire import clean_site_name
 
@@ -66,6 +67,8 @@ class FederatedRun:
         self.labels = federation_labels(config)
         self.task = get_task(config, self.labels)
         self.model = self.task.build_model()
+        # A warm start replaces the trained tensors before anything is fingerprinted or sent.
+        self.warm_start = warm_start(self.model, config, self.labels) if config.model.init_from else None
         self.fingerprint = frozen_adapter_fingerprint(self.model)
         self.outputs = RunOutputs(config)
         self.test_examples = self._central_test_examples()
@@ -283,7 +286,8 @@ class FederatedRun:
                    "run_delta": privacy.target_delta if privacy.enabled else None,
                    **randomness_record(privacy.enabled, privacy.reproducible),
                    "non_private_statistics": self.disclosed_losses(),
-                   "client_level": self.client_level_summary(), "sites": sites}
+                   "client_level": self.client_level_summary(), "sites": sites,
+                   **({"warm_start": self.warm_start} if self.warm_start else {})}
         loss_sites = {int(m[keys.SITE_ID]) for replies in self.site_train.values() for m in replies
                       if keys.TRAIN_LOSS in m}
         summary["guarantee"] = guarantee_text(summary, train_loss_sites=loss_sites,

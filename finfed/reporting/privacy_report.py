@@ -48,6 +48,17 @@ def config_hash(config: ExperimentConfig) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def warm_start_text(warm: dict[str, Any] | None) -> str:
+    """The warm start (`model.init_from`), named, and that it used none of this federation's site data."""
+    if not warm:
+        return ""
+    source = f"{warm.get('kind', 'run')} `{warm.get('run')}`"
+    trained = "with DP" if warm.get("source_dp") else "without DP"
+    return (f"**Warm start:** the federation started from the adapters and head of {source} "
+            f"(`{warm.get('source')}`, trained {trained} before this run). It used no site data of this "
+            "federation: the sites' epsilon covers only what they trained in this run.")
+
+
 def build_report(run_dir: str | Path, status: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report model of the run in ``run_dir``; ``status``: the one about to be recorded (end of a run)."""
     run_dir = Path(run_dir)
@@ -73,7 +84,8 @@ def build_report(run_dir: str | Path, status: dict[str, Any] | None = None) -> d
                   " Sites kept a privacy ledger: their stated epsilon includes earlier runs on the same data, "
                   "while the cross-check recomputes this run's steps only." if _shared_ledgers(config) else ""),
               "explanation": plain_language(privacy, config, rounds),
-              "disclosed": disclosed_text(privacy), "audit": audit_text(status.get("membership_audit")),
+              "disclosed": disclosed_text(privacy), "warm_start": warm_start_text(privacy.get("warm_start")),
+              "audit": audit_text(status.get("membership_audit")),
               "client_level_text": client_level_text(privacy.get("client_level")),
               "meta": _meta(config, status), "configuration": config_to_dict(config)}
     report["fairness"] = fairness_section(

@@ -1,0 +1,144 @@
+"""finfed's benchmark suite.
+
+    python -m benchmarks                      # every case, full size (hours on a 2-core CPU)
+    python -m benchmarks --case phrasebank-dp # one case (repeat --case for more)
+    python -m benchmarks --quick              # every case on a tiny model and small data (CI, < 3 min)
+    python -m benchmarks --list               # the cases, and which are available
+    python -m benchmarks --write-docs         # docs/benchmarks.md from benchmarks/results/*.json
+
+Each case writes <results>/<case>.json (default benchmarks/results; --quick: benchmarks/results-quick).
+Cases are registered in benchmarks/registry.py; the docs' template is benchmarks/docs_template.md.
+Full cases need the real data under --data-root (default ../shared/data); --quick needs none.
+Exit status 1 when a case crashed (its JSON then holds the error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks.cases import DATA_ROOT, ROOT, Bench
+from benchmarks.engine import Meter
+from benchmarks.registry import CASES
+
+RESULTS = ROOT / "benchmarks" / "results"
+QUICK_RESULTS = ROOT / "benchmarks" / "results-quick"
+
+
+def resolve(name: str) -> Callable[[Bench], dict] | None:
+    """The case's function, or None when its module is not there (yet)."""
+    module_name, function = CASES[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name == module_name:
+            return None
+        raise
+    return getattr(module, function)
+
+
+def describe(function: Callable) -> str:
+    return " ".join((function.__doc__ or "").split())
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def run_case(name: str, function: Callable[[Bench], dict], bench: Bench) -> dict[str, Any]:
+    record: dict[str, Any] = {"case": name, "description": describe(function),
+                              "mode": "quick" if bench.quick else "full",
+                              "date": datetime.date.today().isoformat(), "commit": commit()}
+    with Meter() as meter:
+        try:
+            figures, error = function(bench), None
+        except Exception as exc:  # noqa: BLE001 - a crashed case is recorded and the suite fails at the end
+            figures, error = {}, f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+    record.update({"ok": error is None, "error": error, **meter.figures(), **figures})
+    return record
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", action="append", default=[], help="run this case (repeatable); default: all")
+    parser.add_argument("--quick", action="store_true", help="tiny model, small synthetic data, in-process engine")
+    parser.add_argument("--results", type=Path, help="folder for <case>.json")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="the real data (full mode)")
+    parser.add_argument("--engine", choices=["simulate", "inprocess"],
+                        help="how federations run (default: simulate; --quick: inprocess)")
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="an extra `section.key=value` for every federation of this run")
+    parser.add_argument("--warm-from", default="", help="phrasebank-warm: start from this finished run "
+                                                       "instead of training the public one")
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--write-docs", action="store_true", help="write docs/benchmarks.md from the results")
+    parser.add_argument("--check-docs", action="store_true", help="exit 1 if docs/benchmarks.md is stale")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.write_docs or args.check_docs:
+        from benchmarks.docs import DOCS, render
+
+        text = render(args.results or RESULTS)
+        if args.check_docs:
+            stale = not DOCS.is_file() or DOCS.read_text(encoding="utf-8") != text
+            print(f"{DOCS} is {'stale: run python -m benchmarks --write-docs' if stale else 'up to date'}")
+            return int(stale)
+        DOCS.write_text(text, encoding="utf-8")
+        print(f"wrote {DOCS}")
+        return 0
+    unknown = [name for name in args.case if name not in CASES]
+    if unknown:
+        print(f"unknown case(s) {unknown}; known: {', '.join(CASES)}", file=sys.stderr)
+        return 2
+    functions = {name: resolve(name) for name in (args.case or CASES)}
+    if args.list:
+        for name, function in functions.items():
+            print(f"{name:24s} {describe(function) if function else '(unavailable: ' + CASES[name] + ')'}")
+        return 0
+    results = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    results.mkdir(parents=True, exist_ok=True)
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="finfed-bench-") as scratch:
+        work = Path(scratch)
+        bench = Bench(quick=args.quick, work=work, data_root=args.data_root.resolve(),
+                      engine=args.engine or ("inprocess" if args.quick else "simulate"), extra=args.extra,
+                      warm_from=args.warm_from)
+        if args.quick:
+            from benchmarks.tiny import write_tiny_bert
+
+            bench.backbone = str(write_tiny_bert(work / "tiny-bert"))
+        for name, function in functions.items():
+            if function is None:
+                print(f"[bench] {name}: unavailable ({CASES[name]} not found), skipped", file=sys.stderr)
+                continue
+            print(f"[bench] {name}: running ({bench.engine}{', quick' if args.quick else ''})", file=sys.stderr)
+            record = run_case(name, function, bench)
+            (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            print(f"[bench] {name}: {'ok' if record['ok'] else 'FAILED: ' + record['error']} "
+                  f"in {record['wall_s']} s, final {record.get('final')}", file=sys.stderr)
+            if not record["ok"]:
+                failed.append(name)
+    if failed:
+        print(f"[bench] crashed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

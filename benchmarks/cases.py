@@ -1,0 +1,147 @@
+"""finfed's benchmark cases: one function each, registered by name in ``benchmarks/registry.py``.
+
+A case takes the suite's :class:`Bench` and returns its figures as a dict (what
+``benchmarks.measure.run_results`` reads from a run directory, or its own); the suite adds the
+case's name, description, wall time, peak memory and date, and writes
+``<results>/<case>.json``. A case honours ``bench.quick``: a tiny model on small synthetic data
+standing in for its real data, so that ``python -m benchmarks --quick`` checks every case runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.central import train_central
+from benchmarks.engine import ENGINES, experiment
+from benchmarks.measure import run_results
+
+ROOT = Path(__file__).resolve().parents[1]
+SIMULATIONS = ROOT / "simulations"
+DATA_ROOT = ROOT.parent / "shared" / "data"
+
+# Quick mode: a tiny model, 1 round of small batches (with the engine in this process).
+QUICK = ["federation.rounds=1", "train.batch_size=16", "lora.r=4", "train.learning_rate=0.01", "train.num_threads=1",
+         "privacy.membership_audit=false"]
+
+
+@dataclass
+class Bench:
+    """What every case gets: the mode, where to put runs, where the real data lives."""
+
+    quick: bool
+    work: Path                        # a scratch folder for run directories
+    data_root: Path = DATA_ROOT
+    engine: str = "simulate"          # benchmarks.engine.ENGINES
+    backbone: str = ""                # quick mode: the tiny model's folder
+    extra: list[str] = field(default_factory=list)  # --set overrides for every federation of the run
+    warm_from: str = ""               # a finished public run to warm-start from (skips training one)
+
+    # ------------------------------------------------------------------ data
+    def phrasebank(self) -> list[str]:
+        """Financial PhraseBank 50 % agreement (quick: 600 synthetic news sentences, same labels)."""
+        if self.quick:
+            return ["data.source=synthetic", "data.synthetic_size=600"]
+        return [f"data.path={self.data_root / 'financial_phrasebank' / 'sentences_50agree.csv'}"]
+
+    def twitter(self) -> list[str]:
+        """Twitter financial-news sentiment (train.csv; quick: synthetic news, another seed)."""
+        if self.quick:
+            return ["data.source=synthetic", "data.synthetic_size=400", "data.synthetic_seed=11",
+                    "data.partitioner=iid"]
+        folder = self.data_root / "twitter_financial_news_sentiment"
+        return [f"data.path={folder / 'train.csv'}", f"data.test_path={folder / 'validation.csv'}"]
+
+    def tatqa(self) -> list[str]:
+        """TAT-QA text spans: trains on dev.jsonl, tested on test.jsonl (quick: synthetic filings)."""
+        if self.quick:
+            return ["data.source=synthetic", "data.synthetic_size=200", "data.partitioner=iid",
+                    "data.max_length=128"]
+        folder = self.data_root / "tatqa_text_span"
+        return [f"data.path={folder / 'dev.jsonl'}", f"data.test_path={folder / 'test.jsonl'}"]
+
+    def default_data(self, task: str = "classification") -> list[str]:
+        if not self.quick:
+            return []
+        return ["data.synthetic_size=400"] + (["data.max_length=128"] if task == "qa" else [])
+
+    # ------------------------------------------------------------------ runs
+    def overrides(self, name: str, settings: list[str]) -> list[str]:
+        quick = [f"model.backbone={self.backbone}", *QUICK] if self.quick else []
+        return [*settings, *quick, *self.extra, f"run_dir={self.work / name}", f"name={name}"]
+
+    def federation(self, name: str, config_file: str | Path | None, settings: list[str]) -> dict[str, Any]:
+        """Run one federation to the end with the suite's engine; its figures (an error if it failed)."""
+        overrides = self.overrides(name, settings)
+        code = ENGINES[self.engine](config_file, overrides)
+        run_dir = self.work / name
+        result = run_results(run_dir)
+        if code != 0 or result["state"] not in ("complete", "budget-exhausted"):
+            raise RuntimeError(f"federation {name} ended with exit code {code}, state {result['state']} "
+                               f"(run directory {run_dir})")
+        return {"engine": self.engine, "config": str(Path(config_file).relative_to(ROOT)) if config_file else None,
+                "overrides": [o for o in settings if not o.startswith(("data.path=", "data.test_path="))],
+                **result}
+
+    def central(self, config_file: str | Path | None, settings: list[str]) -> dict[str, Any]:
+        """The same data on one machine, no Flower (benchmarks/central.py)."""
+        config = experiment(config_file, self.overrides("central", settings))
+        return {"engine": "central (finfed.training.local, no Flower)",
+                "config": str(Path(config_file).relative_to(ROOT)) if config_file else None,
+                "overrides": [o for o in settings if not o.startswith(("data.path=", "data.test_path="))],
+                **train_central(config)}
+
+
+PHRASEBANK = SIMULATIONS / "phrasebank.yaml"
+TATQA = SIMULATIONS / "tatqa.yaml"
+TWITTER = SIMULATIONS / "twitter_public.yaml"
+NO_DP = ["privacy.enabled=false"]
+
+
+def default_classification(bench: Bench) -> dict[str, Any]:
+    """`finfed simulate` with every default: 3 synthetic institutions, 4 rounds, DP epsilon 8."""
+    return bench.federation("default-classification", None, bench.default_data())
+
+
+def default_qa(bench: Bench) -> dict[str, Any]:
+    """`finfed simulate --set task=qa`: extractive QA on the synthetic filings, DP epsilon 8."""
+    return bench.federation("default-qa", None, ["task=qa", *bench.default_data("qa")])
+
+
+def phrasebank_dp(bench: Bench) -> dict[str, Any]:
+    """Financial PhraseBank, 4 sites Dirichlet(0.5), DP epsilon 8 per site (simulations/phrasebank.yaml)."""
+    return bench.federation("phrasebank-dp", PHRASEBANK, bench.phrasebank())
+
+
+def phrasebank_nodp(bench: Bench) -> dict[str, Any]:
+    """The same federation without DP."""
+    return bench.federation("phrasebank-nodp", PHRASEBANK, [*bench.phrasebank(), *NO_DP])
+
+
+def phrasebank_central(bench: Bench) -> dict[str, Any]:
+    """The same training records on one machine, no Flower, no DP (the central non-private baseline)."""
+    return bench.central(PHRASEBANK, bench.phrasebank())
+
+
+def phrasebank_warm(bench: Bench) -> dict[str, Any]:
+    """PhraseBank DP (epsilon 8) started from a non-private run on public Twitter financial news
+    (simulations/twitter_public.yaml) through `model.init_from`."""
+    if bench.warm_from:
+        source_dir, source = Path(bench.warm_from).resolve(), {"run_dir": str(bench.warm_from)}
+    else:
+        source = bench.federation("twitter-public", TWITTER, bench.twitter())
+        source_dir = bench.work / "twitter-public"
+    result = bench.federation("phrasebank-warm", PHRASEBANK, [*bench.phrasebank(), f"model.init_from={source_dir}"])
+    result["warm_start_source"] = {k: source.get(k) for k in ("engine", "config", "rounds", "final", "wall_s")}
+    return result
+
+
+def tatqa_dp(bench: Bench) -> dict[str, Any]:
+    """TAT-QA text spans: 3 sites (IID) train on dev.jsonl, DP epsilon 8 (simulations/tatqa.yaml)."""
+    return bench.federation("tatqa-dp", TATQA, bench.tatqa())
+
+
+def tatqa_nodp(bench: Bench) -> dict[str, Any]:
+    """The same TAT-QA federation without DP."""
+    return bench.federation("tatqa-nodp", TATQA, [*bench.tatqa(), *NO_DP])

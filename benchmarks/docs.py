@@ -1,0 +1,164 @@
+"""docs/benchmarks.md, generated from benchmarks/results/*.json and benchmarks/docs_template.md.
+
+The template holds the hand-written prose (what was tried, what the next lever is); the figures
+come only from the results files, through two markers in it: ``{{goals}}`` (the issue-12 goal
+table, with how far each goal is missed) and ``{{cases}}`` (one section per case).
+``python -m benchmarks --write-docs`` writes the file; tests/test_benchmarks.py checks it is current.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from benchmarks.cases import ROOT
+from benchmarks.registry import CASES
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+TEMPLATE = ROOT / "benchmarks" / "docs_template.md"
+
+Results = dict[str, dict[str, Any]]
+
+
+def load_results(folder: Path) -> Results:
+    found = {path.stem: json.loads(path.read_text(encoding="utf-8")) for path in sorted(folder.glob("*.json"))}
+    order = {name: i for i, name in enumerate(CASES)}
+    return dict(sorted(found.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
+def final(results: Results, case: str, metric: str) -> float | None:
+    record = results.get(case) or {}
+    return (record.get("final") or {}).get(metric) if record.get("ok", True) else None
+
+
+def _pts(value: float) -> str:
+    return f"{value * 100:+.1f} points"
+
+
+def _source(*cases: str) -> str:
+    return ", ".join(f"`{c}`" for c in cases)
+
+
+# ----------------------------------------------------------------------------- goals
+# Each goal: (case, what it measures, goal text, measure(results) -> (figure text, missed-by text or "met")).
+def _threshold(case: str, metric: str, goal: float) -> Callable[[Results], tuple[str, str]]:
+    def measure(results: Results) -> tuple[str, str]:
+        value = final(results, case, metric)
+        if value is None:
+            return "not measured", "-"
+        return f"{value:.3f} {metric.replace('_', '-')}", "met" if value >= goal else f"missed by {goal - value:.3f}"
+    return measure
+
+
+def _both(case: str, goals: dict[str, float]) -> Callable[[Results], tuple[str, str]]:
+    def measure(results: Results) -> tuple[str, str]:
+        parts = [_threshold(case, metric, goal)(results) for metric, goal in goals.items()]
+        if all(p[1] == "-" for p in parts):
+            return "not measured", "-"
+        figures = " / ".join(p[0] for p in parts)
+        misses = [f"{metric.replace('_', '-')} {p[1]}" for metric, p in zip(goals, parts) if p[1] not in ("met",)]
+        return figures, "met" if not misses else "; ".join(misses)
+    return measure
+
+
+def _gap(better: str, worse: str, limit: float) -> Callable[[Results], tuple[str, str]]:
+    def measure(results: Results) -> tuple[str, str]:
+        high, low = final(results, better, "accuracy"), final(results, worse, "accuracy")
+        if high is None or low is None:
+            return "not measured", "-"
+        gap = high - low
+        return _pts(-gap) + " accuracy", "met" if gap <= limit else f"missed by {(gap - limit) * 100:.1f} points"
+    return measure
+
+
+def _label_share(case: str, limit: float) -> Callable[[Results], tuple[str, str]]:
+    def measure(results: Results) -> tuple[str, str]:
+        shares = (results.get(case) or {}).get("label_share")
+        if not shares:
+            return "not measured", "-"
+        worst_label, worst = max(((label, abs(s["predicted"] - s["gold"])) for label, s in shares.items()),
+                                 key=lambda item: item[1])
+        text = f"largest gap {worst * 100:.1f} points ({worst_label})"
+        return text, "met" if worst <= limit else f"missed by {(worst - limit) * 100:.1f} points"
+    return measure
+
+
+GOALS = [
+    ("PhraseBank, 4 sites Dirichlet(0.5), ε = 8", "≥ 0.80 acc and ≥ 0.72 macro-F1",
+     _both("phrasebank-dp", {"accuracy": 0.80, "macro_f1": 0.72}), ("phrasebank-dp",)),
+    ("same, DP minus non-DP (accuracy)", "≤ 3 points", _gap("phrasebank-nodp", "phrasebank-dp", 0.03),
+     ("phrasebank-dp", "phrasebank-nodp")),
+    ("non-DP federated minus central non-private", "≤ 2 points",
+     _gap("phrasebank-central", "phrasebank-nodp", 0.02), ("phrasebank-nodp", "phrasebank-central")),
+    ("PhraseBank DP with the public warm start", "(no goal set; against the row above)",
+     _both("phrasebank-warm", {"accuracy": 0.80, "macro_f1": 0.72}), ("phrasebank-warm",)),
+    ("default QA (synthetic filings), ε = 8", "F1 ≥ 0.70", _threshold("default-qa", "f1", 0.70), ("default-qa",)),
+    ("TAT-QA, ε = 8", "F1 ≥ 0.40", _threshold("tatqa-dp", "f1", 0.40), ("tatqa-dp",)),
+    ("default classification run", "keep ≥ 0.83 acc", _threshold("default-classification", "accuracy", 0.83),
+     ("default-classification",)),
+    ("share of each predicted label vs gold share, PhraseBank DP test split", "within 5 points per class",
+     _label_share("phrasebank-dp", 0.05), ("phrasebank-dp",)),
+]
+
+
+def goal_table(results: Results) -> str:
+    lines = ["| case | goal | measured | verdict | from |", "|---|---|---|---|---|"]
+    for what, goal, measure, cases in GOALS:
+        figure, verdict = measure(results)
+        dates = sorted({results[c]["date"] for c in cases if c in results})
+        lines.append(f"| {what} | {goal} | {figure} | {verdict} | {_source(*cases)} {', '.join(dates)} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- cases
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def case_section(name: str, record: dict[str, Any]) -> str:
+    out = [f"### `{name}`", "", record.get("description", ""), ""]
+    facts = [f"measured {record.get('date')}" + (f" at commit {record['commit']}" if record.get("commit") else ""),
+             f"engine: {record.get('engine', '-')}"]
+    if record.get("overrides"):
+        facts.append("settings: " + " ".join(f"`{o}`" for o in record["overrides"]))
+    facts.append(f"wall time {record.get('wall_s')} s (contended 2-core machine)")
+    facts.append(f"peak memory {record['peak_rss_mb']:.0f} MB (process tree)" if record.get("peak_rss_mb")
+                 else "peak memory not recorded")
+    if record.get("upload_bytes_per_site_round"):
+        facts.append(f"upload {record['upload_bytes_per_site_round'] / 1024:.1f} KiB per site and round")
+    out += [f"- {fact}" for fact in facts]
+    if not record.get("ok", True):
+        return "\n".join([*out, f"- **crashed**: {record.get('error')}", ""])
+    rounds = record.get("rounds") or []
+    if rounds:
+        metrics = [k for k in rounds[0] if k != "round"]
+        out += ["", "| round | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
+        out += ["| " + " | ".join(_number(r.get(k)) for k in ["round", *metrics]) + " |" for r in rounds]
+    if record.get("baseline"):
+        out += ["", f"Baseline ({record.get('baseline_description')}): "
+                + ", ".join(f"{k} {_number(v)}" for k, v in record["baseline"].items()) + "."]
+    epsilons = {site: eps for site, eps in (record.get("epsilon_per_site") or {}).items() if eps is not None}
+    if epsilons:
+        out += ["", f"Final ε per site (target {record.get('target_epsilon')}): "
+                + ", ".join(f"site {site} {eps:.3f}" for site, eps in epsilons.items()) + "."]
+    elif "dp" in record:
+        out += ["", "No DP: no ε." if not record["dp"] else ""]
+    shares = record.get("label_share")
+    if shares:
+        out += ["", "| label | predicted share | gold share | gap |", "|---|---|---|---|"]
+        out += [f"| {label} | {s['predicted']:.3f} | {s['gold']:.3f} | {(s['predicted'] - s['gold']) * 100:+.1f} |"
+                for label, s in shares.items()]
+    if record.get("warm_start_source"):
+        source = record["warm_start_source"]
+        out += ["", f"Warm start: {source.get('config') or 'a given run'}, final {source.get('final')}."]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render(results_dir: Path) -> str:
+    results = load_results(results_dir)
+    cases = "\n".join(case_section(name, record) for name, record in results.items())
+    text = TEMPLATE.read_text(encoding="utf-8")
+    return text.replace("{{goals}}", goal_table(results)).replace("{{cases}}", cases.rstrip() + "\n")

@@ -1,0 +1,69 @@
+"""What a case records about a finished run, read back from its run directory.
+
+Everything here is read from the files `finfed simulate` leaves (metrics.jsonl, status.json,
+privacy.json, the saved model) or recomputed from the run's own configuration, so a
+benchmark measures exactly what a user's run produced.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from finfed.config import ExperimentConfig, load_config
+from finfed.data.partition import load_federated_data
+from finfed.models.adapters import trainable_state
+from finfed.models.backbone import load_tokenizer
+from finfed.runs.outputs import CONFIG, read_metrics, read_privacy, read_status
+from finfed.tasks import federation_labels, get_task
+
+
+def rounded(values: dict[str, Any], digits: int = 4) -> dict[str, Any]:
+    return {k: round(v, digits) if isinstance(v, float) else v for k, v in values.items()}
+
+
+def upload_bytes(config: ExperimentConfig) -> int:
+    """Bytes of tensors one site sends per round (float32 values of every trained tensor; Flower's
+    message framing not counted)."""
+    model = get_task(config, federation_labels(config)).build_model()
+    return int(sum(t.numel() * t.element_size() for t in trainable_state(model).values()))
+
+
+def label_shares(task, model, examples: list[dict]) -> dict[str, dict[str, float]]:
+    """Per label: its share of the model's predictions and of the gold labels on ``examples``."""
+    predicted = task.probabilities(model, examples).argmax(dim=-1).tolist()
+    gold = [item["label"] for item in examples]
+    count_p, count_g, n = Counter(predicted), Counter(gold), max(len(gold), 1)
+    return {label: {"predicted": round(count_p[i] / n, 4), "gold": round(count_g[i] / n, 4)}
+            for i, label in enumerate(task.labels)}
+
+
+def central_test_examples(config: ExperimentConfig, task) -> list[dict]:
+    test = load_federated_data(config.data, config.federation.num_sites, task.records).test
+    return task.encode_for_evaluation(test, load_tokenizer(config.model.backbone))
+
+
+def run_results(run_dir: Path) -> dict[str, Any]:
+    """The figures of a finished federated run (see benchmarks/README in docs/benchmarks.md)."""
+    from finfed.runs.model_store import load_run_model
+
+    status, privacy = read_status(run_dir), read_privacy(run_dir)
+    config = load_config(run_dir / CONFIG)
+    result: dict[str, Any] = {
+        "state": status.get("state"),
+        "rounds": [{"round": r["round"], **rounded(r["central"])} for r in read_metrics(run_dir)],
+        "baseline": rounded(status.get("baseline") or {}),
+        "baseline_description": status.get("baseline_description"),
+        "dp": config.privacy.enabled,
+        "epsilon_per_site": {site: s.get("epsilon") for site, s in sorted(privacy.get("sites", {}).items())},
+        "target_epsilon": config.privacy.target_epsilon if config.privacy.enabled else None,
+        "upload_bytes_per_site_round": upload_bytes(config),
+        "membership_audit_auc": (status.get("membership_audit") or {}).get("auc"),
+    }
+    if result["rounds"]:
+        result["final"] = {k: v for k, v in result["rounds"][-1].items() if k != "round"}
+    if config.task == "classification" and status.get("state") in ("complete", "budget-exhausted"):
+        task, model, _ = load_run_model(run_dir)
+        result["label_share"] = label_shares(task, model, central_test_examples(config, task))
+    return result
