@@ -111,7 +111,6 @@ class ModelSettings:
     device: str = _opt("auto", "where the model trains, evaluates, predicts and exports: `auto` (CUDA if present, "
                                "then Apple MPS, else the CPU), `cpu`, `cuda`, `cuda:N` or `mps`. A deployed site "
                                "chooses its own in its site.toml (`[site] device`); this one does not reach it")
-
     init_from: str = _opt("", "warm start: a finished run directory or a `finfed export` folder (adapter form) "
                               "whose adapters and head the federation starts from, e.g. a non-private run on "
                               "public text; task, labels, backbone and pooling must match; empty = from scratch")
