@@ -153,9 +153,9 @@ OPTIONS: dict[str, Any] = {"limit": None, "keep": None}
 # --quick: the same federations shrunk (the tiny model, 1 round, in process; see benchmarks/cases.py QUICK).
 QUICK_SETTINGS: dict[str, list[str]] = {
     "default-speed": ["data.synthetic_size=200"],
-    "scale-50": ["data.synthetic_size=1000"],
-    "scale-5": ["federation.num_sites=5", "federation.fraction_train=1.0", "data.synthetic_size=100"],
-    "scale-200": ["federation.num_sites=200", "federation.fraction_train=0.025", "data.synthetic_size=4000"],
+    "scale-50": ["data.synthetic_size=4000"],
+    "scale-5": ["federation.num_sites=5", "federation.fraction_train=1.0", "data.synthetic_size=400"],
+    "scale-200": ["federation.num_sites=200", "federation.fraction_train=0.025", "data.synthetic_size=16000"],
 }
 
 
