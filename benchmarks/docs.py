@@ -84,6 +84,22 @@ def _label_share(case: str, limit: float) -> Callable[[Results], tuple[str, str]
     return measure
 
 
+def _memory_ratio(case: str, reference: str, limit: float) -> Callable[[Results], tuple[str, str]]:
+    def measure(results: Results) -> tuple[str, str]:
+        high, low = ((results.get(c) or {}) for c in (case, reference))
+        if not high.get("peak_rss_mb") or not low.get("peak_rss_mb"):
+            known = [f"`{c}` {r['peak_rss_mb']:.0f} MB" + (", stopped early" if r.get("timed_out_after_s") else "")
+                     for c, r in ((case, high), (reference, low))
+                     if r.get("peak_rss_mb")]
+            return "not measured" + (f" (only {', '.join(known)})" if known else ""), "-"
+        ratio = high["peak_rss_mb"] / low["peak_rss_mb"]
+        partial = [f"`{c}` stopped early" for c, r in ((case, high), (reference, low)) if r.get("timed_out_after_s")]
+        text = f"{ratio:.2f} × ({high['peak_rss_mb']:.0f} / {low['peak_rss_mb']:.0f} MB)"
+        return text + (f" ({', '.join(partial)})" if partial else ""), \
+            "met" if ratio <= limit else f"missed by {ratio - limit:.2f} ×"
+    return measure
+
+
 GOALS = [
     ("PhraseBank, 4 sites Dirichlet(0.5), ε = 8", "≥ 0.80 acc and ≥ 0.72 macro-F1",
      _both("phrasebank-dp", {"accuracy": 0.80, "macro_f1": 0.72}), ("phrasebank-dp",)),
@@ -99,6 +115,8 @@ GOALS = [
      ("default-classification",)),
     ("share of each predicted label vs gold share, PhraseBank DP test split", "within 5 points per class",
      _label_share("phrasebank-dp", 0.05), ("phrasebank-dp",)),
+    ("issue 14: peak memory of 50 sites (10 % per round) against 5 sites", "≤ 1.2 ×",
+     _memory_ratio("scale-50", "scale-5", 1.2), ("scale-50", "scale-5")),
 ]
 
 
@@ -118,17 +136,59 @@ def _number(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+# What case_section shows on its own; a case's other keys go to its figures table.
+SHOWN = {"case", "description", "mode", "date", "commit", "ok", "error", "wall_s", "peak_rss_mb", "engine", "config",
+         "overrides", "note", "state", "rounds", "final", "baseline", "baseline_description", "dp", "epsilon_per_site",
+         "target_epsilon", "upload_bytes_per_site_round", "membership_audit_auc", "label_share", "warm_start_source"}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_value(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return ", ".join(" ".join(_value(v) for v in item) if isinstance(item, list) else _value(item)
+                         for item in value) or "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return _number(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: list[dict[str, Any]]) -> list[str]:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    return ["| " + " | ".join(k.replace("_", " ") for k in keys) + " |", "|---" * len(keys) + "|",
+            *["| " + " | ".join(_value(row.get(k)) for k in keys) + " |" for row in rows]]
+
+
+def other_figures(record: dict[str, Any]) -> list[str]:
+    """A case's own keys (a loader's, an export's): scalars in one table, lists of records in their own."""
+    extra = {k: v for k, v in record.items() if k not in SHOWN and v not in (None, "", [], {})}
+    if not record.get("rounds") and record.get("final"):
+        extra = {"final": record["final"], **extra}
+    out: list[str] = []
+    scalars = {k: v for k, v in extra.items() if not (isinstance(v, list) and v and isinstance(v[0], dict))}
+    if scalars:
+        out += ["", "| figure | value |", "|---|---|", *[f"| {k.replace('_', ' ')} | {_value(v)} |"
+                                                        for k, v in scalars.items()]]
+    for key, rows in extra.items():
+        if key not in scalars:
+            out += ["", f"{key.replace('_', ' ').capitalize()}:", "", *_table(rows)]
+    return out
+
+
 def case_section(name: str, record: dict[str, Any]) -> str:
     out = [f"### `{name}`", "", record.get("description", ""), ""]
     facts = [f"measured {record.get('date')}" + (f" at commit {record['commit']}" if record.get("commit") else ""),
              f"engine: {record.get('engine', '-')}"]
     if record.get("overrides"):
         facts.append("settings: " + " ".join(f"`{o}`" for o in record["overrides"]))
-    facts.append(f"wall time {record.get('wall_s')} s (contended 2-core machine)")
+    facts.append(f"wall time {record['wall_s']} s (contended 2-core machine)" if record.get("wall_s") is not None
+                 else "wall time not recorded")
     facts.append(f"peak memory {record['peak_rss_mb']:.0f} MB (process tree)" if record.get("peak_rss_mb")
                  else "peak memory not recorded")
     if record.get("upload_bytes_per_site_round"):
         facts.append(f"upload {record['upload_bytes_per_site_round'] / 1024:.1f} KiB per site and round")
+    if record.get("note"):
+        facts.append(f"note: {record['note']}")
     out += [f"- {fact}" for fact in facts]
     if not record.get("ok", True):
         return "\n".join([*out, f"- **crashed**: {record.get('error')}", ""])
@@ -154,6 +214,7 @@ def case_section(name: str, record: dict[str, Any]) -> str:
     if record.get("warm_start_source"):
         source = record["warm_start_source"]
         out += ["", f"Warm start: {source.get('config') or 'a given run'}, final {source.get('final')}."]
+    out += other_figures(record)
     return "\n".join(out).rstrip() + "\n"
 
 

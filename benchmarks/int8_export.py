@@ -1,6 +1,7 @@
 """Benchmark: `finfed export` fp32 (merged) against `finfed export --quantize int8`.
 
-    python benchmarks/int8_export.py                      # trains the default run first (finfed simulate)
+    python -m benchmarks --case int8-export               # trains the default run first (the suite's engine)
+    python benchmarks/int8_export.py                      # the same
     python benchmarks/int8_export.py --run runs/default   # an existing finished classification run
     python benchmarks/int8_export.py --set federation.rounds=1   # a quicker training run (say so in the notes)
     python benchmarks/int8_export.py --quick-train 150   # no Flower: the default model trained centrally, no DP
@@ -9,23 +10,23 @@ Both exports are loaded the way a user loads them, ``transformers.pipeline("text
 model=FOLDER, trust_remote_code=True)``, and measured on the run's central test split: accuracy,
 label agreement between the two, size of the weights on disk, and CPU latency per sentence
 (one sentence per call, the median of the calls after a warm-up, with torch's thread count
-recorded). Writes benchmarks/results/int8-export.json.
+recorded). Writes benchmarks/results/int8-export.json (through the suite). ``--quick``: the suite's quick
+default run (the tiny model, 1 round, in process) and 20 sentences timed (a crash check).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import pipeline
 
-from finfed.cli.main import main as finfed
 from finfed.config import load_config
 from finfed.data.partition import load_federated_data
 from finfed.inference.export import export_run
@@ -36,17 +37,6 @@ from finfed.tasks import federation_labels, get_task, task_class
 from finfed.training.local import train_locally
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-
-
-def train_default(run_dir: Path, overrides: list[str]) -> float:
-    started = time.time()
-    args = ["simulate", "--set", f"run_dir={run_dir}", "--set", "name=int8-export"]
-    for override in overrides:
-        args += ["--set", override]
-    if finfed(args) != 0:
-        raise SystemExit("the training run failed")
-    return time.time() - started
 
 
 def quick_train(run_dir: Path, steps: int) -> float:
@@ -102,17 +92,56 @@ def measure(folder: Path, texts: list[str], labels: list[str], latency_sentences
             "batched_ms_per_sentence": round(1000 * batched / len(texts), 2)}
 
 
-def describe_run(args: argparse.Namespace) -> str:
-    if args.run is not None:
-        return str(args.run)
-    if args.quick_train:
-        return (f"the default run's model and data, trained now centrally without DP for {args.quick_train} steps "
-                "(not federated: a quick stand-in for the default run)")
-    return "trained now: finfed simulate" + (" --set " + " --set ".join(args.overrides) if args.overrides
-                                             else " (the default run)")
+#: standalone options (`python benchmarks/int8_export.py --run/--quick-train/--latency-sentences/--note`)
+OPTIONS: dict[str, Any] = {"run": None, "quick_train": None, "latency_sentences": 200, "note": ""}
 
 
-def main() -> None:
+def int8_export(bench) -> dict:
+    """`finfed export` fp32 (merged) against `--quantize int8` of the default classification run: weights on
+    disk, CPU latency per sentence, accuracy on the central test split, label agreement."""
+    run_dir, source, train_s = OPTIONS["run"], None, None
+    started = time.time()
+    if run_dir is not None:
+        source = str(run_dir)
+    elif OPTIONS["quick_train"] and not bench.quick:
+        run_dir = bench.work / "int8-export"
+        quick_train(run_dir, OPTIONS["quick_train"])
+        source = (f"the default run's model and data, trained now centrally without DP for {OPTIONS['quick_train']} "
+                  "steps (not federated: a quick stand-in for the default run)")
+    else:
+        trained = bench.federation("int8-export", None, bench.default_data())
+        run_dir = bench.work / "int8-export"
+        source = f"trained now: the default run ({trained['engine']}), final {trained.get('final')}"
+    if run_dir != OPTIONS["run"]:
+        train_s = round(time.time() - started, 1)
+    run_dir = Path(run_dir)
+    texts, labels = test_split(run_dir)
+    latency_sentences = 20 if bench.quick else OPTIONS["latency_sentences"]
+    export_s, exports = {}, []
+    for form, options in (("fp32", {"merge": True}), ("int8", {"quantize": "int8"})):
+        started = time.perf_counter()
+        export_run(run_dir, bench.work / f"export-{form}", **options)
+        export_s[form] = round(time.perf_counter() - started, 1)
+        exports.append({"form": form, "export_s": export_s[form],
+                        **measure(bench.work / f"export-{form}", texts, labels, latency_sentences)})
+    fp32, int8 = exports[0].pop("predicted"), exports[1].pop("predicted")
+    return {
+        "engine": "transformers.pipeline on the exported folders (CPU)",
+        "run": source,
+        "train_wall_s": train_s,
+        "test_sentences": len(texts),
+        "label_agreement": round(sum(a == b for a, b in zip(fp32, int8)) / len(fp32), 4),
+        "exports": exports,
+        "weights_ratio": round(exports[1]["weights_bytes"] / exports[0]["weights_bytes"], 3),
+        "latency_ratio": round(exports[1]["latency_ms_per_sentence_median"]
+                               / exports[0]["latency_ms_per_sentence_median"], 3),
+        "cpu": {"machine": platform.machine(), "processor": platform.processor() or None,
+                "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "note": OPTIONS["note"],
+    }
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a finished classification run (default: train the default run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -121,46 +150,17 @@ def main() -> None:
                         "model trained centrally without DP for STEPS steps (no Flower; figures say so)")
     parser.add_argument("--latency-sentences", type=int, default=200, help="sentences timed one by one")
     parser.add_argument("--note", default="", help="recorded with the figures (e.g. 'contended machine')")
-    parser.add_argument("--out", type=Path, default=RESULTS / "int8-export.json")
+    parser.add_argument("--quick", action="store_true", help="the suite's quick mode")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="finfed-int8-") as scratch:
-        scratch = Path(scratch)
-        run_dir, train_s = args.run, None
-        if run_dir is None and args.quick_train:
-            run_dir = scratch / "run"
-            train_s = round(quick_train(run_dir, args.quick_train), 1)
-        elif run_dir is None:
-            run_dir = scratch / "run"
-            train_s = round(train_default(run_dir, args.overrides), 1)
-        texts, labels = test_split(run_dir)
-        export_s = {}
-        for form, options in (("fp32", {"merge": True}), ("int8", {"quantize": "int8"})):
-            started = time.perf_counter()
-            export_run(run_dir, scratch / form, **options)
-            export_s[form] = round(time.perf_counter() - started, 1)
-        figures = {form: measure(scratch / form, texts, labels, args.latency_sentences) for form in ("fp32", "int8")}
-    fp32, int8 = figures["fp32"].pop("predicted"), figures["int8"].pop("predicted")
-    agreement = sum(a == b for a, b in zip(fp32, int8)) / len(fp32)
-    result = {
-        "case": "int8-export",
-        "run": describe_run(args),
-        "train_wall_s": train_s,
-        "test_sentences": len(texts),
-        "label_agreement": round(agreement, 4),
-        "export_s": export_s,
-        "fp32": figures["fp32"],
-        "int8": figures["int8"],
-        "weights_ratio": round(figures["int8"]["weights_bytes"] / figures["fp32"]["weights_bytes"], 3),
-        "latency_ratio": round(figures["int8"]["latency_ms_per_sentence_median"]
-                               / figures["fp32"]["latency_ms_per_sentence_median"], 3),
-        "cpu": {"machine": platform.machine(), "processor": platform.processor() or None,
-                "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
-        "note": args.note,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    sys.path.insert(0, str(ROOT))
+    import benchmarks.int8_export as suite_module
+    from benchmarks.__main__ import main as suite
+
+    suite_module.OPTIONS.update(run=args.run.resolve() if args.run else None, quick_train=args.quick_train,
+                                latency_sentences=args.latency_sentences, note=args.note)
+    return suite(["--case", "int8-export", *(["--quick"] if args.quick else []),
+                  *[a for item in args.overrides for a in ("--set", item)]])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,9 +17,10 @@ CASES: dict[str, str] = {
     "phrasebank-warm": "benchmarks.cases:phrasebank_warm",
     "tatqa-dp": "benchmarks.cases:tatqa_dp",
     "tatqa-nodp": "benchmarks.cases:tatqa_nodp",
-    # Other helpers' cases (issue 14 speed, issue 11 data, issue 15 export): wired in as their modules land.
+    # Speed and memory (issue 14), data loading (issue 11), the int8 export (issue 15).
     "default-speed": "benchmarks.speed:default_speed",
     "scale-50": "benchmarks.speed:scale_50",
+    "scale-5": "benchmarks.speed:scale_5",
     "data-loading": "benchmarks.data_loading:data_loading",
-    "int8-export": "benchmarks.export_int8:int8_export",
+    "int8-export": "benchmarks.int8_export:int8_export",
 }

@@ -1,17 +1,18 @@
-"""Benchmark: speed and memory of simulated runs (issue 14).
+"""Benchmark: speed and memory of simulated runs (issue 14). Cases of `python -m benchmarks`:
 
-    python benchmarks/speed.py default-speed     # the default `finfed simulate` (3 sites, 4 rounds)
-    python benchmarks/speed.py scale-50          # simulations/scale.yaml: 50 sites, 10 % per round, 5 rounds
-    python benchmarks/speed.py scale-5           # the same federation with 5 sites (the memory reference)
-    python benchmarks/speed.py scale-200         # stretch: 200 sites
+    python -m benchmarks --case default-speed   # the default `finfed simulate` (3 sites, 4 rounds)
+    python -m benchmarks --case scale-50        # simulations/scale.yaml: 50 sites, 10 % per round, 5 rounds
+    python -m benchmarks --case scale-5         # the same federation with 5 sites (the memory reference)
+    python benchmarks/speed.py scale-200 --limit 900   # the same, standalone (also: --keep RUN_DIR); stretch: 200 sites
 
 Each case runs `finfed simulate` in a child process and samples, every 0.25 s, the summed resident set
 size of that process and all its descendants (the CLI, SuperLink, `flwr run`, the simulation process,
 Ray's own processes and its ClientApp workers): ``peak_rss_mb`` is the largest such sum. It also reads
 the run's own figures: wall time, the training steps' time (each site's ``train-seconds``, summed over
 sites and rounds, from the sites' own logs: timings never leave a site) and the examples trained.
-Results: benchmarks/results/<case>.json. Figures measured on a shared machine are contended: the JSON
-says where and when it was measured.
+Results: benchmarks/results/<case>.json (through the suite). Figures measured on a shared machine are
+contended: the JSON says where and when it was measured. ``--quick``: the same federations, shrunk, on the
+tiny model with the suite's in-process engine (a crash check; its memory and speed mean nothing).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -93,7 +95,7 @@ def _short_name(process: psutil.Process) -> str:
     return name[:40]
 
 
-def run_case(name: str, args: list[str], run_dir: Path, limit: float) -> dict:
+def run_case(name: str, args: list[str], run_dir: Path, limit: float | None) -> dict:
     from finfed.runtime.processes import stop_process_tree
 
     command = [sys.executable, "-m", "finfed.cli", "simulate", *args, "--set", f"run_dir={run_dir}"]
@@ -146,25 +148,109 @@ def run_figures(run_dir: Path) -> dict:
             "site_model_builds": builds, "final_central": central}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("case", choices=sorted(CASES))
-    parser.add_argument("--keep", help="keep the run directory here instead of a temporary one")
-    parser.add_argument("--limit", type=float, default=450.0,
-                        help="seconds before the run is stopped (default 450: a shared machine's lock turn); "
-                             "what it measured so far is still written")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(args.keep) if args.keep else Path(tmp) / "run"
-        result = run_case(args.case, CASES[args.case], run_dir, args.limit)
+#: standalone options (`python benchmarks/speed.py --limit/--keep`); the suite runs without a limit
+OPTIONS: dict[str, Any] = {"limit": None, "keep": None}
+
+# --quick: the same federations shrunk (the tiny model, 1 round, in process; see benchmarks/cases.py QUICK).
+QUICK_SETTINGS: dict[str, list[str]] = {
+    "default-speed": ["data.synthetic_size=200"],
+    "scale-50": ["data.synthetic_size=4000"],
+    "scale-5": ["federation.num_sites=5", "federation.fraction_train=1.0", "data.synthetic_size=400"],
+    "scale-200": ["federation.num_sites=200", "federation.fraction_train=0.025", "data.synthetic_size=16000"],
+}
+
+
+def derived(result: dict) -> dict:
     if result.get("train_step_s"):
         result["wall_over_train_step"] = round(result["wall_s"] / result["train_step_s"], 2)
     if result.get("examples_trained"):
         result["wall_s_per_1000_examples"] = round(1000 * result["wall_s"] / result["examples_trained"], 2)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.case}.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    return result
+
+
+def speed_case(bench, name: str) -> dict:
+    """One of CASES: full, `finfed simulate` in a child process measured as the module says; quick, in process."""
+    if bench.quick:
+        config = SCALE if "scale" in name else None
+        started = time.time()
+        result = bench.federation(name, config, QUICK_SETTINGS[name])
+        result["wall_s"] = round(time.time() - started, 1)
+        figures = run_figures(bench.work / name)
+        figures.pop("rounds"), figures.pop("final_central")
+        return derived({**result, **figures, "rounds_completed": len(result["rounds"]) - 1})
+    run_dir = Path(OPTIONS["keep"]) if OPTIONS["keep"] else bench.work / name
+    args = [*CASES[name], *[a for item in bench.extra for a in ("--set", item)]]
+    result = run_case(name, args, run_dir, OPTIONS["limit"])
+    result.pop("case")
+    rounds_completed, final = result.pop("rounds"), result.pop("final_central")
+    result = {"engine": "finfed simulate in a child process (benchmarks/speed.py)",
+              "config": str(SCALE.relative_to(ROOT)) if "scale" in name else None,
+              "overrides": [a for a in args if a not in ("--config", "--set", str(SCALE))],
+              **result, "rounds_completed": rounds_completed,
+              "final": {k: round(v, 4) if isinstance(v, float) else v for k, v in final.items()}}
+    if result["exit_code"] != 0 and result["timed_out_after_s"] is None:
+        raise RuntimeError(f"finfed simulate exited {result['exit_code']}: {result['stderr_tail'][-500:]}")
+    return derived(result)
+
+
+def default_speed(bench) -> dict:
+    """Speed of the default `finfed simulate` (3 sites, 4 rounds): wall time against the sites' training-step
+    time, model builds, examples trained, peak memory of the whole process tree."""
+    return speed_case(bench, "default-speed")
+
+
+def scale_50(bench) -> dict:
+    """50 sites, 10 % asked per round, 5 rounds, DP epsilon 8 (simulations/scale.yaml): wall time, training-step
+    time, model builds, peak memory of the whole process tree (goal: at most 1.2 times scale-5's)."""
+    return speed_case(bench, "scale-50")
+
+
+def scale_5(bench) -> dict:
+    """The memory reference for scale-50: the same federation with 5 sites, all asked each round (as many
+    examples per round as a scale-50 round)."""
+    return speed_case(bench, "scale-5")
+
+
+def scale_200(bench) -> dict:
+    """Stretch: simulations/scale.yaml with 200 sites, 2.5 % asked per round."""
+    return speed_case(bench, "scale-200")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("--keep", help="keep the run directory here instead of a temporary one")
+    parser.add_argument("--limit", type=float, default=None,
+                        help="seconds before the run is stopped (e.g. 450: a shared machine's lock turn); what it "
+                             "measured so far is still written, with timed_out_after_s")
+    parser.add_argument("--quick", action="store_true", help="the suite's quick mode")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
+    import benchmarks.speed as suite_module
+    from benchmarks.__main__ import main as suite
+    from benchmarks.registry import CASES as REGISTERED
+
+    suite_module.OPTIONS.update(limit=args.limit, keep=args.keep)
+    if args.case in REGISTERED:
+        return suite(["--case", args.case, *(["--quick"] if args.quick else [])])
+    # scale-200 is not one of the suite's cases (hours): the suite's record, written the same way.
+    from benchmarks.__main__ import QUICK_RESULTS, RESULTS
+    from benchmarks.__main__ import run_case as suite_case
+    from benchmarks.cases import Bench
+
+    results = QUICK_RESULTS if args.quick else RESULTS
+    with tempfile.TemporaryDirectory(prefix="finfed-bench-") as scratch:
+        bench = Bench(quick=args.quick, work=Path(scratch), engine="inprocess" if args.quick else "simulate")
+        if args.quick:
+            from benchmarks.tiny import write_tiny_bert
+
+            bench.backbone = str(write_tiny_bert(Path(scratch) / "tiny-bert"))
+        record = suite_case(args.case, getattr(suite_module, args.case.replace("-", "_")), bench)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{args.case}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(record, indent=2))
+    return 0 if record["ok"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import main, resolve
+from benchmarks.cases import Bench
 from benchmarks.docs import DOCS, render
 from benchmarks.registry import CASES
 
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OWN_CASES = ["default-classification", "default-qa", "phrasebank-dp", "phrasebank-nodp", "phrasebank-central",
              "phrasebank-warm", "tatqa-dp", "tatqa-nodp"]
+COST_CASES = ["default-speed", "scale-50", "scale-5", "data-loading", "int8-export"]
 COMMON_KEYS = {"case", "description", "mode", "date", "ok", "error", "wall_s", "peak_rss_mb"}
 
 
@@ -25,12 +27,26 @@ def test_the_committed_benchmarks_page_is_the_generated_one():
         "docs/benchmarks.md is stale: run `python -m benchmarks --write-docs`"
 
 
-def test_every_registered_case_names_a_function_or_a_module_still_to_come():
-    for name in OWN_CASES:
+def test_every_registered_case_names_a_documented_function():
+    assert set(CASES) == {*OWN_CASES, *COST_CASES}
+    for name, target in CASES.items():
+        assert target.startswith("benchmarks."), name
         function = resolve(name)
         assert callable(function) and function.__doc__, name
-    for name, target in CASES.items():
-        assert ":" in target and target.startswith("benchmarks."), name
+
+
+def test_the_data_loading_case_loads_one_site_of_every_format(tmp_path):
+    figures = resolve("data-loading")(Bench(quick=True, work=tmp_path))
+    assert [case["format"] for case in figures["cases"]] == ["csv", "jsonl", "parquet"]
+    assert all(case["site_train_rows"] > 0 and case["rows"] == 2000 for case in figures["cases"])
+
+
+def test_the_page_shows_a_cases_own_figures():
+    page = DOCS.read_text(encoding="utf-8")
+    for name in ("scale-50", "data-loading", "int8-export"):
+        assert f"### `{name}`" in page, name
+    assert "| parquet | 200000 |" in page and "| label agreement | 1 |" in page
+    assert "peak memory of 50 sites" in page
 
 
 def test_committed_results_carry_the_common_figures():
@@ -58,5 +74,13 @@ def test_quick_mode_runs_every_case_to_the_end(tmp_path):
     dp = json.loads((tmp_path / "phrasebank-dp.json").read_text(encoding="utf-8"))
     assert dp["epsilon_per_site"] and all(0 < eps <= 8.0 + 1e-6 for eps in dp["epsilon_per_site"].values())
     assert dp["upload_bytes_per_site_round"] > 0 and set(dp["label_share"]) == {"negative", "neutral", "positive"}
+    for name in COST_CASES:
+        record = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
+        assert record["ok"] and record["mode"] == "quick", (name, record.get("error"))
+    for name in ("default-speed", "scale-50", "scale-5"):
+        record = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
+        assert record["examples_trained"] > 0 and record["rounds_completed"] == 1, name
+    export = json.loads((tmp_path / "int8-export.json").read_text(encoding="utf-8"))
+    assert [e["form"] for e in export["exports"]] == ["fp32", "int8"] and export["weights_ratio"] < 1
     warm = json.loads((tmp_path / "phrasebank-warm.json").read_text(encoding="utf-8"))
     assert warm["warm_start_source"]["final"] and warm["rounds"][0] != dp["rounds"][0]  # not from scratch

@@ -96,3 +96,16 @@ def test_a_source_trained_on_this_runs_own_data_file_is_refused(tiny_config, tmp
                          f"data.path={data_file}", "data.labels=[negative,neutral,positive]")
     with pytest.raises(ConfigError, match="own data file"):
         FederatedRun(config)
+
+
+def test_pooling_auto_is_compared_as_the_built_model_resolved_it(tiny_config, tmp_path):
+    """A source saves its resolved pooling ('mean' for an encoder); a run with `model.pooling: auto` matches it."""
+    from finfed.runs.warm_start import check_compatible
+    from finfed.tasks import federation_labels
+
+    config = tiny_config("model.pooling=auto")
+    labels = federation_labels(config)
+    info = {"task": config.task, "labels": labels, "backbone": config.model.backbone, "pooling": "mean"}
+    check_compatible(info, config, labels, tmp_path, pooling="mean")
+    with pytest.raises(ConfigError, match="pooling"):
+        check_compatible({**info, "pooling": "last"}, config, labels, tmp_path, pooling="mean")

@@ -75,8 +75,10 @@ def _refuse_same_data(path: Path, info: dict[str, Any], config: ExperimentConfig
                           "the model outside their epsilon")
 
 
-def check_compatible(info: dict[str, Any], config: ExperimentConfig, labels: list[str], path: Path) -> None:
-    """Same task, labels (in order), backbone and pooling, or a clear refusal."""
+def check_compatible(info: dict[str, Any], config: ExperimentConfig, labels: list[str], path: Path,
+                     pooling: str | None = None) -> None:
+    """Same task, labels (in order), backbone and pooling (``pooling``: this run's, resolved from
+    ``model.pooling: auto`` by the built model), or a clear refusal."""
     if task_named(str(info.get("task"))) is not task_class(config):
         raise ConfigError(f"{KEY} {path} holds a {info.get('task')} model; this run's task is {config.task}")
     if list(info.get("labels") or []) != list(labels):
@@ -87,16 +89,18 @@ def check_compatible(info: dict[str, Any], config: ExperimentConfig, labels: lis
         raise ConfigError(f"{KEY} {path} was trained on backbone {info.get('backbone')!r}; this run's "
                           f"`model.backbone` is {config.model.backbone!r}: adapters only fit the model they were "
                           "trained on")
-    if "pooling" in info and info["pooling"] != config.model.pooling:
+    pooling = pooling or config.model.pooling
+    if "pooling" in info and info["pooling"] != pooling:
         raise ConfigError(f"{KEY} {path} was trained with `model.pooling` {info['pooling']!r}; this run has "
-                          f"{config.model.pooling!r}")
+                          f"{pooling!r}")
 
 
 def warm_start(model: PeftModel, config: ExperimentConfig, labels: list[str]) -> dict[str, Any]:
     """Load the source's trained tensors into ``model`` (in place); the record privacy.json keeps."""
     path = Path(config.model.init_from).expanduser()
     folder, info, described = _source(path)
-    check_compatible(info, config, labels, path)
+    check_compatible(info, config, labels, path,
+                     getattr(model.get_base_model().config, "pooling", None))  # `auto` resolved, as saved
     _refuse_same_data(path, info, config)
     if not (folder / ADAPTER_FILE).is_file():
         raise ConfigError(f"{KEY} {path}: {folder / ADAPTER_FILE} is missing")
