@@ -56,13 +56,13 @@ def test_run_reports_render_and_print_with_their_verdict_budget_lines_and_named_
         assert BANK in text and "site 0" in text
         lines = plot_lines(dom, "epsilon-plot")
         assert {"target", "budget"} <= {line["kind"] for line in lines}
-        assert [line["sites"] for line in lines if line["kind"] == "budget"] == [["site 0", BANK]]
+        assert [line["sites"] for line in lines if line["kind"] == "budget"] == [["site 0", f"site 1 ({BANK})"]]
 
         printed, pages = pdf_text(run_dir / "report.pdf")
         assert pages >= 2 and "Verdict" in printed and BANK in printed and "within budget" in printed
         assert "`" not in printed and "**" not in printed and "|---|" not in printed
     assert "Refused a round for budgetnone" in verdicts["within"]
-    assert f"Refused a round for budgetsite 0: round(s) 3; {BANK}: round(s) 3" in verdicts["refused"]
+    assert f"Refused a round for budgetsite 0: round(s) 3; site 1 ({BANK}): round(s) 3" in verdicts["refused"]
     assert "PASS: Every site stayed within its privacy budget; no site refused a round." in verdicts["within"]
     assert "PASS, WITH ATTENTION" in verdicts["refused"]
 

@@ -88,7 +88,8 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
         assert f"{site['epsilon']:.3f}" in (run_dir / "report.md").read_text()
     assert "MISMATCH" not in (run_dir / "report.md").read_text()
     page = (run_dir / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "http" not in page.split("<body>")[1]
+    # Three plots (epsilon, utility, per-site fairness), all embedded: nothing fetched from a network.
+    assert page.count("data:image/png;base64,") == 3 and "http" not in page.split("<body>")[1]
     # The real run's verdict card and drawn budget (the report's own tests cover them in depth).
     assert report["verdict"]["status"] == "pass" and report["verdict"]["within_budget"] is True
     assert '<section id="verdict" class="verdict verdict-pass"' in page
