@@ -9,7 +9,7 @@ partition column agrees with `federation.num_sites`.
 from __future__ import annotations
 
 from finfed.config import ExperimentConfig
-from finfed.data.loading import mapped_labels, read_table, user_columns
+from finfed.data.loading import check_labels, mapped_labels, read_table, user_columns
 from finfed.data.partition import (
     RecordFormat,
     check_site_count,
@@ -76,11 +76,5 @@ def _checked_labels(frame, column: str, label_map, labels: list[str], source: st
             raise DataError(f"{source}: classification needs at least 2 labels, found {found}",
                             public_reason="classification needs at least 2 labels")
         return found
-    unknown = ~mapped.isin(labels).to_numpy()
-    if unknown.any():
-        row = int(unknown.argmax())
-        raise DataError(f"{source}: row {row + 1} has unknown label {mapped.iloc[row]!r}; expected one of "
-                        f"{labels} (`data.labels`); rename the file's values with `data.label_map` (e.g. --set "
-                        "'data.label_map={neg: negative, pos: positive}')",
-                        public_reason=f"a label is not in the run's label list (row {row + 1})")
+    check_labels(mapped.to_frame("label"), labels, source)  # the same error as a loaded file gives
     return labels

@@ -100,14 +100,11 @@ def best_answer(context: str, offsets: Sequence[Sequence[tuple[int, int] | None]
     return context[start:end], score, start, end
 
 
-def span_in_window(start_logits: torch.Tensor, end_logits: torch.Tensor, is_context: torch.Tensor,
-                   max_answer_tokens: int) -> tuple[float, int, int] | None:
-    """(score, first token, last token) of one window's best span, or None if it has no context token.
-
-    The best span maximises p(start) * p(end), each a softmax over the window's
-    context tokens, i.e. the largest start + end logit, with
-    ``start <= end < start + max_answer_tokens``.
-    """
+def span_scores(start_logits: torch.Tensor, end_logits: torch.Tensor, is_context: torch.Tensor,
+                max_answer_tokens: int) -> torch.Tensor | None:
+    """p(start) * p(end) of every (first, last) token pair of one window, each a softmax over the window's
+    context tokens; -1 where a pair is no allowed span (``start <= end < start + max_answer_tokens``, both in
+    the context). None if the window has no context token."""
     is_context = is_context.bool()
     if not is_context.any():
         return None
@@ -120,6 +117,18 @@ def span_in_window(start_logits: torch.Tensor, end_logits: torch.Tensor, is_cont
     allowed = ((positions[None, :] >= positions[:, None])
                & (positions[None, :] < positions[:, None] + max_answer_tokens)
                & is_context[:, None] & is_context[None, :])
-    scores = scores.masked_fill(~allowed, -1.0)
+    return scores.masked_fill(~allowed, -1.0)
+
+
+def span_in_window(start_logits: torch.Tensor, end_logits: torch.Tensor, is_context: torch.Tensor,
+                   max_answer_tokens: int) -> tuple[float, int, int] | None:
+    """(score, first token, last token) of one window's best span, or None if it has no context token.
+
+    The best span maximises p(start) * p(end) (:func:`span_scores`), i.e. the largest start + end logit.
+    """
+    scores = span_scores(start_logits, end_logits, is_context, max_answer_tokens)
+    if scores is None:
+        return None
+    length = scores.shape[0]
     flat = int(torch.argmax(scores))
     return float(scores.flatten()[flat]), flat // length, flat % length

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from finfed.models.hf_qa_pipeline import best_answer
+from finfed.models.hf_qa_pipeline import best_answer, span_scores
 from finfed.tasks.qa_windows import Window
 
 
@@ -73,24 +73,3 @@ def ranked_answers(context: str, windows: Sequence[Window], start_logits: Sequen
         if len(ranked) == count:
             break
     return ranked
-
-
-def span_scores(start_logits: torch.Tensor, end_logits: torch.Tensor, is_context: torch.Tensor,
-                max_answer_tokens: int) -> torch.Tensor | None:
-    """p(start) * p(end) of every (first, last) token pair of one window; -1 where a pair is no allowed span.
-
-    The same scores as the exported pipeline's ``span_in_window`` (finfed.models.hf_qa_pipeline), which
-    keeps only their maximum (tests/test_explain.py checks the two agree on the best span).
-    """
-    is_context = is_context.bool()
-    if not is_context.any():
-        return None
-    length = len(is_context)
-    start, end = start_logits[:length].float(), end_logits[:length].float()
-    start_p = torch.softmax(start.masked_fill(~is_context, float("-inf")), dim=0)
-    end_p = torch.softmax(end.masked_fill(~is_context, float("-inf")), dim=0)
-    positions = torch.arange(length)
-    allowed = ((positions[None, :] >= positions[:, None])
-               & (positions[None, :] < positions[:, None] + max_answer_tokens)
-               & is_context[:, None] & is_context[None, :])
-    return (start_p[:, None] * end_p[None, :]).masked_fill(~allowed, -1.0)
