@@ -94,7 +94,8 @@ class QASettings:
     doc_stride: int = _opt(64, "tokens shared by consecutive windows of a context longer than `data.max_length`, so "
                                 "an answer cut by one window is whole in the next; must be well below max_length",
                            0, 2048)
-    max_answer_tokens: int = _opt(40, "longest answer (in tokens) the decoder may return; raise it for long answers",
+    max_answer_tokens: int = _opt(40, "longest answer span (in tokens) the decoder picks, before it is grown to "
+                                       "whole words (\"EUR 0.42\", never \"EUR 0\"); raise it for long answers",
                                    1, 1024)
 
 
