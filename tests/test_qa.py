@@ -200,6 +200,14 @@ def test_decoded_spans_never_start_or_end_inside_a_word(text, piece, whole):
     assert text[begin:end] == whole
 
 
+def test_the_span_head_starts_at_the_configured_scale_alike_at_every_site(tiny_config):
+    default = get_task(tiny_config("task=qa"), []).build_base_model().qa_outputs
+    config = tiny_config("task=qa", "qa.head_init_std=0.2")
+    first, second = (get_task(config, []).build_base_model().qa_outputs for _ in range(2))
+    assert torch.equal(first.weight, second.weight) and not first.bias.any()
+    assert 0.15 < float(first.weight.std()) < 0.25 and float(default.weight.std()) < 0.1
+
+
 # ------------------------------------------------------------------ the privacy unit
 def test_a_record_never_yields_two_training_samples_in_one_step(tiny_config, tokenizer):
     """Long contexts are cut into many windows; under DP-SGD each record may still join a step only once."""
