@@ -40,10 +40,9 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "base": ("the defaults before tuning (600 questions, 4 rounds, batch 64, lr 5e-3, head lr 0.05)", []),
     "base-nodp": ("the same without DP: the ceiling at this data size", ["privacy.enabled=false"]),
     "size-1800": ("3 times the questions (600 per site)", ["data.synthetic_size=1800"]),
-    "size-1800-head-0.1": ("the same, the span head started at std 0.1 instead of 0.02 (at 0.02 a record's head "
-                           "gradient is 5 to 15 times its adapters' one, so clipping leaves the adapters little "
-                           "signal under the noise; at 0.1 about 2 to 3 times)",
-                           ["data.synthetic_size=1800", "qa.head_init_std=0.1"]),
+    "head-0.1": ("the span head started at std 0.1 instead of 0.02 (at 0.02 a record's head gradient is 5 to 15 "
+                 "times its adapters' one, so clipping leaves the adapters little signal under the noise; at 0.1 "
+                 "about 2 to 3 times)", ["qa.head_init_std=0.1"]),
 }
 
 
@@ -61,9 +60,15 @@ def run_setting(name: str, engine: str, work: Path) -> dict[str, Any]:
     run_dir = work / name
     with Meter() as meter:
         code = ENGINES[engine](None, ["task=qa", *overrides, f"run_dir={run_dir}", f"name={name}"])
-    rounds = read_metrics(run_dir)
-    if code != 0 or not rounds:
+    if code != 0 or not read_metrics(run_dir):
         raise RuntimeError(f"setting {name} ended with exit code {code} (run directory {run_dir})")
+    return record_of(name, run_dir, engine, meter.wall_s)
+
+
+def record_of(name: str, run_dir: Path, engine: str, wall_s: float, stopped: str = "") -> dict[str, Any]:
+    """A setting's record, read from its run directory (``stopped``: why a run was cut short, if it was)."""
+    what, overrides = SETTINGS[name]
+    rounds = read_metrics(run_dir)
     validation = [site_validation(r) for r in rounds if r.get("evaluation")]
     final = rounds[-1]["central"]
     epsilons = [s.get("epsilon") for s in read_privacy(run_dir).get("sites", {}).values()]
@@ -75,7 +80,7 @@ def run_setting(name: str, engine: str, work: Path) -> dict[str, Any]:
                     "validation_em": validation[-1]["exact_match"] if validation else None,
                     "test_f1": final.get("f1"), "test_em": final.get("exact_match"),
                     "max_epsilon": max((e for e in epsilons if e is not None), default=None),
-                    "wall_s": round(meter.wall_s, 1)}, 3)
+                    "wall_s": round(wall_s, 1), "stopped": stopped or "-"}, 3)
 
 
 def merge(records: list[dict[str, Any]], path: Path = RESULTS) -> dict[str, Any]:
@@ -103,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--engine", choices=sorted(ENGINES), default="inprocess")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--keep", type=Path, help="keep the run directories here (default: a temporary folder)")
+    parser.add_argument("--stopped", nargs=3, metavar=("NAME", "RUN_DIR", "WHY"),
+                        help="record a run that was cut short from its run directory (its rounds so far)")
     args = parser.parse_args(argv)
+    if args.stopped:
+        name, run_dir, why = args.stopped
+        rounds = read_metrics(Path(run_dir))
+        record = record_of(name, Path(run_dir), args.engine, rounds[-1].get("elapsed_s", 0.0), why)
+        args.results.write_text(json.dumps(merge([record], args.results), indent=2) + "\n", encoding="utf-8")
+        return 0
     if args.list or not args.names:
         for name, (what, overrides) in SETTINGS.items():
             print(f"{name:20s} {what}: {' '.join(overrides) or '-'}")
