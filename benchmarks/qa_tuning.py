@@ -37,9 +37,10 @@ DESCRIPTION = ("The default QA run's DP tuning (`python -m benchmarks.qa_tuning`
 
 # name -> (what it changes, overrides on top of `task=qa`). Never remove a tried setting: the page lists them all.
 SETTINGS: dict[str, tuple[str, list[str]]] = {
-    "base": ("the defaults before tuning (600 questions, 4 rounds, batch 64, lr 5e-3, head lr 0.05)", []),
+    "base": ("the defaults before tuning (600 questions, 4 rounds, batch 64, lr 5e-3, head lr 0.05, span head at the "
+             "backbone's std 0.02)", ["qa.head_init_std=0"]),
     "base-nodp": ("the same without DP: the ceiling at this data size", ["privacy.enabled=false"]),
-    "size-1800": ("3 times the questions (600 per site)", ["data.synthetic_size=1800"]),
+    "size-1800": ("3 times the questions (600 per site)", ["data.synthetic_size=1800", "qa.head_init_std=0"]),
     "head-0.1": ("the span head started at std 0.1 instead of 0.02 (at 0.02 a record's head gradient is 5 to 15 "
                  "times its adapters' one, so clipping leaves the adapters little signal under the noise; at 0.1 "
                  "about 2 to 3 times)", ["qa.head_init_std=0.1"]),

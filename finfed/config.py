@@ -97,9 +97,9 @@ class QASettings:
     max_answer_tokens: int = _opt(40, "longest answer span (in tokens) the decoder picks, before it is grown to "
                                        "whole words (\"EUR 0.42\", never \"EUR 0\"); raise it for long answers",
                                    1, 1024)
-    head_init_std: float = _opt(0.0, "standard deviation of the span head's initial weights (its bias starts at 0); "
+    head_init_std: float = _opt(0.1, "standard deviation of the span head's initial weights (its bias starts at 0); "
                                      "0 = the backbone's own initialisation (BERT: 0.02). Under DP a larger head "
-                                     "passes the adapters more of each clipped gradient", 0.0, 1.0)
+                                     "passes the adapters more of each clipped gradient (docs/qa.md)", 0.0, 1.0)
 
 
 @dataclass(frozen=True)
