@@ -95,7 +95,8 @@ class QuestionAnsweringTask(Task):
                 head = getattr(model, self.head_name)
                 with torch.no_grad():
                     head.weight.normal_(0.0, self.config.qa.head_init_std)
-                    head.bias.zero_()
+                    if head.bias is not None:
+                        head.bias.zero_()
             return model
 
     # ------------------------------------------------------------------ encoding
