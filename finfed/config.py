@@ -89,13 +89,17 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class QASettings:
-    """Extractive question answering: how contexts are windowed and answers decoded."""
+    """Extractive question answering: how contexts are windowed, answers decoded and the span head started."""
 
     doc_stride: int = _opt(64, "tokens shared by consecutive windows of a context longer than `data.max_length`, so "
                                 "an answer cut by one window is whole in the next; must be well below max_length",
                            0, 2048)
-    max_answer_tokens: int = _opt(40, "longest answer (in tokens) the decoder may return; raise it for long answers",
+    max_answer_tokens: int = _opt(40, "longest answer span (in tokens) the decoder picks, before it is grown to "
+                                       "whole words (\"EUR 0.42\", never \"EUR 0\"); raise it for long answers",
                                    1, 1024)
+    head_init_std: float = _opt(0.1, "standard deviation of the span head's initial weights (its bias starts at 0); "
+                                     "0 = the backbone's own initialisation (BERT: 0.02). Under DP a larger head "
+                                     "passes the adapters more of each clipped gradient (docs/qa.md)", 0.0, 1.0)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ from finfed.data.partition import load_federated_data
 from finfed.data.qa_records import normalise_qa_records, read_qa_file
 from finfed.errors import ConfigError, DataError
 from finfed.models.backbone import load_tokenizer
+from finfed.models.hf_qa_pipeline import whole_words
 from finfed.tasks import get_task, task_class
 from finfed.tasks.qa import QA_RECORDS
-from finfed.tasks.qa_decoding import decode_answer
+from finfed.tasks.qa_decoding import decode_answer, ranked_answers
 from finfed.tasks.qa_metrics import exact_match, f1, normalize_answer, squad_scores
 from finfed.tasks.qa_windows import NO_ANSWER, record_windows, training_windows
 from finfed.training.local import train_locally
@@ -165,6 +166,46 @@ def test_decoding_respects_the_answer_length_and_picks_the_best_window(tokenizer
     assert (answer.text, answer.start) == ("14 March 2025", context.index("14 March 2025"))
     too_short = decode_answer(context, windows, starts, ends, max_answer_tokens=1)
     assert too_short.text != "14 March 2025"
+
+
+def test_an_answer_ending_inside_a_number_is_decoded_as_the_whole_amount(tokenizer):
+    """The tokenizer cuts "0.42" into "0", "." and "42": a model whose end logit peaks on "0" (an undertrained
+    DP model did, so `finfed predict` said "EUR 0") still gets the amount the passage states."""
+    context = "Harbor Retail's board proposed a dividend of EUR 0.42 per share, payable on 14 May 2025."
+    [window] = record_windows(pd.DataFrame([record(context, "EUR 0.42")]), tokenizer, max_length=64, stride=16)
+    zero = next(t for t, span in enumerate(window.offsets) if span and context[span[0]:span[1]] == "0")
+    starts, ends = torch.zeros(len(window.offsets)), torch.zeros(len(window.offsets))
+    starts[window.start], ends[zero] = 8.0, 8.0
+    answer = decode_answer(context, [window], [starts], [ends], max_answer_tokens=10)
+    assert (answer.text, answer.start, answer.end) == ("EUR 0.42", context.index("EUR"), context.index(" per"))
+    [ranked] = ranked_answers(context, [window], [starts], [ends], 10, 1)
+    assert ranked.answer == answer
+
+
+@pytest.mark.parametrize(("text", "piece", "whole"), [
+    ("a dividend of EUR 0.42 per share, payable", "EUR 0", "EUR 0.42"),
+    ("a dividend of EUR 0.42 per share, payable", "42 per share", "0.42 per share"),
+    ("a dividend of EUR 0.42 per share, payable", "per share", "per share"),  # the clause's comma stays out
+    ("net debt of USD1,204.5 million.", "204", "USD1,204.5"),
+    ("sales of $1.20bn in 2025", "1.2", "$1.20bn"),
+    ("growth of 4.5% a year", "4.5", "4.5%"),
+    ("rated A-1 on 2025-05-14.", "2025-05", "2025-05-14"),
+    ("rated A-1 on 2025-05-14.", "A", "A-1"),
+    ("Harbor Retail's board", "Harbor Retail", "Harbor Retail"),  # a name, not its possessive
+    ("up 3.1 per cent. Shares rose", "3.1 per cent", "3.1 per cent"),
+])
+def test_decoded_spans_never_start_or_end_inside_a_word(text, piece, whole):
+    start = text.index(piece)
+    begin, end = whole_words(text, start, start + len(piece))
+    assert text[begin:end] == whole
+
+
+def test_the_span_head_starts_at_the_configured_scale_alike_at_every_site(tiny_config):
+    own = get_task(tiny_config("task=qa", "qa.head_init_std=0"), []).build_base_model().qa_outputs  # the backbone's
+    config = tiny_config("task=qa", "qa.head_init_std=0.2")
+    first, second = (get_task(config, []).build_base_model().qa_outputs for _ in range(2))
+    assert torch.equal(first.weight, second.weight) and not first.bias.any()
+    assert 0.15 < float(first.weight.std()) < 0.25 and float(own.weight.std()) < 0.1
 
 
 # ------------------------------------------------------------------ the privacy unit

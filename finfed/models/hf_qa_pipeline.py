@@ -12,13 +12,16 @@ context is cut into windows of ``max_seq_len`` tokens overlapping by
 ``doc_stride``; in each window the best span maximises p(start) * p(end) (each a
 softmax over the window's context tokens) with
 ``start <= end < start + max_answer_len``, and that product is its ``score``;
-the answer is the best-scoring span over all windows. Defaults come from
+the answer is the best-scoring span over all windows, grown to whole words of the
+context (:func:`whole_words`: "EUR 0.42", never "EUR 0", though the tokenizer cuts
+"0.42" into "0", "." and "42"). Defaults come from
 ``config.finfed_qa`` (the settings the model was trained with), so the pipeline
 answers as ``finfed`` does.
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Sequence
 
 import torch
@@ -26,6 +29,9 @@ from transformers import Pipeline
 
 PIPELINE_TASK = "question-answering"
 _DEFAULTS = {"max_seq_len": 384, "doc_stride": 128, "max_answer_len": 15}
+# Inside a number, date, rating or compound these join word characters: "0.42", "1,204.5", "2025-05-14", "A-1",
+# "1/2". Not the apostrophe: "Harbor Retail's" is a name and its possessive.
+_JOINERS = frozenset(".,-/:")
 
 
 class ExtractiveQAPipeline(Pipeline):
@@ -96,8 +102,47 @@ def best_answer(context: str, offsets: Sequence[Sequence[tuple[int, int] | None]
     if best is None:
         return "", 0.0, 0, 0
     score, window, first, last = best
-    start, end = offsets[window][first][0], offsets[window][last][1]
+    start, end = whole_words(context, offsets[window][first][0], offsets[window][last][1])
     return context[start:end], score, start, end
+
+
+def _word_character(character: str) -> bool:
+    return character.isalnum()
+
+
+def whole_words(context: str, start: int, end: int) -> tuple[int, int]:
+    """The characters ``[start, end)`` of ``context`` grown so that they neither start nor end inside a word.
+
+    Word characters are letters and digits, joined by ``.,-/:`` between two of them ("0.42", "1,204.5",
+    "A-1", "2025-05-14"); a currency sign just before the span and a per-cent sign just after it belong to
+    the amount ("$1.20bn", "4.5%"). Tokenizers cut such words into pieces ("0", ".", "42"), and a span that
+    ends on a piece ("EUR 0") names a different amount than the passage states. Punctuation that ends a
+    clause ("per share,") is not taken.
+    """
+    if start >= end:
+        return start, end
+
+    def joined(before: int) -> bool:  # a word continues across the boundary before index `before`
+        if before <= 0 or before >= len(context):
+            return False
+        left, right = context[before - 1], context[before]
+        if _word_character(left) and _word_character(right):
+            return True
+        if right in _JOINERS and _word_character(left):
+            return before + 1 < len(context) and _word_character(context[before + 1])
+        if left in _JOINERS and _word_character(right):
+            return before >= 2 and _word_character(context[before - 2])
+        return False
+
+    while joined(start):
+        start -= 1
+    while joined(end):
+        end += 1
+    if start > 0 and unicodedata.category(context[start - 1]) == "Sc" and _word_character(context[start]):
+        start -= 1
+    if end < len(context) and context[end] == "%" and _word_character(context[end - 1]):
+        end += 1
+    return start, end
 
 
 def span_scores(start_logits: torch.Tensor, end_logits: torch.Tensor, is_context: torch.Tensor,

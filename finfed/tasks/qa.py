@@ -90,7 +90,14 @@ class QuestionAnsweringTask(Task):
     def build_base_model(self) -> nn.Module:
         with torch.random.fork_rng():
             torch.manual_seed(self.config.lora.init_seed)  # same initial head everywhere
-            return load_qa_model(self.config.model.backbone)
+            model = load_qa_model(self.config.model.backbone)
+            if self.config.qa.head_init_std:
+                head = getattr(model, self.head_name)
+                with torch.no_grad():
+                    head.weight.normal_(0.0, self.config.qa.head_init_std)
+                    if head.bias is not None:
+                        head.bias.zero_()
+            return model
 
     # ------------------------------------------------------------------ encoding
     def windows(self, frame: pd.DataFrame, tokenizer: Any) -> list[Window]:

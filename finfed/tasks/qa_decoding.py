@@ -4,7 +4,8 @@ In each window the best span is the (start, end) pair of context tokens with
 ``start <= end < start + max_answer_tokens`` maximising start + end logit. Its
 score is p(start) * p(end) under a softmax over the window's context tokens (the
 score ``transformers``' question-answering pipeline reports), and the record's
-answer is the best-scoring span over all its windows, mapped back to characters.
+answer is the best-scoring span over all its windows, mapped back to characters and
+grown to whole words (``hf_qa_pipeline.whole_words``: "EUR 0.42", never "EUR 0").
 The decoding itself is the exported pipeline's (finfed.models.hf_qa_pipeline), so
 ``finfed predict`` and an exported model answer alike.
 """
@@ -16,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from finfed.models.hf_qa_pipeline import best_answer, span_scores
+from finfed.models.hf_qa_pipeline import best_answer, span_scores, whole_words
 from finfed.tasks.qa_windows import Window
 
 
@@ -65,7 +66,7 @@ def ranked_answers(context: str, windows: Sequence[Window], start_logits: Sequen
     for negative, index, flat, length in sorted(candidates, key=lambda c: (c[0], c[1], c[2])):
         first, last = flat // length, flat % length
         offsets = windows[index].offsets
-        start, end = offsets[first][0], offsets[last][1]
+        start, end = whole_words(context, offsets[first][0], offsets[last][1])
         if (start, end) in seen:
             continue
         seen.add((start, end))
