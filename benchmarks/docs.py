@@ -129,6 +129,49 @@ def goal_table(results: Results) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- DP tuning
+TUNED_CASES = ("phrasebank-dp", "phrasebank-warm", "phrasebank-nodp")
+
+
+def tuning_records(results_dir: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Every PhraseBank federation measured: the tuning runs (``<results>/tuning/<label>/<case>.json``, written
+    by ``python -m benchmarks --case ... --set ... --results benchmarks/results/tuning/<label>``) and the
+    suite's own results, oldest first."""
+    found = [(path.parent.name, json.loads(path.read_text(encoding="utf-8")))
+             for path in sorted((results_dir / "tuning").glob("*/*.json"))]
+    found += [("suite", record) for name, record in load_results(results_dir).items() if name in TUNED_CASES]
+    return sorted(found, key=lambda item: (item[1].get("date", ""), item[1].get("commit", ""), item[0]))
+
+
+def _validation(record: dict[str, Any]) -> tuple[str, str]:
+    rounds = record.get("validation") or []
+    if not record.get("ok", True):
+        return f"crashed: {record.get('error')}", "-"
+    if not rounds:
+        return "not recorded (run before the suite kept it)", "-"
+    last = rounds[-1]
+    return _number(last.get("accuracy")), _number(last.get("macro_f1"))
+
+
+def tuning_table(results_dir: Path) -> str:
+    """One row per PhraseBank federation: its settings on top of the recipe and the sites' validation
+    figures after its last round (example-weighted over the sites' validation splits)."""
+    lines = ["| date | run | DP | warm start | settings (the run's own; older runs: overrides of the recipe then) "
+             "| sites' validation accuracy | validation macro-F1 | test accuracy / macro-F1 (not used to choose) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, record in tuning_records(results_dir):
+        settings = ([f"{k}={v}" for k, v in record["training"].items()] if record.get("training") else
+                    [o for o in record.get("overrides") or [] if o != "privacy.enabled=false"])
+        warm = "yes" if record.get("warm_start_source") else "no"
+        accuracy, macro_f1 = _validation(record)
+        lines.append(f"| {record.get('date', '-')} | {label} (`{record.get('case')}`) "
+                     f"| {'yes' if record.get('dp', True) else 'no'} | {warm} "
+                     f"| {' '.join(f'`{o}`' for o in settings) or 'the recipe as it was then'} "
+                     f"| {accuracy} | {macro_f1} | {_number((record.get('final') or {}).get('accuracy'))} / "
+                     f"{_number((record.get('final') or {}).get('macro_f1'))} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- cases
 def _number(value: Any) -> str:
     if value is None:
@@ -222,4 +265,5 @@ def render(results_dir: Path) -> str:
     results = load_results(results_dir)
     cases = "\n".join(case_section(name, record) for name, record in results.items())
     text = TEMPLATE.read_text(encoding="utf-8")
-    return text.replace("{{goals}}", goal_table(results)).replace("{{cases}}", cases.rstrip() + "\n")
+    return (text.replace("{{goals}}", goal_table(results)).replace("{{tuning}}", tuning_table(results_dir))
+            .replace("{{cases}}", cases.rstrip() + "\n"))
