@@ -100,6 +100,10 @@ PHRASEBANK = SIMULATIONS / "phrasebank.yaml"
 TATQA = SIMULATIONS / "tatqa.yaml"
 TWITTER = SIMULATIONS / "twitter_public.yaml"
 NO_DP = ["privacy.enabled=false"]
+# The warm-started DP federation's own settings, on top of simulations/phrasebank.yaml, chosen on the sites'
+# validation splits (docs/benchmarks.md, "DP tuning"): fewer, larger DP steps (half the noise per record of
+# signal) and learning rates for a head and adapters that start trained.
+WARM_RECIPE = ["train.batch_size=128", "train.learning_rate=0.005", "train.head_learning_rate=0.1"]
 
 
 def default_classification(bench: Bench) -> dict[str, Any]:
@@ -129,14 +133,16 @@ def phrasebank_central(bench: Bench) -> dict[str, Any]:
 
 def phrasebank_warm(bench: Bench) -> dict[str, Any]:
     """PhraseBank DP (epsilon 8) started from a non-private run on public Twitter financial news
-    (simulations/twitter_public.yaml) through `model.init_from`."""
+    (simulations/twitter_public.yaml) through `model.init_from`, with the warm recipe's batch and rates."""
     if bench.warm_from:
         source_dir = Path(bench.warm_from).resolve()
         source = finished_run(source_dir)
     else:
         source = bench.federation("twitter-public", TWITTER, bench.twitter())
         source_dir = bench.work / "twitter-public"
-    result = bench.federation("phrasebank-warm", PHRASEBANK, [*bench.phrasebank(), f"model.init_from={source_dir}"])
+    recipe = [] if bench.quick else WARM_RECIPE  # quick mode: its tiny model's own batch and rates
+    result = bench.federation("phrasebank-warm", PHRASEBANK,
+                              [*bench.phrasebank(), *recipe, f"model.init_from={source_dir}"])
     result["warm_start_source"] = {k: source.get(k) for k in ("engine", "config", "rounds", "final", "wall_s")}
     return result
 

@@ -143,8 +143,10 @@ def tuning_records(results_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     suite's own results, oldest first."""
     found = [(path.parent.name, json.loads(path.read_text(encoding="utf-8")))
              for path in sorted((results_dir / "tuning").glob("*/*.json"))]
-    found += [("suite", record) for name, record in load_results(results_dir).items() if name in TUNED_CASES]
-    return sorted(found, key=lambda item: (item[1].get("date", ""), item[1].get("commit", ""), item[0]))
+    # a suite result promoted from a tuning run (its `tuning_run`) is that run's row already
+    found += [("suite", record) for name, record in load_results(results_dir).items()
+              if name in TUNED_CASES and not record.get("tuning_run")]
+    return sorted(found, key=lambda item: (item[1].get("date", ""), item[0]))
 
 
 def _validation(record: dict[str, Any]) -> tuple[str, str]:
@@ -161,8 +163,9 @@ def tuning_table(results_dir: Path) -> str:
     """One row per PhraseBank federation: its settings on top of the recipe and the sites' validation
     figures after its last round (example-weighted over the sites' validation splits)."""
     lines = ["| date | run | DP | warm start | settings (the run's own; older runs: overrides of the recipe then) "
-             "| sites' validation accuracy | validation macro-F1 | test accuracy / macro-F1 (not used to choose) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| sites' validation accuracy | validation macro-F1 | test accuracy / macro-F1 (not used to choose) "
+             "| kept? |", "|---|---|---|---|---|---|---|---|---|"]
+    kept = {record.get("tuning_run"): name for name, record in load_results(results_dir).items()}
     for label, record in tuning_records(results_dir):
         settings = ([f"{k}={v}" for k, v in record["training"].items()] if record.get("training") else
                     [o for o in record.get("overrides") or [] if o != "privacy.enabled=false"])
@@ -172,7 +175,8 @@ def tuning_table(results_dir: Path) -> str:
                      f"| {'yes' if record.get('dp', True) else 'no'} | {warm} "
                      f"| {' '.join(f'`{o}`' for o in settings) or 'the recipe as it was then'} "
                      f"| {accuracy} | {macro_f1} | {_number((record.get('final') or {}).get('accuracy'))} / "
-                     f"{_number((record.get('final') or {}).get('macro_f1'))} |")
+                     f"{_number((record.get('final') or {}).get('macro_f1'))} "
+                     f"| {f'yes: the `{kept[label]}` result' if label in kept else '-'} |")
     return "\n".join(lines)
 
 
@@ -186,7 +190,8 @@ def _number(value: Any) -> str:
 # What case_section shows on its own; a case's other keys go to its figures table.
 SHOWN = {"case", "description", "mode", "date", "commit", "ok", "error", "wall_s", "peak_rss_mb", "engine", "config",
          "overrides", "note", "state", "rounds", "final", "baseline", "baseline_description", "dp", "epsilon_per_site",
-         "target_epsilon", "upload_bytes_per_site_round", "membership_audit_auc", "label_share", "warm_start_source"}
+         "target_epsilon", "upload_bytes_per_site_round", "membership_audit_auc", "label_share", "warm_start_source",
+         "tuning_run"}
 
 
 def _value(value: Any) -> str:
