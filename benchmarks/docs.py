@@ -265,7 +265,8 @@ def case_section(name: str, record: dict[str, Any]) -> str:
                 for label, s in shares.items()]
     if record.get("warm_start_source"):
         source = record["warm_start_source"]
-        out += ["", f"Warm start: {source.get('config') or 'a given run'}, final {source.get('final')}."]
+        out += ["", f"Warm start: {source.get('config') or 'a given run'}, final on its own test data "
+                    f"{source.get('final')}."]
     out += other_figures(record)
     return "\n".join(out).rstrip() + "\n"
 
