@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks.central import train_central
 from benchmarks.engine import ENGINES, experiment
-from benchmarks.measure import run_results
+from benchmarks.measure import rounded, run_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATIONS = ROOT / "simulations"
@@ -81,22 +81,29 @@ class Bench:
             raise RuntimeError(f"federation {name} ended with exit code {code}, state {result['state']} "
                                f"(run directory {run_dir})")
         return {"engine": self.engine, "config": str(Path(config_file).relative_to(ROOT)) if config_file else None,
-                "overrides": [o for o in settings if not o.startswith(("data.path=", "data.test_path="))],
-                **result}
+                "overrides": self.recorded(settings), **result}
+
+    def recorded(self, settings: list[str]) -> list[str]:
+        """The settings a result was measured with (the case's own and the run's `--set`), data paths left out."""
+        return [o for o in [*settings, *self.extra]
+                if not o.startswith(("data.path=", "data.test_path=", "model.init_from="))]
 
     def central(self, config_file: str | Path | None, settings: list[str]) -> dict[str, Any]:
         """The same data on one machine, no Flower (benchmarks/central.py)."""
         config = experiment(config_file, self.overrides("central", settings))
         return {"engine": "central (finfed.training.local, no Flower)",
                 "config": str(Path(config_file).relative_to(ROOT)) if config_file else None,
-                "overrides": [o for o in settings if not o.startswith(("data.path=", "data.test_path="))],
-                **train_central(config)}
+                "overrides": self.recorded(settings), **train_central(config)}
 
 
 PHRASEBANK = SIMULATIONS / "phrasebank.yaml"
 TATQA = SIMULATIONS / "tatqa.yaml"
 TWITTER = SIMULATIONS / "twitter_public.yaml"
 NO_DP = ["privacy.enabled=false"]
+# The warm-started DP federation's own settings, on top of simulations/phrasebank.yaml, chosen on the sites'
+# validation splits (docs/benchmarks.md, "DP tuning"): fewer, larger DP steps (half the noise per record of
+# signal) and learning rates for a head and adapters that start trained.
+WARM_RECIPE = ["train.batch_size=128", "train.learning_rate=0.005", "train.head_learning_rate=0.1"]
 
 
 def default_classification(bench: Bench) -> dict[str, Any]:
@@ -126,15 +133,29 @@ def phrasebank_central(bench: Bench) -> dict[str, Any]:
 
 def phrasebank_warm(bench: Bench) -> dict[str, Any]:
     """PhraseBank DP (epsilon 8) started from a non-private run on public Twitter financial news
-    (simulations/twitter_public.yaml) through `model.init_from`."""
+    (simulations/twitter_public.yaml) through `model.init_from`, with the warm recipe's batch and rates."""
     if bench.warm_from:
-        source_dir, source = Path(bench.warm_from).resolve(), {"run_dir": str(bench.warm_from)}
+        source_dir = Path(bench.warm_from).resolve()
+        source = finished_run(source_dir)
     else:
         source = bench.federation("twitter-public", TWITTER, bench.twitter())
         source_dir = bench.work / "twitter-public"
-    result = bench.federation("phrasebank-warm", PHRASEBANK, [*bench.phrasebank(), f"model.init_from={source_dir}"])
+    recipe = [] if bench.quick else WARM_RECIPE  # quick mode: its tiny model's own batch and rates
+    result = bench.federation("phrasebank-warm", PHRASEBANK,
+                              [*bench.phrasebank(), *recipe, f"model.init_from={source_dir}"])
     result["warm_start_source"] = {k: source.get(k) for k in ("engine", "config", "rounds", "final", "wall_s")}
     return result
+
+
+def finished_run(run_dir: Path) -> dict[str, Any]:
+    """What a finished run given with ``--warm-from`` records about itself: its name, rounds and final figures."""
+    from finfed.config import load_config
+    from finfed.runs.outputs import CONFIG, read_metrics
+
+    config, rounds = load_config(run_dir / CONFIG), read_metrics(run_dir)
+    return {"engine": "a finished run given with --warm-from", "config": config.name,
+            "rounds": [{"round": r["round"], **rounded(r["central"])} for r in rounds],
+            "final": rounded(rounds[-1]["central"]) if rounds else None, "wall_s": None}
 
 
 def tatqa_dp(bench: Bench) -> dict[str, Any]:

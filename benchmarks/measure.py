@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finfed.config import ExperimentConfig, load_config
+from finfed.constants import EVAL_ACCURACY, EVAL_MACRO_F1, NUM_EXAMPLES
 from finfed.data.partition import load_federated_data
 from finfed.models.adapters import trainable_state
 from finfed.models.backbone import load_tokenizer
@@ -39,6 +40,35 @@ def label_shares(task, model, examples: list[dict]) -> dict[str, dict[str, float
             for i, label in enumerate(task.labels)}
 
 
+def training_settings(config: ExperimentConfig) -> dict[str, Any]:
+    """The settings a DP-tuning table compares, as the run used them."""
+    train, lora, privacy = config.train, config.lora, config.privacy
+    values = {"federation.rounds": config.federation.rounds, "train.batch_size": train.batch_size,
+              "train.local_epochs": train.local_epochs, "train.optimizer": train.optimizer,
+              "train.learning_rate": train.learning_rate, "train.head_learning_rate": train.head_learning_rate,
+              "lora.method": lora.method, "lora.r": lora.r, "lora.target_modules": ",".join(lora.target_modules),
+              "model.pooling": config.model.pooling}
+    if privacy.enabled:
+        values["privacy.max_grad_norm"] = privacy.max_grad_norm
+    return values
+
+
+def sites_validation(record: dict[str, Any]) -> dict[str, Any] | None:
+    """One round's sites' validation figures (the `eval-*` each site reports on the global model): the
+    example-weighted mean of the sites' accuracy and macro-F1 (a site's macro-F1 is over its own split), and
+    the sites' examples. What tuning is judged on, never the central test split."""
+    evaluations = [e for e in record.get("evaluation") or [] if e.get(NUM_EXAMPLES)]
+    total = sum(e[NUM_EXAMPLES] for e in evaluations)
+    if not total:
+        return None
+    figures: dict[str, Any] = {"round": record["round"]}
+    for key, name in ((EVAL_ACCURACY, "accuracy"), (EVAL_MACRO_F1, "macro_f1")):
+        if all(key in e for e in evaluations):
+            figures[name] = round(sum(e[key] * e[NUM_EXAMPLES] for e in evaluations) / total, 4)
+    figures["examples"] = int(total)
+    return figures
+
+
 def central_test_examples(config: ExperimentConfig, task) -> list[dict]:
     test = load_federated_data(config.data, config.federation.num_sites, task.records).test
     return task.encode_for_evaluation(test, load_tokenizer(config.model.backbone))
@@ -50,9 +80,12 @@ def run_results(run_dir: Path) -> dict[str, Any]:
 
     status, privacy = read_status(run_dir), read_privacy(run_dir)
     config = load_config(run_dir / CONFIG)
+    metrics = read_metrics(run_dir)
     result: dict[str, Any] = {
         "state": status.get("state"),
-        "rounds": [{"round": r["round"], **rounded(r["central"])} for r in read_metrics(run_dir)],
+        "rounds": [{"round": r["round"], **rounded(r["central"])} for r in metrics],
+        # the sites' validation splits, per round (tuning decisions are taken on these)
+        "validation": [v for v in map(sites_validation, metrics) if v],
         "baseline": rounded(status.get("baseline") or {}),
         "baseline_description": status.get("baseline_description"),
         "dp": config.privacy.enabled,
@@ -60,6 +93,7 @@ def run_results(run_dir: Path) -> dict[str, Any]:
         "target_epsilon": config.privacy.target_epsilon if config.privacy.enabled else None,
         "upload_bytes_per_site_round": upload_bytes(config),
         "membership_audit_auc": (status.get("membership_audit") or {}).get("auc"),
+        "training": training_settings(config),
     }
     if result["rounds"]:
         result["final"] = {k: v for k, v in result["rounds"][-1].items() if k != "round"}

@@ -11,7 +11,8 @@ import pytest
 
 from benchmarks.__main__ import main, resolve
 from benchmarks.cases import Bench
-from benchmarks.docs import DOCS, render
+from benchmarks.docs import DOCS, render, tuning_table
+from benchmarks.measure import sites_validation
 from benchmarks.registry import CASES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +57,29 @@ def test_committed_results_carry_the_common_figures():
         assert record["case"] == path.stem and record["mode"] == "full"
 
 
+def test_the_sites_validation_figures_are_weighted_by_their_examples():
+    record = {"round": 3, "evaluation": [
+        {"site": 0, "eval-accuracy": 0.5, "eval-macro-f1": 0.4, "num-examples": 10},
+        {"site": 1, "eval-accuracy": 0.8, "eval-macro-f1": 0.7, "num-examples": 30}]}
+    assert sites_validation(record) == {"round": 3, "accuracy": 0.725, "macro_f1": 0.625, "examples": 40}
+    assert sites_validation({"round": 0, "evaluation": []}) is None
+
+
+def test_the_tuning_table_lists_every_tuning_run_with_its_validation_figures(tmp_path):
+    run = {"case": "phrasebank-warm", "date": "2026-12-02", "ok": True, "dp": True, "warm_start_source": {"final": {}},
+           "training": {"train.batch_size": 128}, "validation": [{"round": 6, "accuracy": 0.81, "macro_f1": 0.74}],
+           "final": {"accuracy": 0.8, "macro_f1": 0.7}}
+    (tmp_path / "tuning" / "b128").mkdir(parents=True)
+    (tmp_path / "tuning" / "b128" / "phrasebank-warm.json").write_text(json.dumps(run), encoding="utf-8")
+    (tmp_path / "phrasebank-dp.json").write_text(json.dumps({**run, "case": "phrasebank-dp", "validation": [],
+                                                             "warm_start_source": None}), encoding="utf-8")
+    rows = tuning_table(tmp_path).splitlines()[2:]
+    assert len(rows) == 2
+    assert "b128 (`phrasebank-warm`)" in rows[0] and "`train.batch_size=128`" in rows[0]
+    assert "| 0.8100 | 0.7400 |" in rows[0] and "| yes | yes |" in rows[0]
+    assert "suite (`phrasebank-dp`)" in rows[1] and "not recorded" in rows[1]
+
+
 def test_an_unknown_case_is_refused(capsys):
     assert main(["--case", "no-such-case"]) == 2
     assert "unknown case" in capsys.readouterr().err
@@ -74,6 +98,7 @@ def test_quick_mode_runs_every_case_to_the_end(tmp_path):
     dp = json.loads((tmp_path / "phrasebank-dp.json").read_text(encoding="utf-8"))
     assert dp["epsilon_per_site"] and all(0 < eps <= 8.0 + 1e-6 for eps in dp["epsilon_per_site"].values())
     assert dp["upload_bytes_per_site_round"] > 0 and set(dp["label_share"]) == {"negative", "neutral", "positive"}
+    assert dp["validation"] and 0 <= dp["validation"][-1]["accuracy"] <= 1 and dp["training"]["train.batch_size"]
     for name in COST_CASES:
         record = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
         assert record["ok"] and record["mode"] == "quick", (name, record.get("error"))
