@@ -15,6 +15,16 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 from finfed.config import load_config
 from finfed.data.synthetic_news import generate_news
 
+SHARED_RUN_GROUP = "tiny_simulated_run"
+
+
+def pytest_collection_modifyitems(items):
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, README "Test"), every test reading the shared simulated run
+    goes to one worker, so the run is made once, not once per worker."""
+    for item in items:
+        if "tiny_simulated_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group(SHARED_RUN_GROUP))
+
 
 @pytest.fixture(autouse=True)
 def _finfed_logging_restored():

@@ -17,6 +17,13 @@ from finfed.runs.model_store import load_run_model
 from finfed.site.rounds import evaluate_round, site_context, train_round
 
 ARCHITECTURES = [*ENCODERS, *DECODERS]
+#: the fast tier runs one encoder and one decoder (left padding, last-token pooling); every other architecture
+#: repeats the same checks and runs with the slow tier (pytest -m "not slow" stays a few minutes)
+FAST = {"bert", "llama"}
+
+
+def _tiered(model_types) -> list:
+    return [pytest.param(name, marks=() if name in FAST else pytest.mark.slow) for name in model_types]
 TEXT = "Cedar Foods raised its outlook for the full year."
 
 
@@ -52,7 +59,7 @@ def _reloaded_matches(run: FederatedRun, inputs: dict) -> None:
         assert torch.allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", ARCHITECTURES)
+@pytest.mark.parametrize("model_type", _tiered(ARCHITECTURES))
 def test_classification_on_every_architecture(model_type, tmp_path):
     backbone = write_tiny_backbone(tmp_path / model_type, model_type)
     run = _one_dp_round(backbone, tmp_path / "run")
@@ -71,7 +78,7 @@ def test_classification_on_every_architecture(model_type, tmp_path):
         assert {item["label"]: item["score"] for item in results[0]} == pytest.approx(expected, abs=1e-4)
 
 
-@pytest.mark.parametrize("model_type", list(ENCODERS))
+@pytest.mark.parametrize("model_type", _tiered(ENCODERS))
 def test_extractive_qa_on_every_encoder(model_type, tmp_path):
     backbone = write_tiny_backbone(tmp_path / model_type, model_type)
     run = _one_dp_round(backbone, tmp_path / "run", "task=qa", "data.partitioner=iid",

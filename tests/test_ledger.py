@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from inprocess_grid import serve
 
 from finfed.cli.main import main
 from finfed.errors import BudgetExhausted, PrivacyError
@@ -86,11 +87,10 @@ def test_server_cannot_make_a_site_overspend(tiny_config, tmp_path, server_asks)
     assert not ledger.exists()  # nothing was trained, nothing was spent
 
 
-def test_sites_refuse_mid_run_and_the_run_ends_cleanly(tiny_simulate, tmp_path):
-    run_dir = tmp_path / "run"
-    code = tiny_simulate("federation.rounds=3", "train.learning_rate=0.005", "privacy.site_budget_epsilon=6.5",
-                         f"privacy.ledger_dir={tmp_path / 'ledgers'}")
-    assert code == 0
+MID_RUN_REFUSAL = ("federation.rounds=3", "train.learning_rate=0.005", "privacy.site_budget_epsilon=6.5")
+
+
+def _check_refused_mid_run(run_dir, ledgers) -> None:
     status = read_status(run_dir)
     assert status["state"] == "budget-exhausted" and status["budget_exhausted_at_round"] == 2
     assert status["trained_rounds"] == 1 and status["model_round"] == 1 and (run_dir / "model").is_dir()
@@ -101,6 +101,20 @@ def test_sites_refuse_mid_run_and_the_run_ends_cleanly(tiny_simulate, tmp_path):
     for site_id in ("0", "1"):
         assert privacy["sites"][site_id]["epsilon"] <= 6.5
         assert privacy["sites"][site_id]["refused_rounds"] == [2]
-        ledger = json.loads((tmp_path / "ledgers" / f"site-{site_id}.json").read_text())
+        ledger = json.loads((ledgers / f"site-{site_id}.json").read_text())
         assert len(ledger["entries"]) == 1
     assert "Refused to train" in (run_dir / "report.md").read_text()
+
+
+def test_sites_refuse_mid_run_and_the_run_ends_cleanly_in_process(tiny_config, tmp_path):
+    """finfed's ServerApp and ClientApps in this process (tests/inprocess_grid.py): the fast tier's cover."""
+    config = tiny_config(*MID_RUN_REFUSAL, f"privacy.ledger_dir={tmp_path / 'ledgers'}")
+    serve(config)
+    _check_refused_mid_run(config.resolved_run_dir, tmp_path / "ledgers")
+
+
+@pytest.mark.slow  # a whole Flower simulation (~40 s on 2 cores)
+def test_sites_refuse_mid_run_and_the_run_ends_cleanly(tiny_simulate, tmp_path):
+    code = tiny_simulate(*MID_RUN_REFUSAL, f"privacy.ledger_dir={tmp_path / 'ledgers'}")
+    assert code == 0
+    _check_refused_mid_run(tmp_path / "run", tmp_path / "ledgers")

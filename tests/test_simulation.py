@@ -19,6 +19,7 @@ RUN_FILES = ["config.yaml", "metrics.jsonl", "privacy.json", "report.md", "statu
              "model/tokenizer.json"]
 
 
+@pytest.mark.slow  # the shared Flower simulation (tiny_simulated_run: ~45 s on 2 cores, once per session)
 def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors(tiny_simulated_run):
     run_dir, audit, config = tiny_simulated_run
     for name in RUN_FILES:
@@ -96,6 +97,7 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
     assert {"target", "budget"} <= {line["kind"] for line in plot_data(page, "epsilon-plot")["lines"]}
 
 
+@pytest.mark.slow  # Flower's engine starts, then the ServerApp fails (~25 s on 2 cores)
 def test_a_run_that_fails_inside_flower_exits_non_zero(tiny_simulate, tmp_path, capsys):
     # Valid for preflight, but the model cannot get adapters: the ServerApp raises inside Flower.
     code = tiny_simulate("lora.target_modules=no_such_module", "federation.rounds=1")

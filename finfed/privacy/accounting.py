@@ -8,6 +8,7 @@ so every reported epsilon is cumulative over the run, not the epsilon of one rou
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Mapping
 
@@ -37,9 +38,10 @@ class SiteAccountant:
         return sum(int(steps) for _, _, steps in self.history)
 
     def epsilon(self, delta: float) -> float:
-        if not self.history:
+        history = self.history
+        if not history:
             return 0.0
-        return float(self.accountant.get_epsilon(delta=delta))
+        return _epsilon(self.mechanism, tuple(tuple(entry) for entry in history), float(delta))
 
     def projected_epsilon(self, delta: float, noise_multiplier: float, sample_rate: float,
                           steps: int) -> float:
@@ -99,6 +101,15 @@ class SiteAccountant:
                                    "from zero") from None
             return cls.from_state_dict({"mechanism": state.get("mechanism"), "history": history}, mechanism)
         return cls.from_state_dict(_legacy_state_dict(state), mechanism)
+
+
+@functools.lru_cache(maxsize=256)
+def _epsilon(mechanism: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Epsilon of a history: a pure function of it, and seconds per PRV evaluation, so remembered (a round's
+    projection before training and its spend after are the same history; so are a resumed site's)."""
+    accountant = create_accountant(mechanism)
+    accountant.load_state_dict({"history": list(history), "mechanism": mechanism})
+    return float(accountant.get_epsilon(delta=delta))
 
 
 def _history_entry(entry: Any) -> tuple[float, float, int]:
