@@ -41,7 +41,7 @@ class SiteAccountant:
         history = self.history
         if not history:
             return 0.0
-        return _epsilon(self.mechanism, tuple(tuple(entry) for entry in history), float(delta))
+        return history_epsilon(self.mechanism, tuple(tuple(entry) for entry in history), float(delta))
 
     def projected_epsilon(self, delta: float, noise_multiplier: float, sample_rate: float,
                           steps: int) -> float:
@@ -104,9 +104,10 @@ class SiteAccountant:
 
 
 @functools.lru_cache(maxsize=256)
-def _epsilon(mechanism: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
-    """Epsilon of a history: a pure function of it, and seconds per PRV evaluation, so remembered (a round's
-    projection before training and its spend after are the same history; so are a resumed site's)."""
+def history_epsilon(mechanism: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Epsilon of a (noise multiplier, sample rate, steps) history: a pure function of it, and seconds per PRV
+    evaluation, so remembered (a round's projection before training and its spend after are the same history;
+    so are a resumed site's; the calibration checks a shared noise value with it too)."""
     accountant = create_accountant(mechanism)
     accountant.load_state_dict({"history": list(history), "mechanism": mechanism})
     return float(accountant.get_epsilon(delta=delta))

@@ -8,13 +8,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from opacus.accountants import create_accountant
 from opacus.accountants.utils import get_noise_multiplier
 
 from finfed.atomic import write_bytes_atomic
 from finfed.config import PrivacySettings, TrainSettings
 from finfed.constants import CALIBRATION_CACHE_ENV
 from finfed.errors import DataError
+from finfed.privacy.accounting import history_epsilon
 
 
 @dataclass(frozen=True)
@@ -70,20 +70,14 @@ def calibrate_noise(*, target_epsilon: float, target_delta: float, sample_rate: 
     key = json.dumps([target_epsilon, target_delta, sample_rate, steps, accountant])
     shared = _shared_calibrations()
     cached = shared.get(key)
-    if isinstance(cached, float) and cached > 0 and _epsilon(cached, sample_rate, steps, target_delta,
-                                                              accountant) <= target_epsilon:
+    if isinstance(cached, float) and cached > 0 and history_epsilon(
+            accountant, ((cached, sample_rate, steps),), target_delta) <= target_epsilon:
         return cached
     noise = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=target_delta,
                                        sample_rate=sample_rate, steps=steps, accountant=accountant,
                                        epsilon_tolerance=0.01))
     _share_calibration(key, noise)
     return noise
-
-
-def _epsilon(noise: float, sample_rate: float, steps: int, delta: float, accountant: str) -> float:
-    checker = create_accountant(accountant)
-    checker.history = [(noise, sample_rate, steps)]
-    return float(checker.get_epsilon(delta=delta))
 
 
 def _shared_calibrations() -> dict:
