@@ -64,3 +64,13 @@ def test_loading_mismatched_tensors_is_refused(tiny_config):
     with pytest.raises(TrainingError, match="shape"):
         load_trainable_state(model, {**arrays, name: np.zeros((1, 1), dtype=np.float32)})
     load_trainable_state(model, arrays)
+
+
+def test_a_head_name_that_matches_no_module_is_refused_not_left_frozen(tiny_config):
+    """peft silently ignores a `modules_to_save` name that matches nothing: the head would stay random."""
+    from finfed.models.adapters import add_adapters
+
+    config = tiny_config()
+    base = get_task(config, LABELS).build_base_model()
+    with pytest.raises(TrainingError, match="no task head 'qa_outputs'"):
+        add_adapters(base, config.lora, head="qa_outputs")

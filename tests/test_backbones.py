@@ -83,6 +83,8 @@ def test_extractive_qa_on_every_encoder(model_type, tmp_path):
     backbone = write_tiny_backbone(tmp_path / model_type, model_type)
     run = _one_dp_round(backbone, tmp_path / "run", "task=qa", "data.partitioner=iid",
                         "qa.doc_stride=16", "qa.max_answer_tokens=6")
+    head = run.task.head_of(run.model.get_base_model())
+    assert any(f"{head}.modules_to_save" in name for name, p in run.model.named_parameters() if p.requires_grad)
     examples = run.test_examples[:3]
     _reloaded_matches(run, run.task.collate(examples))
     out = tmp_path / "export"

@@ -24,6 +24,7 @@ from finfed.runtime.engine_home import (
     PREFIX,
     clean_stale_engine_homes,
     make_engine_home,
+    owner_alive,
     processes_using,
     stop_engine,
 )
@@ -161,6 +162,18 @@ def test_stale_homes_are_removed_and_live_ones_kept(engine_root):
     finally:
         for process in (orphan, user):
             stop_process_tree(process, grace=1.0)
+
+
+def test_an_owner_is_recognised_by_its_start_ticks_when_the_system_clock_was_stepped(engine_root):
+    """The wall-clock start time psutil reports moves when the clock is stepped (a VM's time sync): the owner
+    must still be recognised, or its guard would stop its run under it (a CI failure traced to this check)."""
+    home = make_engine_home(engine_root)
+    owner = json.loads((home / OWNER_FILE).read_text())
+    assert owner["start_ticks"] is not None
+    (home / OWNER_FILE).write_text(json.dumps({**owner, "create_time": owner["create_time"] + 1.0}))
+    assert owner_alive(home) is True
+    (home / OWNER_FILE).write_text(json.dumps({**owner, "start_ticks": owner["start_ticks"] - 1}))
+    assert owner_alive(home) is False  # the same pid, started at another moment: a reused pid
 
 
 # --------------------------------------------------------------------------- whole runs (Flower + Ray)

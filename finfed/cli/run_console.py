@@ -73,8 +73,10 @@ def finish_run(run_dir: Path, result, started: float, resume_hint: str = "") -> 
         return 0
     reason = status.get("error") or (result.details if result else "") or \
         (f"Flower run status {result.status}" if result else f"run state {state}")
-    print(f"\nRun FAILED: {reason}\nFull log: {result.log_path if result else run_dir / 'flower.log'}",
-          file=sys.stderr)
+    log = result.log_path if result else run_dir / "flower.log"
+    superlink_log = log.with_name("superlink.log")
+    also = f" (and the SuperLink's: {superlink_log})" if superlink_log.is_file() else ""
+    print(f"\nRun FAILED: {reason}\nFull log: {log}{also}", file=sys.stderr)
     return 1
 
 

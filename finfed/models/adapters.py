@@ -24,6 +24,9 @@ from finfed.models.architectures import lora_targets
 def add_adapters(model: nn.Module, settings: LoraSettings, head: str) -> PeftModel:
     """Wrap ``model`` with LoRA on ``settings.target_modules`` (``auto``: the architecture's attention
     projections, see finfed.models.architectures); ``head`` stays fully trainable."""
+    # peft ignores a `modules_to_save` name that matches nothing, which would leave the head frozen at random
+    if not isinstance(getattr(model, head, None), nn.Module):
+        raise TrainingError(f"{type(model).__name__} has no task head {head!r} to train beside the adapters")
     config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                         target_modules=lora_targets(settings.target_modules, model), modules_to_save=[head],
                         bias="none")

@@ -47,8 +47,22 @@ def load_encoder(name: str) -> PreTrainedModel:
     return AutoModel.from_pretrained(location, **_offline_kwargs(location))
 
 
+#: what architectures call their span start/end head (BERT family: qa_outputs; ModernBERT: classifier)
+QA_HEAD_NAMES = ("qa_outputs", "classifier")
+
+
+def qa_head_name(model: PreTrainedModel) -> str:
+    """The name of ``model``'s span start/end head: the top-level linear layer with two outputs."""
+    for name in QA_HEAD_NAMES:
+        head = getattr(model, name, None)
+        if getattr(head, "out_features", None) == 2:
+            return name
+    raise ConfigError(f"{type(model).__name__} has no span start/end head (looked for a two-output linear layer "
+                      f"named one of {list(QA_HEAD_NAMES)}); choose another `model.backbone` for `task` 'qa'")
+
+
 def load_qa_model(name: str) -> PreTrainedModel:
-    """The backbone with a (new, randomly initialised) span start/end head ``qa_outputs``."""
+    """The backbone with a (new, randomly initialised) span start/end head, see :func:`qa_head_name`."""
     location = resolve_backbone(name)
     return AutoModelForQuestionAnswering.from_pretrained(location, **_offline_kwargs(location))
 

@@ -4,7 +4,10 @@ Every process of a local run (SuperLink, SuperExec, the simulation, Ray's proces
 ``flwr run``) is started with ``FLWR_HOME`` set to this folder, so the folder also
 names the run's processes: ``processes_using`` finds them even after they have been
 re-parented. ``owner.json`` records the process that made the folder (pid and start
-time, so a reused pid is not taken for it). A folder whose owner is gone and that no
+time, so a reused pid is not taken for it). The start time compared is the kernel's
+clock-tick count since boot where there is one (Linux): the wall-clock start time
+psutil reports moves whenever the system clock is stepped, and an owner that seemed
+to have changed would have its run stopped under it. A folder whose owner is gone and that no
 process still uses is stale: the next local run removes it, after stopping any of
 the run's processes that outlived both the owner and its guard.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from finfed.runtime.processes import is_running, stop_processes
+from finfed.runtime.processes import is_running, start_ticks, stop_processes
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def make_engine_home(root: Path | None = None) -> Path:
     """A new private folder for one run, owned by this process."""
     home = Path(tempfile.mkdtemp(prefix=PREFIX, dir=root))
     me = psutil.Process()
-    owner = {"pid": me.pid, "create_time": me.create_time()}
+    owner = {"pid": me.pid, "create_time": me.create_time(), "start_ticks": start_ticks(me.pid)}
     (home / OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
     return home
 
@@ -47,7 +50,11 @@ def owner_alive(home: Path) -> bool | None:
     try:
         owner = json.loads((home / OWNER_FILE).read_text(encoding="utf-8"))
         process = psutil.Process(int(owner["pid"]))
-        same = abs(process.create_time() - float(owner["create_time"])) < 0.01
+        ticks = owner.get("start_ticks")
+        if ticks is not None and start_ticks(process.pid) is not None:
+            same = start_ticks(process.pid) == int(ticks)
+        else:
+            same = abs(process.create_time() - float(owner["create_time"])) < 0.01
     except (OSError, ValueError, KeyError, TypeError):
         return None
     except psutil.Error:

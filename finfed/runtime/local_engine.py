@@ -196,11 +196,22 @@ def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per
                        "--run-config", str(home / "run-config.toml")]
             run_id = stream_flower_run(command, env, log_path, on_line, append_log, cwd=home)
             status, details = final_run_status(run_id, env, cwd=home)
+        if status != FLOWER_RUN_COMPLETED:
+            keep_superlink_log(home, log_path)
     finally:
         shutil.rmtree(home, ignore_errors=True)
         if guard is not None:
             stop_process_tree(guard, grace=2.0)  # it exits by itself once the home is gone
     return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
+
+
+def keep_superlink_log(home: Path, log_path: Path) -> None:
+    """A failed run's SuperLink log, kept beside its Flower log (the engine home is removed): it tells
+    whether the SuperLink stopped, and why."""
+    try:
+        shutil.copyfile(home / "superlink.log", log_path.with_name("superlink.log"))
+    except OSError:
+        pass  # it never started far enough to write one
 
 
 def stream_flower_run(command: list[str], env: Mapping[str, str], log_path: Path,

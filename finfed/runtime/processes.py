@@ -32,6 +32,17 @@ def is_running(process: psutil.Process) -> bool:
         return False
 
 
+def start_ticks(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (Linux), unaffected by changes of the system clock;
+    None where the system does not say (then only the wall-clock start time is known)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+        return int(fields[19])  # field 22 of proc(5), counted after pid and comm
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def process_tree(pid: int) -> list[psutil.Process]:
     """The process and every descendant of it alive now (empty when it is gone)."""
     try:

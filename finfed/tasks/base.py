@@ -144,7 +144,11 @@ class Task(ABC):
         base = self.build_base_model()
         if self.config.train.gradient_checkpointing:
             enable_gradient_checkpointing(base)
-        return add_adapters(base, self.config.lora, head=self.head_name).to(self.device)
+        return add_adapters(base, self.config.lora, head=self.head_of(base)).to(self.device)
+
+    def head_of(self, base: nn.Module) -> str:
+        """The name of ``base``'s task head module."""
+        return self.head_name
 
     @property
     def device(self) -> torch.device:

@@ -24,7 +24,7 @@ from finfed.data.qa_records import normalise_qa_records, read_qa_file
 from finfed.data.synthetic_filings import generate_filings_qa
 from finfed.errors import ConfigError
 from finfed.models import hf_qa_pipeline
-from finfed.models.backbone import load_qa_model
+from finfed.models.backbone import load_qa_model, qa_head_name
 from finfed.models.devices import on_model_device
 from finfed.privacy.ledger import dataset_fingerprint
 from finfed.tasks.base import Explainable, Task
@@ -59,7 +59,6 @@ def _token_fields(window: Window) -> dict[str, list[int]]:
 
 class QuestionAnsweringTask(Task):
     metric_names = ("exact_match", "f1", "loss")
-    head_name = "qa_outputs"
     needs_labels = False
     baseline_description = "the context's first words, as many as the median gold answer has"
     records = QA_RECORDS
@@ -92,12 +91,15 @@ class QuestionAnsweringTask(Task):
             torch.manual_seed(self.config.lora.init_seed)  # same initial head everywhere
             model = load_qa_model(self.config.model.backbone)
             if self.config.qa.head_init_std:
-                head = getattr(model, self.head_name)
+                head = getattr(model, self.head_of(model))
                 with torch.no_grad():
                     head.weight.normal_(0.0, self.config.qa.head_init_std)
                     if head.bias is not None:
                         head.bias.zero_()
             return model
+
+    def head_of(self, base: nn.Module) -> str:
+        return qa_head_name(base)
 
     # ------------------------------------------------------------------ encoding
     def windows(self, frame: pd.DataFrame, tokenizer: Any) -> list[Window]:
