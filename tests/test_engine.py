@@ -166,7 +166,8 @@ def test_stale_homes_are_removed_and_live_ones_kept(engine_root):
 
 def test_an_owner_is_recognised_by_its_start_ticks_when_the_system_clock_was_stepped(engine_root):
     """The wall-clock start time psutil reports moves when the clock is stepped (a VM's time sync): the owner
-    must still be recognised, or its guard would stop its run under it (a CI failure traced to this check)."""
+    must still be recognised, or its guard would stop its run under it (the likely cause of two CI runs that
+    lost their SuperLink mid-run)."""
     home = make_engine_home(engine_root)
     owner = json.loads((home / OWNER_FILE).read_text())
     assert owner["start_ticks"] is not None
