@@ -50,8 +50,8 @@ class AsksSampledSites:
         return self.ask(self.sampler.train_nodes(grid), arrays, config, server_round, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round, arrays, config, grid):
-        # Every site online evaluates; a dead one is not waited for.
-        return self.ask(sorted(grid.get_node_ids()), arrays, config, server_round, MessageType.EVALUATE)
+        # A `fraction_evaluate` share of the sites online evaluates; a dead one is not waited for.
+        return self.ask(self.sampler.evaluate_nodes(grid), arrays, config, server_round, MessageType.EVALUATE)
 
 
 class RecordingFedAvg(AsksSampledSites, FedAvg):
@@ -72,7 +72,7 @@ class RecordingKrum(AsksSampledSites, Krum):
 
 def aggregation_strategy(federation, sampler: SiteSampler) -> AsksSampledSites:
     """``federation.aggregation`` as a Flower strategy (the config refuses robust rules with SecAgg+ or client DP)."""
-    kwargs = dict(fraction_train=federation.fraction_train, fraction_evaluate=1.0,
+    kwargs = dict(fraction_train=federation.fraction_train, fraction_evaluate=federation.fraction_evaluate,
                   min_train_nodes=sampler.needed, min_evaluate_nodes=1)
     if federation.aggregation == "median":
         return RecordingMedian(sampler, **kwargs)

@@ -45,6 +45,16 @@ def test_first_round_waits_for_every_site_then_goes_on_with_min_sites(tiny_confi
     assert clock.now == 0.0
 
 
+def test_a_share_of_the_sites_online_evaluates_at_least_one(tiny_config):
+    every = _sampler(tiny_config)[0]
+    assert every.evaluate_nodes(FakeGrid([1, 2, 3])) == [1, 2, 3]
+    tenth = _sampler(tiny_config, "federation.fraction_evaluate=0.1")[0]
+    assert len(tenth.evaluate_nodes(FakeGrid([1, 2, 3]))) == 1
+    half = _sampler(tiny_config, "federation.num_sites=10", "federation.fraction_evaluate=0.5")[0]
+    chosen = half.evaluate_nodes(FakeGrid(list(range(1, 11))))
+    assert len(chosen) == 5 and set(chosen) <= set(range(1, 11)) and chosen == sorted(chosen)
+
+
 def test_too_few_sites_online_is_a_clear_error(tiny_config):
     sampler, _ = _sampler(tiny_config, "federation.min_sites=2")
     with pytest.raises(RunError, match=r"only 1 of 3 sites online after waiting 30s.*needs 2 \(`federation.min_sites`"):

@@ -72,6 +72,12 @@ class SiteSampler:
         size = min(len(nodes), max(int(len(nodes) * self.federation.fraction_train), self.needed))
         return sorted(random.sample(nodes, size))
 
+    def evaluate_nodes(self, grid) -> list[int]:
+        """A `fraction_evaluate` share of the sites online now (at least one); no wait for the others."""
+        nodes = sorted(grid.get_node_ids())
+        size = min(len(nodes), max(round(len(nodes) * self.federation.fraction_evaluate), 1))
+        return sorted(random.sample(nodes, size))
+
     def poisson_nodes(self, grid, rate: float, rng: np.random.Generator) -> list[int]:
         """Client-level DP's sample: every site independently with probability ``rate``.
 

@@ -19,7 +19,7 @@ from finfed.models.backbone import load_encoder
 from finfed.models.devices import on_model_device
 from finfed.models.hf_pooled_classifier import HEAD_NAME, FinfedPooledClassifier
 from finfed.privacy.ledger import dataset_fingerprint
-from finfed.tasks.base import Explainable, Task
+from finfed.tasks.base import Explainable, Task, length_sorted_batches
 from finfed.tasks.classification_metrics import (
     accuracy,
     macro_f1,
@@ -91,27 +91,21 @@ class ClassificationTask(Task):
         batch = on_model_device(model, batch)
         return self.criterion(self.logits(model, batch), batch["labels"])
 
-    @torch.no_grad()
-    def probabilities(self, model: nn.Module, examples: list[dict]) -> torch.Tensor:
+    @torch.inference_mode()
+    def ordered_logits(self, model: nn.Module, examples: Sequence[dict]) -> torch.Tensor:
+        """Each example's logits (float, on the CPU), in the order given."""
         model.eval()
-        size = self.config.train.eval_batch_size
-        chunks = []
-        for start in range(0, len(examples), size):
-            batch = self.collate(examples[start:start + size])
-            logits = self.logits(model, batch)
-            chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
-        return torch.cat(chunks) if chunks else torch.empty(0, len(self.labels))
+        logits = torch.empty(len(examples), len(self.labels))
+        for indices in length_sorted_batches(examples, self.config.train.eval_batch_size):
+            logits[indices] = self.logits(model, self.collate([examples[i] for i in indices])).float().cpu()
+        return logits
 
-    @torch.no_grad()
+    def probabilities(self, model: nn.Module, examples: Sequence[dict]) -> torch.Tensor:
+        return torch.softmax(self.ordered_logits(model, examples), dim=-1)
+
     def example_losses(self, model: nn.Module, examples: Sequence[dict]) -> list[float]:
-        model.eval()
-        losses = []
-        size = self.config.train.eval_batch_size
-        for start in range(0, len(examples), size):
-            batch = self.collate(list(examples[start:start + size]))
-            logits = self.logits(model, batch).float().cpu()
-            losses += nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
-        return losses
+        targets = torch.tensor([item["label"] for item in examples], dtype=torch.long)
+        return nn.functional.cross_entropy(self.ordered_logits(model, examples), targets, reduction="none").tolist()
 
     def fingerprint(self, frame: pd.DataFrame) -> str:
         return dataset_fingerprint(frame["text"], frame["label"])
