@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from finfed.config import load_config
 from finfed.runs.outputs import read_metrics
 from finfed.runtime.engine_home import (
     OWNER_FILE,
@@ -316,3 +317,30 @@ def test_sigkill_of_the_cli_leaves_no_process_and_its_next_start_removes_stale_h
         for process in family.values():
             if is_running(process):
                 stop_process_tree(process.pid, grace=1.0)
+
+
+# --------------------------------------------------------------------------- the preflight's child process
+
+def test_a_function_runs_in_a_child_when_this_process_has_no_pytorch(monkeypatch):
+    """`finfed simulate` plans its sites in a child so the command never loads PyTorch (0.45 GB for the whole
+    run); its errors come back as the same finfed error, with the same record-free reason."""
+    from finfed.errors import ConfigError
+    from finfed.runtime import isolated
+
+    assert isolated.call_isolated(os.getpid) == os.getpid()  # PyTorch is loaded here: no child
+    monkeypatch.setattr(isolated, "HEAVY_MODULE", "a_module_never_loaded")
+    assert isolated.call_isolated(os.getpid) != os.getpid()
+    with pytest.raises(ConfigError, match="unknown"):
+        isolated.call_isolated(load_config, None, ["federation.no_such_key=1"])
+
+
+def test_the_simulate_command_plans_its_sites_without_loading_pytorch_itself():
+    code = ("import sys; from finfed.cli.main import main; from finfed.runtime import isolated; "
+            "calls = []; isolated_call = isolated.call_isolated; "
+            "isolated.call_isolated = lambda f, *a: calls.append(f.__name__) or isolated_call(f, *a); "
+            "main(['simulate', '--set', 'data.source=file', '--set', 'data.path=/no/such.csv']); "
+            "print(calls, 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "does not exist" in result.stderr
+    assert result.stdout.strip() == "['plan_simulation'] False", result.stdout + result.stderr

@@ -146,32 +146,21 @@ def _environment(name: str, value: str):
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from finfed.config import load_config, to_run_config, with_absolute_paths
-    from finfed.runs.outputs import check_run_dir, prepare_run_dir
-    from finfed.runtime.local_engine import (
-        resume_config,
-        run_simulation,
-        simulation_config,
-    )
-    from finfed.runtime.preflight import check_configuration, check_simulation
+    from finfed.config import to_run_config
+    from finfed.runs.outputs import prepare_run_dir
+    from finfed.runtime.isolated import call_isolated
+    from finfed.runtime.local_engine import run_simulation
 
     if args.resume and (args.config or args.overrides or args.overwrite):
         raise FinfedError("--resume continues a run with its saved settings: it takes no --config, --set or "
                           "--overwrite")
-    if args.resume:
-        config = resume_config(args.resume)
-    else:
-        config = simulation_config(with_absolute_paths(load_config(args.config, args.overrides)))
-    run_dir = config.resolved_run_dir
-    # Cheap checks first (seconds, settings and file headers only): the run folder, then the settings and data
-    # paths; only then the sites' data are loaded and their privacy planned, and nothing is deleted before.
-    if not args.resume:
-        check_run_dir(run_dir, overwrite=args.overwrite, resume=f"finfed simulate --resume {run_dir}")
-    check_configuration(config)
-    for site in check_simulation(config):
+    level = logging.getLogger("finfed").getEffectiveLevel()
+    config, sites = call_isolated(plan_simulation, args.config, args.overrides, args.resume, args.overwrite, level)
+    for site in sites:
         logger.info(f"site {site['site']}: {site['train']} training / {site['validation']} validation "
                     f"examples{_held_back(site)}, {site['steps_per_round']} steps per round"
                     + (f", noise multiplier {site['noise_multiplier']:.3f}" if "noise_multiplier" in site else ""))
+    run_dir = config.resolved_run_dir
     if not args.resume:
         prepare_run_dir(run_dir, overwrite=args.overwrite)
     run_config = to_run_config(config)
@@ -181,6 +170,29 @@ def _simulate(args: argparse.Namespace) -> int:
         gpus_per_site=config.simulation.gpus_per_site,
         log_path=run_dir / "flower.log", on_line=show_engine_line, append_log=bool(args.resume)))
     return finish_run(run_dir, result, started)
+
+
+def plan_simulation(config_file: Path | None, overrides: list[str], resume: Path | None, overwrite: bool,
+                    level: int):
+    """`finfed simulate`'s settings and its checks before anything is written: the run folder, then the
+    settings and data paths (seconds), then every site's data loaded and its privacy planned (the noise
+    calibrated once, shared through the calibration file). Returns the settings and one summary per site.
+
+    It loads PyTorch, so the command runs it in a child process (finfed.runtime.isolated)."""
+    from finfed.config import load_config, with_absolute_paths
+    from finfed.runs.outputs import check_run_dir
+    from finfed.runtime.local_engine import resume_config, simulation_config
+    from finfed.runtime.preflight import check_configuration, check_simulation
+
+    with console_logging(level):
+        if resume:
+            config = resume_config(resume)
+        else:
+            config = simulation_config(with_absolute_paths(load_config(config_file, overrides)))
+            run_dir = config.resolved_run_dir
+            check_run_dir(run_dir, overwrite=overwrite, resume=f"finfed simulate --resume {run_dir}")
+        check_configuration(config)
+        return config, check_simulation(config)
 
 
 def predict(args: argparse.Namespace) -> int:
