@@ -167,8 +167,11 @@ def tuning_table(results_dir: Path) -> str:
              "| kept? |", "|---|---|---|---|---|---|---|---|---|"]
     kept = {record.get("tuning_run"): name for name, record in load_results(results_dir).items()}
     for label, record in tuning_records(results_dir):
-        settings = ([f"{k}={v}" for k, v in record["training"].items()] if record.get("training") else
-                    [o for o in record.get("overrides") or [] if o != "privacy.enabled=false"])
+        training = record.get("training") or {}
+        # a run's own overrides of settings `training` does not list (older records: all of them)
+        extra = [o for o in record.get("overrides") or []
+                 if o != "privacy.enabled=false" and o.split("=", 1)[0] not in training]
+        settings = [f"{k}={v}" for k, v in training.items()] + extra
         warm = "yes" if record.get("warm_start_source") else "no"
         accuracy, macro_f1 = _validation(record)
         lines.append(f"| {record.get('date', '-')} | {label} (`{record.get('case')}`) "

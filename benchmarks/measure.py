@@ -46,7 +46,8 @@ def training_settings(config: ExperimentConfig) -> dict[str, Any]:
     values = {"federation.rounds": config.federation.rounds, "train.batch_size": train.batch_size,
               "train.local_epochs": train.local_epochs, "train.optimizer": train.optimizer,
               "train.learning_rate": train.learning_rate, "train.head_learning_rate": train.head_learning_rate,
-              "lora.method": lora.method, "lora.r": lora.r, "lora.target_modules": ",".join(lora.target_modules),
+              "lora.method": lora.method, "lora.r": lora.r, "lora.alpha": lora.alpha,
+              "lora.target_modules": ",".join(lora.target_modules),
               "model.pooling": config.model.pooling}
     if privacy.enabled:
         values["privacy.max_grad_norm"] = privacy.max_grad_norm

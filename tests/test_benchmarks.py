@@ -67,7 +67,8 @@ def test_the_sites_validation_figures_are_weighted_by_their_examples():
 
 def test_the_tuning_table_lists_every_tuning_run_with_its_validation_figures(tmp_path):
     run = {"case": "phrasebank-warm", "date": "2026-12-02", "ok": True, "dp": True, "warm_start_source": {"final": {}},
-           "training": {"train.batch_size": 128}, "validation": [{"round": 6, "accuracy": 0.81, "macro_f1": 0.74}],
+           "training": {"train.batch_size": 128}, "overrides": ["train.batch_size=128", "lora.alpha=2"],
+           "validation": [{"round": 6, "accuracy": 0.81, "macro_f1": 0.74}],
            "final": {"accuracy": 0.8, "macro_f1": 0.7}}
     (tmp_path / "tuning" / "b128").mkdir(parents=True)
     (tmp_path / "tuning" / "b128" / "phrasebank-warm.json").write_text(json.dumps(run), encoding="utf-8")
@@ -76,6 +77,7 @@ def test_the_tuning_table_lists_every_tuning_run_with_its_validation_figures(tmp
     rows = tuning_table(tmp_path).splitlines()[2:]
     assert len(rows) == 2
     assert "b128 (`phrasebank-warm`)" in rows[0] and "`train.batch_size=128`" in rows[0]
+    assert "`lora.alpha=2`" in rows[0] and rows[0].count("train.batch_size") == 1  # an override `training` lacks
     assert "| 0.8100 | 0.7400 |" in rows[0] and "| yes | yes |" in rows[0]
     assert "suite (`phrasebank-dp`)" in rows[1] and "not recorded" in rows[1]
 
