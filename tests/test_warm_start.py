@@ -47,7 +47,8 @@ def test_a_run_without_warm_start_records_none(tiny_config, source_run):
 @pytest.mark.parametrize("overrides, message", [
     (["data.labels=[positive,neutral,negative]"], "labels"),
     (["lora.init_seed=99"], "frozen"),
-    (["lora.r=2"], "do not fit"),
+    (["lora.r=2"], "`lora.r` 4"),
+    (["lora.alpha=3"], "alpha / r"),
     (["task=qa"], "task"),
 ])
 def test_mismatched_sources_are_refused(tiny_config, tmp_path, source_run, overrides, message):

@@ -25,6 +25,7 @@ from finfed.tasks import task_class, task_named
 
 EXPORT_INFO = "finfed_export.json"  # written by finfed.inference.export (a layer above)
 ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 KEY = "`model.init_from`"
 
 
@@ -95,6 +96,20 @@ def check_compatible(info: dict[str, Any], config: ExperimentConfig, labels: lis
                           f"{pooling!r}")
 
 
+def _check_scaling(folder: Path, model: PeftModel, path: Path) -> None:
+    """The source's LoRA rank and alpha equal this run's: the tensors would load under another alpha, but
+    every update would be scaled by alpha / r differently and the run would not start from the source's model."""
+    if not (folder / ADAPTER_CONFIG).is_file():
+        return
+    source = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    ours = model.peft_config["default"]
+    for key, setting in (("lora_alpha", "lora.alpha"), ("r", "lora.r")):
+        if key in source and float(source[key]) != float(getattr(ours, key)):
+            raise ConfigError(f"{KEY} {path} was trained with `{setting}` {source[key]:g}; this run has "
+                              f"{getattr(ours, key):g}: LoRA scales its adapters by alpha / r, so the warm start "
+                              f"would not be the source's model; set `{setting}: {source[key]:g}`")
+
+
 def warm_start(model: PeftModel, config: ExperimentConfig, labels: list[str]) -> dict[str, Any]:
     """Load the source's trained tensors into ``model`` (in place); the record privacy.json keeps."""
     path = Path(config.model.init_from).expanduser()
@@ -104,6 +119,7 @@ def warm_start(model: PeftModel, config: ExperimentConfig, labels: list[str]) ->
     _refuse_same_data(path, info, config)
     if not (folder / ADAPTER_FILE).is_file():
         raise ConfigError(f"{KEY} {path}: {folder / ADAPTER_FILE} is missing")
+    _check_scaling(folder, model, path)
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
     frozen = {name: p.detach().clone() for name, p in model.named_parameters()
               if not p.requires_grad and ("lora_" in name or "modules_to_save" in name)}
