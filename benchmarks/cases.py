@@ -16,6 +16,7 @@ from typing import Any
 from benchmarks.central import train_central
 from benchmarks.engine import ENGINES, experiment
 from benchmarks.measure import rounded, run_results
+from finfed.runs.outputs import CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATIONS = ROOT / "simulations"
@@ -76,6 +77,9 @@ class Bench:
         overrides = self.overrides(name, settings)
         code = ENGINES[self.engine](config_file, overrides)
         run_dir = self.work / name
+        if code != 0 and not (run_dir / CONFIG).is_file():  # refused before the run folder was written
+            raise RuntimeError(f"federation {name} was refused before it started (exit code {code}): its error "
+                               "is the `finfed simulate` message printed above")
         result = run_results(run_dir)
         if code != 0 or result["state"] not in ("complete", "budget-exhausted"):
             raise RuntimeError(f"federation {name} ended with exit code {code}, state {result['state']} "
@@ -151,7 +155,7 @@ def phrasebank_warm(bench: Bench) -> dict[str, Any]:
 def finished_run(run_dir: Path) -> dict[str, Any]:
     """What a finished run given with ``--warm-from`` records about itself: its name, rounds and final figures."""
     from finfed.config import load_config
-    from finfed.runs.outputs import CONFIG, read_metrics
+    from finfed.runs.outputs import read_metrics
 
     config, rounds = load_config(run_dir / CONFIG), read_metrics(run_dir)
     return {"engine": "a finished run given with --warm-from", "config": config.name,
