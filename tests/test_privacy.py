@@ -64,6 +64,30 @@ def test_calibrated_noise_never_overshoots_the_target(target, records, rounds, a
     _check_calibration_does_not_overshoot(target, records, rounds, accountant)
 
 
+@pytest.mark.parametrize("target, rate, steps", [(8.0, 0.0945, 44), (1.0, 0.01, 1000), (3.0, 0.2, 30),
+                                                  (50.0, 0.5, 10), (0.5, 0.001, 100), (100.0, 0.1, 2)])
+def test_the_noise_search_meets_opacus_condition_in_fewer_evaluations(target, rate, steps):
+    """Same answer as Opacus' bisection, to its tolerance: epsilon within [target - 0.01, target]."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    from finfed.privacy.calibration import search_noise
+
+    tried = []
+    noise = search_noise(lambda n: tried.append(n) or _rdp_epsilon(n, rate, steps, 1e-5), target, 0.01)
+    assert target - 0.01 <= _rdp_epsilon(noise, rate, steps, 1e-5) <= target
+    opacus = get_noise_multiplier(target_epsilon=target, target_delta=1e-5, sample_rate=rate, steps=steps,
+                                  accountant="rdp", epsilon_tolerance=0.01)
+    assert noise == pytest.approx(opacus, rel=0.01)
+    assert len(tried) <= 8  # Opacus: a dozen or more
+
+
+def test_a_budget_no_noise_can_reach_is_refused():
+    from finfed.privacy.calibration import search_noise
+
+    with pytest.raises(PrivacyError, match="too small"):
+        search_noise(lambda n: 1.0 + 1.0 / n, 0.5, 0.01)  # epsilon never falls below 1
+
+
 def test_accountant_state_survives_save_and_reload():
     uninterrupted = SiteAccountant("rdp")
     resumed = SiteAccountant("rdp")

@@ -74,8 +74,8 @@ def test_noise_is_calibrated_once_per_simulation_and_a_shared_value_is_checked(t
     assert list(json.loads(cache.read_text()).values()) == [first]
 
     searches = []
-    real_search = calibration.get_noise_multiplier
-    monkeypatch.setattr(calibration, "get_noise_multiplier", lambda **kw: searches.append(kw) or real_search(**kw))
+    real_search = calibration.search_noise
+    monkeypatch.setattr(calibration, "search_noise", lambda *a: searches.append(a) or real_search(*a))
     calibration.calibrate_noise.cache_clear()  # another process: it reads the file, checks, does not search
     assert calibration.calibrate_noise(**shape) == first and not searches
 
