@@ -26,15 +26,23 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.xdist_group(SHARED_RUN_GROUP))
 
 
-@pytest.fixture(autouse=True)
-def _finfed_logging_restored():
-    """The ServerApp configures the `finfed` logger for its process (finfed/runtime/app_log.py); a test that
-    runs it in-process must not hand that configuration to the next test (caplog would see no record)."""
+@contextlib.contextmanager
+def finfed_logging_restored():
+    """The ServerApp configures the `finfed` logger for its process (finfed/runtime/app_log.py); a test (or a
+    fixture) that runs it in-process must not hand that configuration on (caplog would see no record)."""
     logger = logging.getLogger("finfed")
     handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
-    yield
-    logger.handlers, logger.propagate = handlers, propagate
-    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+        logger.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
+def _finfed_logging_restored():
+    with finfed_logging_restored():
+        yield
 
 
 def _write_tiny_bert(folder: Path) -> Path:
@@ -57,7 +65,7 @@ def tiny_backbone(tmp_path_factory) -> str:
     return str(_write_tiny_bert(tmp_path_factory.mktemp("tiny-bert")))
 
 
-def _tiny_overrides(backbone: str, run_dir: Path) -> list[str]:
+def tiny_overrides(backbone: str, run_dir: Path) -> list[str]:
     return [f"model.backbone={backbone}", f"run_dir={run_dir}", "data.synthetic_size=400",
             "federation.num_sites=2", "federation.rounds=2", "train.batch_size=16", "lora.r=4",
             "train.learning_rate=0.01"]
@@ -67,7 +75,7 @@ def _tiny_overrides(backbone: str, run_dir: Path) -> list[str]:
 def tiny_config(tiny_backbone, tmp_path):
     """A fast experiment: tiny BERT, small synthetic data, 2 sites, 2 rounds."""
     def make(*overrides: str):
-        return load_config(None, [*_tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides])
+        return load_config(None, [*tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides])
     return make
 
 
@@ -77,7 +85,7 @@ def tiny_simulate(tiny_backbone, tmp_path):
     from finfed.cli.main import main
 
     def run(*overrides: str) -> int:
-        settings = [*_tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides]
+        settings = [*tiny_overrides(tiny_backbone, tmp_path / "run"), *overrides]
         return main(["simulate", *[arg for item in settings for arg in ("--set", item)]])
     return run
 
@@ -91,7 +99,7 @@ def tiny_simulated_run(tiny_backbone, tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("shared-run")
     run_dir, audit = folder / "run", folder / "audit.jsonl"
-    settings = _tiny_overrides(tiny_backbone, run_dir)
+    settings = tiny_overrides(tiny_backbone, run_dir)
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as console:
         patch.setenv("FINFED_AUDIT_LOG", str(audit))
         code = main(["simulate", *[arg for item in settings for arg in ("--set", item)]])

@@ -65,7 +65,7 @@ def test_calibrated_noise_never_overshoots_the_target(target, records, rounds, a
 
 
 @pytest.mark.parametrize("target, rate, steps", [(8.0, 0.0945, 44), (1.0, 0.01, 1000), (3.0, 0.2, 30),
-                                                  (50.0, 0.5, 10), (0.5, 0.001, 100), (100.0, 0.1, 2)])
+                                                  (0.5, 0.001, 100), (100.0, 0.1, 2)])
 def test_the_noise_search_meets_opacus_condition_in_fewer_evaluations(target, rate, steps):
     """Same answer as Opacus' bisection, to its tolerance: epsilon within [target - 0.01, target]."""
     from opacus.accountants.utils import get_noise_multiplier

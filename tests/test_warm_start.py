@@ -6,20 +6,23 @@ import json
 import shutil
 
 import pytest
+from conftest import finfed_logging_restored, tiny_overrides
 from inprocess_grid import serve
 
+from finfed.config import load_config
 from finfed.coordinator.run import FederatedRun
 from finfed.errors import ConfigError
 from finfed.reporting.privacy_report import build_report
 from finfed.runs.outputs import read_metrics, read_privacy
 
 
-@pytest.fixture
-def source_run(tiny_config, tmp_path):
-    """A finished tiny non-private run to start from."""
-    config = tiny_config("privacy.enabled=false", f"run_dir={tmp_path / 'source'}", "name=public")
-    serve(config)
-    return tmp_path / "source"
+@pytest.fixture(scope="module")
+def source_run(tiny_backbone, tmp_path_factory):
+    """A finished tiny non-private run to start from: one for the module, which only reads it."""
+    folder = tmp_path_factory.mktemp("warm-source") / "source"
+    with finfed_logging_restored():
+        serve(load_config(None, [*tiny_overrides(tiny_backbone, folder), "privacy.enabled=false", "name=public"]))
+    return folder
 
 
 def test_a_warm_started_run_begins_where_its_source_ended_and_its_report_says_so(tiny_config, tmp_path,
@@ -86,6 +89,7 @@ def test_an_adapter_export_is_a_source_too(tiny_config, tmp_path, source_run):
 def test_a_source_trained_on_this_runs_own_data_file_is_refused(tiny_config, tmp_path, source_run):
     import yaml
 
+    source_run = shutil.copytree(source_run, tmp_path / "source")  # the shared source stays as it is
     config_file = source_run / "config.yaml"
     values = yaml.safe_load(config_file.read_text(encoding="utf-8"))
     data_file = tmp_path / "sites.csv"
