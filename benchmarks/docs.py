@@ -100,6 +100,36 @@ def _memory_ratio(case: str, reference: str, limit: float) -> Callable[[Results]
     return measure
 
 
+def _at_most(case: str, figure: Callable[[dict], float | None], unit: str, limit: float
+              ) -> Callable[[Results], tuple[str, str]]:
+    """A cost figure of a case's record (wall time, memory, a ratio) against its ceiling."""
+    def measure(results: Results) -> tuple[str, str]:
+        record = results.get(case) or {}
+        value = figure(record) if record.get("ok", True) and not record.get("timed_out_after_s") else None
+        if value is None:
+            return "not measured", "-"
+        digits = 1 if unit == "s" else 2
+        return (f"{value:.{digits}f} {unit}".rstrip(),
+                "met" if value <= limit else f"missed by {value - limit:.{digits}f} {unit}".rstrip())
+    return measure
+
+
+def _wall_per_training(record: dict) -> float | None:
+    return record["wall_s"] / record["train_step_s"] if record.get("wall_s") and record.get("train_step_s") else None
+
+
+def _completed(case: str) -> Callable[[Results], tuple[str, str]]:
+    def measure(results: Results) -> tuple[str, str]:
+        record = results.get(case)
+        if not record:
+            return "not measured", "-"
+        done = bool(record.get("ok")) and record.get("exit_code") == 0 and not record.get("timed_out_after_s")
+        text = (f"{record.get('rounds_completed')} rounds, {record.get('examples_trained')} examples trained in "
+                f"{record.get('wall_s')} s")
+        return text, "met" if done else "missed: did not complete"
+    return measure
+
+
 GOALS = [
     ("PhraseBank, 4 sites Dirichlet(0.5), ε = 8", "≥ 0.80 acc and ≥ 0.72 macro-F1",
      _both("phrasebank-dp", {"accuracy": 0.80, "macro_f1": 0.72}), ("phrasebank-dp",)),
@@ -119,6 +149,15 @@ GOALS = [
      _label_share("phrasebank-dp", 0.05), ("phrasebank-dp",)),
     ("the same, PhraseBank DP with the public warm start", "within 5 points per class",
      _label_share("phrasebank-warm", 0.05), ("phrasebank-warm",)),
+    ("issue 14: default `finfed simulate` wall time", "≤ 120 s",
+     _at_most("default-speed", lambda r: r.get("wall_s"), "s", 120.0), ("default-speed",)),
+    ("issue 14: its wall time / the sites' training-step time", "≤ 1.3",
+     _at_most("default-speed", _wall_per_training, "", 1.3), ("default-speed",)),
+    ("issue 14: its peak RSS, every process of the run (3 sites)", "≤ 3 GB",
+     _at_most("default-speed", lambda r: r.get("peak_rss_mb") and r["peak_rss_mb"] / 1024, "GB", 3.0),
+     ("default-speed",)),
+    ("issue 14: 50 sites, 10 % per round, 5 rounds", "completes",
+     _completed("scale-50"), ("scale-50",)),
     ("issue 14: peak memory of 50 sites (10 % per round) against 5 sites", "≤ 1.2 ×",
      _memory_ratio("scale-50", "scale-5", 1.2), ("scale-50", "scale-5")),
 ]

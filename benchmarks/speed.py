@@ -57,6 +57,7 @@ class TreeMemory:
         self.peak = 0
         self.peak_processes = 0
         self.at_peak: list[tuple[str, int]] = []  # (process, RSS) at the peak, largest first
+        self.seen: set[int] = set()  # every process of the tree, for OtherLoad
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -75,6 +76,7 @@ class TreeMemory:
             except psutil.Error:
                 return
             sizes = []
+            self.seen.update(process.pid for process in processes)
             for process in processes:
                 try:
                     sizes.append((_short_name(process), process.memory_info().rss))
@@ -85,6 +87,35 @@ class TreeMemory:
                 self.peak, self.peak_processes = total, len(processes)
                 self.at_peak = sorted(sizes, key=lambda item: -item[1])
             self._stop.wait(self.interval)
+
+
+class OtherLoad:
+    """CPU seconds that processes outside the measured run (and outside this one) used while it ran: what
+    makes a measurement contended. Counts the processes alive at the end (one that started and ended in
+    between is missed), so "quiet" is a lower bound on the contention, said as such."""
+
+    def __init__(self, root_pid: int) -> None:
+        self.root_pid = root_pid
+        self.before = self._cpu_by_process(set())
+
+    @staticmethod
+    def _cpu_by_process(excluded: set[int]) -> dict[tuple[int, float], float]:
+        seconds = {}
+        for process in psutil.process_iter(["pid", "create_time", "cpu_times"]):
+            info = process.info
+            if info["pid"] in excluded or info["cpu_times"] is None:
+                continue
+            seconds[(info["pid"], info["create_time"])] = info["cpu_times"].user + info["cpu_times"].system
+        return seconds
+
+    def measured(self, tree: set[int], wall_s: float) -> dict[str, Any]:
+        after = self._cpu_by_process({os.getpid(), self.root_pid, *tree})
+        other = sum(max(0.0, now - self.before.get(key, 0.0)) for key, now in after.items())
+        share = other / max(wall_s * (os.cpu_count() or 1), 1e-9)
+        return {"other_processes_cpu_s": round(other, 1), "other_share_of_machine": round(share, 3),
+                "note": ("quiet: other processes used {:.1%} of the machine's CPU during the run" if share < 0.05
+                         else "contended: other processes used {:.1%} of the machine's CPU during the run"
+                         ).format(share)}
 
 
 def _short_name(process: psutil.Process) -> str:
@@ -101,7 +132,7 @@ def run_case(name: str, args: list[str], run_dir: Path, limit: float | None) -> 
     command = [sys.executable, "-m", "finfed.cli", "simulate", *args, "--set", f"run_dir={run_dir}"]
     started = time.time()
     process = subprocess.Popen(command, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    timed_out = False
+    load, timed_out = OtherLoad(process.pid), False
     with TreeMemory(process.pid) as memory:
         try:
             _, stderr = process.communicate(timeout=limit)
@@ -117,7 +148,7 @@ def run_case(name: str, args: list[str], run_dir: Path, limit: float | None) -> 
             **run_figures(run_dir), "stderr_tail": stderr[-2000:] if process.returncode else "",
             "measured": {"host": platform.node(), "cpus": os.cpu_count(),
                          "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                         "note": "contended: a shared machine (other jobs ran beside it)"}}
+                         **load.measured(memory.seen, wall)}}
 
 
 SITE_LINE = re.compile(r"round (\d+): (\d+) steps on (\d+) examples; train-seconds ([\d.]+), "

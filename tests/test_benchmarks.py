@@ -50,6 +50,18 @@ def test_the_page_shows_a_cases_own_figures():
     assert "peak memory of 50 sites" in page
 
 
+def test_the_cost_goals_are_judged_from_the_speed_records():
+    from benchmarks.docs import goal_table
+
+    speed = {"ok": True, "date": "2026-12-03", "wall_s": 150.0, "train_step_s": 100.0, "peak_rss_mb": 2048}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in goal_table({"default-speed": speed}).splitlines()}
+    assert "| 150.0 s | missed by 30.0 s |" in rows["issue 14: default `finfed simulate` wall time"]
+    assert "| 1.50 | missed by 0.20 |" in rows["issue 14: its wall time / the sites' training-step time"]
+    assert "| 2.00 GB | met |" in rows["issue 14: its peak RSS, every process of the run (3 sites)"]
+    stopped = {"ok": True, "date": "2026-12-03", "exit_code": -15, "timed_out_after_s": 450, "wall_s": 455}
+    assert "missed: did not complete" in goal_table({"scale-50": stopped})
+
+
 def test_committed_results_carry_the_common_figures():
     for path in RESULTS.glob("*.json"):
         record = json.loads(path.read_text(encoding="utf-8"))
