@@ -405,7 +405,9 @@ def test_site_without_tls_is_refused(deployment):
     # ... and a SuperNode that speaks plain HTTP to the coordinator gets no answer.
     plain = processes.start("plain-supernode", [
         str(Path(sys.executable).parent / "flower-supernode"), "--insecure", "--superlink", consortium.address,
-        "--max-retries", "2", "--port", str(load_site_config(consortium.site_dir("bank-b")).runtime_port)])
+        "--max-retries", "2", "--port", str(load_site_config(consortium.site_dir("bank-b")).runtime_port)],
+        # it starts flower-superexec from PATH: this environment's, as finfed's own launches do (deploy/launch.py)
+        env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     assert wait_exit(plain, 120) != 0
     assert "Failed to initialize the connection to the SuperLink" in plain.text()
     assert not online_nodes(consortium)
