@@ -5,15 +5,30 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 from pathlib import Path
 
-import pytest
-import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
 
-from finfed.config import load_config
-from finfed.data.synthetic_news import generate_news
+def _one_share_of_the_cores_per_worker() -> None:
+    """Under pytest-xdist (`-n 2`), each worker and every process it starts (simulations, Ray actors, sites)
+    uses its share of the cores for torch's OpenMP threads. Left at torch's default (all cores each), two
+    workers' spinning threads fight over the same cores: two copies of the membership-audit DP test side by
+    side took 230 s each instead of 47 s (2-core machine). Set before torch is imported; an explicit
+    OMP_NUM_THREADS wins."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+
+
+_one_share_of_the_cores_per_worker()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+
+from finfed.config import load_config  # noqa: E402
+from finfed.data.synthetic_news import generate_news  # noqa: E402
 
 SHARED_RUN_GROUP = "tiny_simulated_run"
 

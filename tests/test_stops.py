@@ -319,7 +319,7 @@ def _alive(processes: list[psutil.Process]) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_sigterm_during_training_stops_spending_records_interrupted_and_resumes(tiny_backbone, tmp_path):
     run_dir = tmp_path / "run"
-    command = _simulate_command(tiny_backbone, run_dir, "federation.rounds=3", "train.local_epochs=40")
+    command = _simulate_command(tiny_backbone, run_dir, "federation.rounds=3", "train.local_epochs=10")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     output, family = _Output(process), []
