@@ -89,6 +89,45 @@ def test_stopping_never_signals_the_callers_own_process_group():
             child.kill()
 
 
+def test_the_wait_for_flower_ends_once_the_serverapp_has_recorded_the_end(tmp_path):
+    """`flwr run --stream` stays up while Flower tears its engine down; finfed stops waiting (and stops it)
+    as soon as the run's own status says it ended, and says so in the result's status."""
+    from finfed.runtime.local_engine import stream_flower_run
+
+    code = ("import time; print('Successfully started run 42', flush=True); print('round 1', flush=True); "
+            "print('run complete', flush=True); time.sleep(600)")
+    lines: list[str] = []
+    started = time.monotonic()
+    run_id, ended_by_app = stream_flower_run(
+        [sys.executable, "-c", code], dict(os.environ), tmp_path / "flower.log", lines.append, cwd=tmp_path,
+        app_finished=lambda: lines[-1] == "run complete")
+    assert (run_id, ended_by_app) == ("42", True)
+    assert time.monotonic() - started < 30  # not the child's 600 s
+    assert "run complete" in (tmp_path / "flower.log").read_text()
+    run_id, ended_by_app = stream_flower_run(  # without the question: Flower's own end is awaited
+        [sys.executable, "-c", "print('Successfully started run 7')"], dict(os.environ), tmp_path / "flower.log",
+        lines.append, cwd=tmp_path)
+    assert (run_id, ended_by_app) == ("7", False)
+
+
+def test_only_a_normal_end_recorded_during_this_run_ends_the_wait(tmp_path):
+    from finfed.runs.outputs import run_recorded_its_end
+
+    def status(state: str, updated: float) -> None:
+        (tmp_path / "status.json").write_text(json.dumps({"state": state, "updated": updated}))
+
+    now = time.time()
+    assert not run_recorded_its_end(tmp_path, since=now)  # no status yet
+    for state in ("complete", "budget-exhausted"):
+        status(state, now + 1)
+        assert run_recorded_its_end(tmp_path, since=now)
+    status("complete", now - 60)  # an earlier run's: this one has not ended
+    assert not run_recorded_its_end(tmp_path, since=now)
+    for state in ("running", "failed", "interrupted"):  # failures keep Flower's own account
+        status(state, now + 1)
+        assert not run_recorded_its_end(tmp_path, since=now)
+
+
 # --------------------------------------------------------------------------- guard
 
 def test_guard_stops_the_engine_and_removes_its_home_when_the_owner_is_killed(engine_root):

@@ -147,7 +147,7 @@ def _environment(name: str, value: str):
 
 def _simulate(args: argparse.Namespace) -> int:
     from finfed.config import to_run_config
-    from finfed.runs.outputs import prepare_run_dir
+    from finfed.runs.outputs import prepare_run_dir, run_recorded_its_end
     from finfed.runtime.isolated import call_isolated
     from finfed.runtime.local_engine import run_simulation
 
@@ -168,7 +168,8 @@ def _simulate(args: argparse.Namespace) -> int:
     result = submit_stoppable(run_dir, lambda: run_simulation(
         run_config, num_sites=config.federation.num_sites, cpus_per_site=config.simulation.cpus_per_site,
         gpus_per_site=config.simulation.gpus_per_site,
-        log_path=run_dir / "flower.log", on_line=show_engine_line, append_log=bool(args.resume)))
+        log_path=run_dir / "flower.log", on_line=show_engine_line, append_log=bool(args.resume),
+        app_finished=lambda: run_recorded_its_end(run_dir, since=started)))
     return finish_run(run_dir, result, started)
 
 

@@ -383,8 +383,8 @@ def start_run(consortium: Consortium, config: ExperimentConfig, *, on_line: Prin
     # A resumed run keeps the interrupted run's log beside its own.
     log_path = run_dir / ("flower-resumed.log" if config.resume_from else "flower.log")
     app = write_app(consortium.flwr_home)
-    run_id = stream_flower_run(_executable(commands.run_command(app, run_config)), env, log_path, on_line,
-                               cwd=consortium.flwr_home)
+    run_id, _ = stream_flower_run(_executable(commands.run_command(app, run_config)), env, log_path, on_line,
+                                  cwd=consortium.flwr_home)
     status, details = final_run_status(run_id, env, commands.CONNECTION, cwd=consortium.flwr_home)
     return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
 

@@ -101,6 +101,18 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     return read_json_object(path, "the run's status")
 
 
+def run_recorded_its_end(run_dir: Path, since: float) -> bool:
+    """The ServerApp has recorded, after ``since``, that the rounds ended normally (``complete`` or
+    ``budget-exhausted``): it writes that status after the model, reports and privacy summary, so nothing
+    the run leaves behind is still to come. A failure or an interruption is not counted: the engine's own
+    account of those is wanted."""
+    try:
+        status = read_status(run_dir)
+    except RunError:
+        return False  # being replaced as it is read: asked again at the next line
+    return status.get("state") in (COMPLETE, BUDGET_EXHAUSTED) and float(status.get("updated", 0)) >= since
+
+
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
     """A run file holding one JSON object; anything else (truncated, edited, not UTF-8) is a one-line RunError."""
     try:
