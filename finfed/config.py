@@ -238,9 +238,11 @@ class FederationSettings:
     fraction_train: float = _opt(1.0, "share of sites asked to train each round (with client-level DP: each "
                                       "site's independent sampling probability)", 0.0, 1.0, True)
     fraction_evaluate: float = _opt(1.0, "share of the sites online asked each round to evaluate the global model "
-                                         "on their validation split (at least one); the coordinator's central "
-                                         "evaluation on the test split runs every round regardless",
-                                    0.0, 1.0, True)
+                                         "on their validation split (at least one; 0 = none, which saves each "
+                                         "site a message and a pass over its validation split per round); the "
+                                         "coordinator's central evaluation on the test split runs every round "
+                                         "regardless",
+                                    0.0, 1.0)
     min_sites: int = _opt(0, "fewest site updates a round needs, else the run stops; 0 = every sampled site", 0)
     round_timeout: float = _opt(3600.0, "seconds to wait for sites to connect and to reply in a round", 1.0)
     # Filled in by `finfed deploy run` from the consortium's registrations, so waits can name missing sites.

@@ -278,8 +278,10 @@ def test_two_sites_on_one_host_start_and_the_run_names_a_site_never_started(proc
     start_coordinator(processes, consortium)
     for entry in consortium.sites[:2]:
         start_site(processes, consortium, entry)
+    # The first round waits `round_timeout` for bank-c: 60 s, still room for the two sites' replies under load.
     run = start_run(processes, consortium, run_overrides(tiny_backbone, "missing", **{
-        "federation.round_timeout": 90, "federation.min_sites": 2, "federation.rounds": 1}))
+        "federation.round_timeout": 60, "federation.min_sites": 2, "federation.rounds": 1,
+        "federation.fraction_evaluate": 0}))
     wait_for(lambda: "waiting for sites: bank-c (not connected)" in run.text(), 120,
              "the run to name the missing site", run)
     assert wait_exit(run, 300) == 0, run.text()[-4000:]

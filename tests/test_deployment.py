@@ -443,7 +443,9 @@ def test_a_site_killed_after_round_one_does_not_stop_the_run(deployment):
     started = time.time()
     start_coordinator(processes, consortium)
     sites = _start_sites(processes, consortium)
-    run = start_run(processes, consortium, run_overrides(backbone, "fault", **{"federation.min_sites": 2}))
+    # No federated evaluation (not what this test is about): one message, one process start, less per site-round.
+    run = start_run(processes, consortium, run_overrides(backbone, "fault", **{"federation.min_sites": 2,
+                                                                                "federation.fraction_evaluate": 0}))
     run_dir = consortium.runs_dir / "fault"
     wait_for(lambda: any(r["round"] == 1 for r in metrics(run_dir)), 600, "round 1", run)
     _kill_hard(sites[2])  # bank-c, site id 2
@@ -465,7 +467,7 @@ def test_coordinator_restarted_after_round_one_resumes_the_run(deployment):
     started = time.time()
     coordinator = start_coordinator(processes, consortium)
     _start_sites(processes, consortium)
-    overrides = run_overrides(backbone, "resume")
+    overrides = run_overrides(backbone, "resume", **{"federation.fraction_evaluate": 0})  # see the fault test
     first = start_run(processes, consortium, overrides, name="run-first")
     run_dir = consortium.runs_dir / "resume"
     checkpoint = run_dir / "checkpoint" / "checkpoint.json"

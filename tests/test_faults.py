@@ -45,7 +45,7 @@ def test_first_round_waits_for_every_site_then_goes_on_with_min_sites(tiny_confi
     assert clock.now == 0.0
 
 
-def test_a_share_of_the_sites_online_evaluates_at_least_one(tiny_config):
+def test_a_share_of_the_sites_online_evaluates_at_least_one_unless_the_share_is_0(tiny_config):
     every = _sampler(tiny_config)[0]
     assert every.evaluate_nodes(FakeGrid([1, 2, 3])) == [1, 2, 3]
     tenth = _sampler(tiny_config, "federation.fraction_evaluate=0.1")[0]
@@ -53,6 +53,7 @@ def test_a_share_of_the_sites_online_evaluates_at_least_one(tiny_config):
     half = _sampler(tiny_config, "federation.num_sites=10", "federation.fraction_evaluate=0.5")[0]
     chosen = half.evaluate_nodes(FakeGrid(list(range(1, 11))))
     assert len(chosen) == 5 and set(chosen) <= set(range(1, 11)) and chosen == sorted(chosen)
+    assert _sampler(tiny_config, "federation.fraction_evaluate=0")[0].evaluate_nodes(FakeGrid([1, 2, 3])) == []
 
 
 def test_too_few_sites_online_is_a_clear_error(tiny_config):

@@ -73,7 +73,10 @@ class SiteSampler:
         return sorted(random.sample(nodes, size))
 
     def evaluate_nodes(self, grid) -> list[int]:
-        """A `fraction_evaluate` share of the sites online now (at least one); no wait for the others."""
+        """A `fraction_evaluate` share of the sites online now (at least one; none when it is 0, as in
+        Flower's strategies); no wait for the others."""
+        if self.federation.fraction_evaluate == 0:
+            return []
         nodes = sorted(grid.get_node_ids())
         size = min(len(nodes), max(round(len(nodes) * self.federation.fraction_evaluate), 1))
         return sorted(random.sample(nodes, size))
