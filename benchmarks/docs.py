@@ -269,14 +269,21 @@ def other_figures(record: dict[str, Any]) -> list[str]:
     return out
 
 
+def _wall_time(record: dict[str, Any]) -> str:
+    """The wall time with how busy the machine was, where the record measured it (benchmarks/speed.py)."""
+    if record.get("wall_s") is None:
+        return "wall time not recorded"
+    load = (record.get("measured") or {}).get("note") or "other load not recorded: the machine may have been shared"
+    return f"wall time {record['wall_s']} s (2-core machine; {load})"
+
+
 def case_section(name: str, record: dict[str, Any]) -> str:
     out = [f"### `{name}`", "", record.get("description", ""), ""]
     facts = [f"measured {record.get('date')}" + (f" at commit {record['commit']}" if record.get("commit") else ""),
              f"engine: {record.get('engine', '-')}"]
     if record.get("overrides"):
         facts.append("settings: " + " ".join(f"`{o}`" for o in record["overrides"]))
-    facts.append(f"wall time {record['wall_s']} s (contended 2-core machine)" if record.get("wall_s") is not None
-                 else "wall time not recorded")
+    facts.append(_wall_time(record))
     facts.append(f"peak memory {record['peak_rss_mb']:.0f} MB (process tree)" if record.get("peak_rss_mb")
                  else "peak memory not recorded")
     if record.get("upload_bytes_per_site_round"):
