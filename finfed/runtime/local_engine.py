@@ -212,13 +212,14 @@ def run_simulation(run_config: Mapping[str, object], *, num_sites: int, cpus_per
                 superlink.grace = GRACE_AFTER_RECORDED_END
             status, details = ((RECORDED_BY_SERVERAPP, "") if ended_by_app
                                else final_run_status(run_id, env, cwd=home))
-        if status not in (FLOWER_RUN_COMPLETED, RECORDED_BY_SERVERAPP):
+        result = FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
+        if not result.succeeded:
             keep_superlink_log(home, log_path)
     finally:
         shutil.rmtree(home, ignore_errors=True)
         if guard is not None:
             stop_process_tree(guard, grace=2.0)  # it exits by itself once the home is gone
-    return FlowerRunResult(run_id=run_id, status=status, details=details, log_path=log_path)
+    return result
 
 
 def keep_superlink_log(home: Path, log_path: Path) -> None:
