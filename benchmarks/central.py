@@ -17,7 +17,7 @@ import pandas as pd
 from benchmarks.measure import central_test_examples, label_shares, rounded
 from finfed.config import ExperimentConfig
 from finfed.data.partition import simulated_site
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.privacy.calibration import steps_per_round
 from finfed.privacy.membership_audit import audit_holdout_fraction
@@ -52,7 +52,7 @@ def train_central(config: ExperimentConfig) -> dict[str, Any]:
         "baseline": rounded(task.baseline(test)), "baseline_description": task.baseline_description,
         "dp": False, "epsilon_per_site": {}, "target_epsilon": None, "upload_bytes_per_site_round": None,
         "training_records": len(train), "steps_per_round": steps,
-        "trained_tensors": len(trainable_state(model))}
+        "trained_tensors": len(exchanged_state(model))}
     if config.task == "classification":
         result["label_share"] = label_shares(task, model, test)
     return result

@@ -14,7 +14,7 @@ from typing import Any
 from finfed.config import ExperimentConfig, load_config
 from finfed.constants import EVAL_ACCURACY, EVAL_MACRO_F1, NUM_EXAMPLES
 from finfed.data.partition import load_federated_data
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.models.backbone import load_tokenizer
 from finfed.runs.outputs import CONFIG, read_metrics, read_privacy, read_status
 from finfed.tasks import federation_labels, get_task
@@ -28,7 +28,7 @@ def upload_bytes(config: ExperimentConfig) -> int:
     """Bytes of tensors one site sends per round (float32 values of every trained tensor; Flower's
     message framing not counted)."""
     model = get_task(config, federation_labels(config)).build_model()
-    return int(sum(t.numel() * t.element_size() for t in trainable_state(model).values()))
+    return int(sum(t.numel() * t.element_size() for t in exchanged_state(model).values()))
 
 
 def label_shares(task, model, examples: list[dict]) -> dict[str, dict[str, float]]:

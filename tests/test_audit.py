@@ -9,7 +9,7 @@ from inprocess_grid import InProcessGrid, serve
 
 from finfed.errors import PrivacyError
 from finfed.flower_app.client import app as client_app
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.runs.outputs import read_metrics, read_privacy
 from finfed.runtime.app_log import parse_app_record
 from finfed.site.audit import audit_mod
@@ -25,7 +25,7 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
     logs = [tmp_path / f"audit-{site}.jsonl" for site in (0, 1)]
     serve(config, InProcessGrid(client_app.app, config, [{"audit-log": str(path)} for path in logs]))
     model = get_task(config, ["negative", "neutral", "positive"]).build_model()
-    shapes = {name: list(tensor.shape) for name, tensor in trainable_state(model).items()}
+    shapes = {name: list(tensor.shape) for name, tensor in exchanged_state(model).items()}
     sites = {s["site"]: s for s in read_metrics(config.resolved_run_dir)[1]["sites"]}
     privacy = read_privacy(config.resolved_run_dir)["sites"]
     progress = [r.getMessage() for r in map(parse_app_record, capsys.readouterr().out.splitlines()) if r]

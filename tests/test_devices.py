@@ -12,7 +12,7 @@ import torch
 
 from finfed.config import load_config
 from finfed.errors import ConfigError, PrivacyError
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.models.devices import check_device, on_model_device, resolve_device
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import plan_privacy
@@ -65,12 +65,12 @@ def _one_dp_step(config, precision: str, model_seed: int = 0):
     examples = task.encode(data.test.head(64), load_tokenizer(config.model.backbone))
     torch.manual_seed(model_seed)
     model = task.build_model()
-    before = trainable_state(model)
+    before = exchanged_state(model)
     plan = plan_privacy(num_records=len(examples), train=config.train, privacy=config.privacy, rounds=1)
     plan = dataclasses.replace(plan, noise_multiplier=0.5)
     train_locally(model, examples, task.collate, task.loss, loss_reduction="mean", settings=config.train, steps=1,
                   seed=5, plan=plan, accountant=SiteAccountant("rdp"), reproducible_dp=True)
-    after = trainable_state(model)
+    after = exchanged_state(model)
     return torch.cat([(after[n] - before[n]).flatten() for n in before]), model
 
 

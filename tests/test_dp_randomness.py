@@ -17,7 +17,7 @@ from finfed.compat import generator_from_words
 from finfed.coordinator.run import FederatedRun
 from finfed.errors import ConfigError, PrivacyError
 from finfed.inference.export import EXPORT_INFO, export_run
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.randomness import (
     REPRODUCIBLE_LABEL,
@@ -33,7 +33,7 @@ SMALL = "data.synthetic_size=120"  # 45 training records per site: a DP round of
 
 
 def _initial(site):
-    return {name: tensor.numpy() for name, tensor in trainable_state(site.task.build_model()).items()}
+    return {name: tensor.numpy() for name, tensor in exchanged_state(site.task.build_model()).items()}
 
 
 def _update(config, node_config=None):

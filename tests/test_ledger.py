@@ -8,7 +8,7 @@ from inprocess_grid import serve
 
 from finfed.cli.main import main
 from finfed.errors import BudgetExhausted, PrivacyError
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.privacy.ledger import PrivacyLedger
 from finfed.reporting.ledger_report import ledger_summary
 from finfed.runs.outputs import read_metrics, read_privacy, read_status
@@ -16,7 +16,7 @@ from finfed.site.rounds import site_context, train_round
 
 
 def _initial(site):
-    return {k: v.numpy() for k, v in trainable_state(site.task.build_model()).items()}
+    return {k: v.numpy() for k, v in exchanged_state(site.task.build_model()).items()}
 
 
 def test_ledger_composes_spend_across_runs(tiny_config, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from finfed.cli.main import main
 from finfed.errors import LedgerIntegrityError, PrivacyError
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.ledger import PrivacyLedger, new_entry
 from finfed.privacy.ledger_chain import HEAD_FILE, ChainHead, record_hash
@@ -25,7 +25,7 @@ NOISE = [1.1, 1.1, 0.9]
 
 
 def _initial(site):
-    return {k: v.numpy() for k, v in trainable_state(site.task.build_model()).items()}
+    return {k: v.numpy() for k, v in exchanged_state(site.task.build_model()).items()}
 
 
 def _mode(path: Path) -> int:

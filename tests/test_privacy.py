@@ -25,8 +25,8 @@ def test_reported_epsilon_after_r_rounds_equals_independent_rdp_accountant(tiny_
     config = tiny_config("privacy.accountant=rdp", "privacy.target_epsilon=4", "federation.rounds=3")
     site = site_context(config, {"partition-id": 0})
     model = site.task.build_model()
-    from finfed.models.adapters import trainable_state
-    arrays = {k: v.numpy() for k, v in trainable_state(model).items()}
+    from finfed.models.adapters import exchanged_state
+    arrays = {k: v.numpy() for k, v in exchanged_state(model).items()}
     state, epsilons = None, []
     for server_round in (1, 2, 3):
         update = train_round(site, arrays, server_round=server_round, accountant_state=state)

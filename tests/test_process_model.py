@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.site import rounds
 from finfed.site.rounds import evaluate_round, site_context, train_round
 
 
 def _initial(site):
-    return {name: tensor.numpy() for name, tensor in trainable_state(site.task.build_model()).items()}
+    return {name: tensor.numpy() for name, tensor in exchanged_state(site.task.build_model()).items()}
 
 
 def _rounds(config):

@@ -12,7 +12,7 @@ from inprocess_grid import InProcessGrid, message_round, serve
 
 from finfed.errors import ConfigError
 from finfed.flower_app.client import app as client_app
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.runs.checkpoint import read_checkpoint
 from finfed.runs.outputs import read_metrics, read_privacy, read_status
 from finfed.site.audit import audit_mod
@@ -110,7 +110,7 @@ def test_dp_secagg_simulation_completes_and_sites_log_masked_updates(tiny_config
         ledger = json.loads((run_dir / "ledgers" / f"site-{site_id}.json").read_text())
         assert [e["round"] for e in ledger["entries"]] == [1, 2]
 
-    trained = list(trainable_state(get_task(tiny_config(), ["negative", "neutral", "positive"]).build_model()))
+    trained = list(exchanged_state(get_task(tiny_config(), ["negative", "neutral", "positive"]).build_model()))
     entries = [json.loads(line) for line in audit.read_text().splitlines()]
     for site_id in range(3):
         mine = [e for e in entries if e["node_config"]["partition-id"] == site_id]

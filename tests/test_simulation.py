@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 
 from finfed.cli.main import main
 from finfed.inference.predict import predict_texts
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.runs.outputs import read_metrics, read_privacy, read_status
 from finfed.tasks import get_task
 
@@ -49,7 +49,7 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
 
     # What left each site: only the trained tensors (FFA: LoRA B + head) and numbers.
     task = get_task(config, ["negative", "neutral", "positive"])
-    trained = set(trainable_state(task.build_model()))
+    trained = set(exchanged_state(task.build_model()))
     assert all("lora_B" in n or "classifier" in n for n in trained)
     sent = [json.loads(line) for line in audit.read_text().splitlines()]
     assert len(sent) == 2 * 2 * 2  # 2 sites x 2 rounds x (train + evaluate)

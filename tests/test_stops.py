@@ -27,7 +27,7 @@ from finfed.config import load_config
 from finfed.errors import RunError, RunInterrupted
 from finfed.flower_app.client import app as client_app
 from finfed.inference.export import export_run
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import plan_privacy
 from finfed.runs.checkpoint import read_checkpoint, resume_point, write_checkpoint
@@ -89,7 +89,7 @@ def test_without_a_stop_every_step_runs():
 
 
 def _initial_arrays(site):
-    return {name: tensor.numpy() for name, tensor in trainable_state(site.task.build_model()).items()}
+    return {name: tensor.numpy() for name, tensor in exchanged_state(site.task.build_model()).items()}
 
 
 def _stop_after_step(run_dir: Path, step: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import finfed_logging_restored, tiny_overrides
 from inprocess_grid import serve
@@ -40,6 +41,25 @@ def test_a_warm_started_run_begins_where_its_source_ended_and_its_report_says_so
     assert "Warm start" in report["warm_start"] and "public" in report["warm_start"]
     assert "no site data" in report["warm_start"]
     assert "Warm start" in (tmp_path / "warm" / "report.md").read_text(encoding="utf-8")
+
+
+def test_head_only_from_a_warm_start_keeps_the_sources_adapters_and_trains_its_head(tiny_config, tmp_path,
+                                                                                   source_run):
+    """`lora.method: head` on a warm start: the source's adapters reach the sites and stay as they were."""
+    from safetensors.numpy import load_file
+
+    config = tiny_config(f"model.init_from={source_run}", f"run_dir={tmp_path / 'warm'}", "federation.rounds=1",
+                         "lora.method=head")
+    serve(config)
+    assert read_metrics(tmp_path / "warm")[0]["central"]["accuracy"] == pytest.approx(
+        read_metrics(source_run)[-1]["central"]["accuracy"], abs=1e-9)
+    source = load_file(str(source_run / "model" / "adapter_model.safetensors"))
+    trained = load_file(str(tmp_path / "warm" / "model" / "adapter_model.safetensors"))
+    adapters = [name for name in source if "lora_B" in name]
+    assert adapters and any(np.abs(source[n]).sum() > 0 for n in adapters)  # the source did train them
+    assert all(np.array_equal(source[n], trained[n]) for n in adapters)
+    assert any(not np.array_equal(source[n], trained[n]) for n in source if "classifier" in n)
+    assert "head only" in build_report(tmp_path / "warm")["meta"]["adapters"]
 
 
 def test_a_run_without_warm_start_records_none(tiny_config, source_run):

@@ -219,7 +219,7 @@ class Coordinator:
         if outcome.private_release:
             self.run.record_client_level_release(server_round)
         if outcome.arrays is not None and (outcome.updates or outcome.private_release):
-            arrays = outcome.arrays
+            arrays = self.run.keep_fixed(outcome.arrays, arrays)
         if not (self.run.exhausted or stopping):
             self.evaluate(server_round, arrays)
         self.run.central_evaluate(server_round, arrays)

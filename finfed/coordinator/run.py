@@ -18,9 +18,10 @@ from finfed.data.partition import load_federated_data, simulated_site
 from finfed.errors import RunError
 from finfed.models.adapters import (
     count_parameters,
+    exchanged_state,
+    fixed_tensors,
     frozen_adapter_fingerprint,
-    load_trainable_state,
-    trainable_state,
+    load_exchanged_state,
 )
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.models.devices import device_name, model_device
@@ -138,7 +139,13 @@ class FederatedRun:
             self.client_level_rounds.append(server_round)
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
-        return {name: tensor.numpy() for name, tensor in trainable_state(self.model).items()}
+        return {name: tensor.numpy() for name, tensor in exchanged_state(self.model).items()}
+
+    def keep_fixed(self, aggregated: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray]
+                   ) -> dict[str, np.ndarray]:
+        """The aggregate, with the fixed tensors (``lora.method: head``) as they were: no site trains them, so
+        neither a site's reply nor the aggregation (SecAgg+'s quantisation, client-level noise) may move them."""
+        return {**aggregated, **{name: previous[name] for name in fixed_tensors(self.model) if name in previous}}
 
     def train_config(self) -> dict[str, Any]:
         return {keys.TOTAL_ROUNDS: self.config.federation.rounds, keys.FROZEN_FINGERPRINT: self.fingerprint}
@@ -212,7 +219,7 @@ class FederatedRun:
 
     def central_evaluate(self, server_round: int, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
         """Evaluate the global model on the held-out test split and log the round."""
-        load_trainable_state(self.model, arrays)
+        load_exchanged_state(self.model, arrays)
         metrics = self.task.evaluate(self.model, self.test_examples)
         record = {"round": server_round, "central": metrics,
                   "sites": self._round_sites(server_round),
@@ -328,7 +335,7 @@ class FederatedRun:
             logger.info(f"run ended without training: every site refused round {self.exhausted_round} "
                         "(privacy budget reached); no model saved")
             return
-        load_trainable_state(self.model, arrays)
+        load_exchanged_state(self.model, arrays)
         save_model(self.model, self.config, self.labels, self.outputs.run_dir / MODEL)
         audit = self.membership_audit()
         state = "budget-exhausted" if self.exhausted else "complete"

@@ -93,6 +93,8 @@ def derived_norm_bound(config: ExperimentConfig, global_arrays: Mapping[str, np.
     steps = steps_per_round(max(records, 1), train)
     lr_adapter, lr_head = train.learning_rate, train.head_learning_rate or train.learning_rate
     d_adapter, d_head = _sizes(global_arrays)
+    if config.lora.method == "head":  # the adapters are fixed: a site sends them back as it got them
+        d_adapter = 0
     if train.optimizer == "adamw":
         moved = math.sqrt(d_adapter * lr_adapter ** 2 + d_head * lr_head ** 2) * adam_step_sum(steps)
         if train.weight_decay:

@@ -4,6 +4,10 @@ FFA-LoRA freezes every site's LoRA ``A`` at the same seeded random value and
 trains only ``B`` (plus the head). Because the update ``B @ A`` is then linear in
 what is trained, FedAvg of ``B`` is exactly FedAvg of the adapters, the upload
 halves, and DP noise is spread over half the parameters.
+
+``lora.method: head`` trains only the task head. The adapters stay at the values the coordinator
+sends (zero from scratch, a warm start's otherwise): they cross the wire, so every site holds the
+coordinator's, but no site trains them, so no DP noise and no clipping budget is spent on them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from finfed.config import LoraSettings
 from finfed.errors import TrainingError
 from finfed.models.architectures import lora_targets
 
+FIXED_TENSORS = "finfed_fixed_tensors"  # attribute of a `head` model: the names of its fixed, exchanged tensors
+
 
 def add_adapters(model: nn.Module, settings: LoraSettings, head: str) -> PeftModel:
     """Wrap ``model`` with LoRA on ``settings.target_modules`` (``auto``: the architecture's attention
@@ -34,22 +40,35 @@ def add_adapters(model: nn.Module, settings: LoraSettings, head: str) -> PeftMod
     with torch.random.fork_rng():
         torch.manual_seed(settings.init_seed)
         peft_model = get_peft_model(model, config)
-    if settings.method == "ffa":
-        for name, param in peft_model.named_parameters():
-            if "lora_A" in name:
-                param.requires_grad_(False)
+    frozen = {"ffa": ("lora_A",), "head": ("lora_A", "lora_B"), "lora": ()}[settings.method]
+    for name, param in peft_model.named_parameters():
+        if any(part in name for part in frozen):
+            param.requires_grad_(False)
+    if settings.method == "head":
+        setattr(peft_model, FIXED_TENSORS, frozenset(n for n, _ in peft_model.named_parameters() if "lora_B" in n))
     return peft_model
 
 
-def trainable_state(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
-    """The tensors a site trains and sends: nothing frozen, nothing else."""
-    return OrderedDict((name, param.detach().cpu().clone())
-                       for name, param in model.named_parameters() if param.requires_grad)
+def fixed_tensors(model: nn.Module) -> frozenset[str]:
+    """Frozen tensors that still cross the wire: under ``lora.method: head`` the adapters' B, which the
+    coordinator sets (a warm start's values) and no site trains."""
+    return getattr(model, FIXED_TENSORS, frozenset())
 
 
-def load_trainable_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
-    """Load exactly the trainable tensors; any missing, extra or misshapen one is an error."""
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+def exchanged_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters that cross the wire (by name): the trained ones and the fixed ones."""
+    fixed = fixed_tensors(model)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad or name in fixed}
+
+
+def exchanged_state(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """The tensors the coordinator sends and a site sends back: the trained ones and the fixed ones, nothing else."""
+    return OrderedDict((name, param.detach().cpu().clone()) for name, param in exchanged_parameters(model).items())
+
+
+def load_exchanged_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Load exactly the exchanged tensors; any missing, extra or misshapen one is an error."""
+    params = exchanged_parameters(model)
     missing, unexpected = sorted(set(params) - set(arrays)), sorted(set(arrays) - set(params))
     if missing or unexpected:
         raise TrainingError(f"adapter tensors do not match this model: missing {missing[:5]}, "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import finfed
-from finfed.config import ExperimentConfig, config_to_dict, load_config
+from finfed.config import ExperimentConfig, LoraSettings, config_to_dict, load_config
 from finfed.constants import TRAIN_LOSS
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.guarantee import guarantee_text, sites_that_sent
@@ -106,9 +106,16 @@ def _meta(config: ExperimentConfig, status: dict[str, Any]) -> dict[str, Any]:
     return {"date": when.strftime("%Y-%m-%d %H:%M UTC") if when else "not recorded",
             "finfed_version": finfed.__version__, "config_hash": config_hash(config),
             "data": data_description(config), "backbone": config.model.backbone,
-            "adapters": f"{config.lora.method} (r={config.lora.r})", "num_sites": config.federation.num_sites,
+            "adapters": adapters_text(config.lora), "num_sites": config.federation.num_sites,
             "rounds": config.federation.rounds, "local_epochs": config.train.local_epochs,
             "batch_size": config.train.batch_size, "compute": compute_text(config, status)}
+
+
+def adapters_text(lora: LoraSettings) -> str:
+    """What the sites trained: ``head`` trains no adapter (they stay as the coordinator set them)."""
+    if lora.method == "head":
+        return f"head only (adapters r={lora.r} fixed as sent by the coordinator, not trained)"
+    return f"{lora.method} (r={lora.r})"
 
 
 def compute_text(config: ExperimentConfig, status: dict[str, Any]) -> str:

@@ -2,9 +2,10 @@
 
 The source is a finished run directory (its ``model/`` folder) or a ``finfed export`` folder in
 adapter form. Typical use: a non-private run on public text, then the private federation
-starts from it (simulations/twitter_public.yaml). Only the tensors the federation trains are
-taken over; anything the federation keeps frozen (FFA-LoRA's ``A``) must already be equal,
-because every site rebuilds it from ``lora.init_seed`` and never receives it.
+starts from it (simulations/twitter_public.yaml). Only the tensors the federation exchanges are
+taken over: the ones it trains, and under ``lora.method: head`` the adapters too, which the
+coordinator then sends unchanged every round. Anything the federation keeps frozen and never sends
+(FFA-LoRA's ``A``) must already be equal, because every site rebuilds it from ``lora.init_seed``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from finfed.config import ExperimentConfig
 from finfed.errors import ConfigError
+from finfed.models.adapters import exchanged_parameters
 from finfed.models.backbone import resolve_backbone
 from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, read_privacy, require_finished
 from finfed.tasks import task_class, task_named
@@ -120,9 +122,9 @@ def warm_start(model: PeftModel, config: ExperimentConfig, labels: list[str]) ->
     if not (folder / ADAPTER_FILE).is_file():
         raise ConfigError(f"{KEY} {path}: {folder / ADAPTER_FILE} is missing")
     _check_scaling(folder, model, path)
-    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    trained = set(exchanged_parameters(model))  # with `lora.method: head` the fixed adapters too
     frozen = {name: p.detach().clone() for name, p in model.named_parameters()
-              if not p.requires_grad and ("lora_" in name or "modules_to_save" in name)}
+              if name not in trained and ("lora_" in name or "modules_to_save" in name)}
     try:
         loaded = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_FILE)))
     except RuntimeError as error:  # a tensor of another shape: another rank, head size or backbone width
@@ -136,7 +138,7 @@ def warm_start(model: PeftModel, config: ExperimentConfig, labels: list[str]) ->
                if not torch.equal(value, dict(model.named_parameters())[name].detach())]
     if changed:
         raise ConfigError(f"{KEY} {path}: its values for tensor(s) this run keeps frozen differ from this run's "
-                          f"(e.g. {changed[0]}); with `lora.method: ffa` the source must use the same "
+                          f"(e.g. {changed[0]}); with `lora.method: ffa` or `head` the source must use the same "
                           "`lora.init_seed`, `lora.r` and `lora.target_modules` and have been trained with ffa, "
                           "or set `lora.method: lora`")
     return {"source": str(path.resolve()), **described, "task": info.get("task"), "labels": list(labels),

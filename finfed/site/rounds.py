@@ -31,9 +31,9 @@ from finfed.errors import (
     TrainingError,
 )
 from finfed.models.adapters import (
+    exchanged_state,
     frozen_adapter_fingerprint,
-    load_trainable_state,
-    trainable_state,
+    load_exchanged_state,
 )
 from finfed.models.backbone import load_tokenizer, quiet_transformers
 from finfed.privacy.calibration import PrivacyPlan, steps_per_round
@@ -215,7 +215,7 @@ def _process_model(site: SiteContext) -> _BuiltModel:
     """One backbone copy per worker process, not per site or per round.
 
     Every tensor a round depends on is reset before use: the trainable ones are loaded from the
-    coordinator's arrays (load_trainable_state checks all of them), the frozen ones are never changed
+    coordinator's arrays (load_exchanged_state checks all of them), the frozen ones are never changed
     by training, a round's optimizer is made afresh (training.local), Opacus' hooks and per-sample
     gradients are removed after each round, and dropout is re-seeded at the start of every round; so a
     cached model gives the same round as a freshly built one.
@@ -241,7 +241,7 @@ def _model_with(site: SiteContext, arrays: Mapping[str, np.ndarray], expected_fi
     if expected_fingerprint and fingerprint != expected_fingerprint:
         raise TrainingError(f"site {site.data.site_id}: frozen LoRA A differs from the server's "
                             f"({fingerprint} != {expected_fingerprint}); check `lora.init_seed` and the backbone")
-    load_trainable_state(model, arrays)
+    load_exchanged_state(model, arrays)
     return model
 
 
@@ -284,7 +284,7 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
                keys.TRAIN_LOSS: outcome.mean_loss, keys.STEPS: outcome.steps}
     if budget is not None:
         metrics.update(budget.commit(run_id=run_id, server_round=server_round, steps=outcome.steps).metrics())
-    new_arrays = {name: tensor.numpy() for name, tensor in trainable_state(model).items()}
+    new_arrays = {name: tensor.numpy() for name, tensor in exchanged_state(model).items()}
     return SiteUpdate(arrays=new_arrays, metrics=metrics,
                       accountant_state=budget.state() if budget else None, plan=plan)
 

@@ -19,7 +19,7 @@ from torch import nn
 from finfed.compat import empty_per_sample_gradients, is_missing_per_sample_gradient
 from finfed.config import TrainSettings
 from finfed.errors import PrivacyError, RunInterrupted, TrainingError
-from finfed.models.adapters import trainable_state
+from finfed.models.adapters import exchanged_state
 from finfed.models.devices import model_device
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan
@@ -133,7 +133,7 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
-    before = trainable_state(model)
+    before = exchanged_state(model)
     model.train()
     arithmetic = Arithmetic(settings.precision, model_device(model))
     check_precision(arithmetic.precision, arithmetic.device)
@@ -265,7 +265,7 @@ def _step(optimizer) -> None:
 
 
 def _check_changed(before: dict[str, torch.Tensor], model: nn.Module) -> None:
-    after = trainable_state(model)
+    after = exchanged_state(model)
     if all(torch.equal(before[name], after[name]) for name in before):
         raise TrainingError("no trainable tensor changed during the round: the update would be empty "
                             "(check the learning rate and that adapters are attached)")
