@@ -16,6 +16,7 @@ from inprocess_grid import InProcessGrid, message_round, serve
 
 from finfed.cli.main import main
 from finfed.config import to_run_config
+from finfed.constants import CALIBRATION_CACHE_ENV
 from finfed.errors import RunError
 from finfed.flower_app.client import app as client_app
 from finfed.privacy.accounting import SiteAccountant
@@ -158,7 +159,8 @@ def test_a_site_without_a_ledger_refuses_to_train_in_a_resumed_run(tiny_config):
 
 def _kill_tree(process: subprocess.Popen) -> tuple[list[psutil.Process], set[str]]:
     """SIGKILL the process and every descendant's process group, as a coordinator losing power would
-    be; returns them, and the private Flower homes (FLWR_HOME) their runner can no longer remove."""
+    be; returns them, and what their runner can no longer remove: the private Flower homes (FLWR_HOME)
+    and `finfed simulate`'s calibration folder (its children carry its path in their environment)."""
     if process.poll() is not None:
         return [], set()  # it ended by itself (the test then fails on why)
     family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
@@ -171,6 +173,12 @@ def _kill_tree(process: subprocess.Popen) -> tuple[list[psutil.Process], set[str
             continue  # already gone
         if "--log-file" in command and any("flower-superlink" in part for part in command):
             homes.add(os.path.dirname(command[command.index("--log-file") + 1]))
+        try:
+            calibration = member.environ().get(CALIBRATION_CACHE_ENV)
+        except psutil.Error:
+            calibration = None
+        if calibration:
+            homes.add(os.path.dirname(calibration))
     for group in groups:
         try:
             os.killpg(group, signal.SIGKILL)
