@@ -2,6 +2,7 @@
 
     python -m benchmarks                      # every case, full size (hours on a 2-core CPU)
     python -m benchmarks --case phrasebank-dp # one case (repeat --case for more)
+    python -m benchmarks --case default-speed --repeat 3   # 3 runs: the median run, with every run's figures
     python -m benchmarks --quick              # every case on a tiny model and small data (CI, < 3 min)
     python -m benchmarks --list               # the cases, and which are available
     python -m benchmarks --write-docs         # docs/benchmarks.md from benchmarks/results/*.json
@@ -15,6 +16,7 @@ Exit status 1 when a case crashed (its JSON then holds the error).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib
 import json
@@ -28,6 +30,7 @@ from typing import Any, Callable
 from benchmarks.cases import DATA_ROOT, ROOT, Bench
 from benchmarks.engine import Meter
 from benchmarks.registry import CASES
+from benchmarks.repeats import combine
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUICK_RESULTS = ROOT / "benchmarks" / "results-quick"
@@ -71,6 +74,15 @@ def run_case(name: str, function: Callable[[Bench], dict], bench: Bench) -> dict
     return record
 
 
+def _fresh(bench: Bench, repeat: int) -> Bench:
+    """The suite's Bench, with a run folder of its own for each repeat (a run folder is never overwritten)."""
+    if repeat == 0:
+        return bench
+    work = bench.work / f"repeat-{repeat}"
+    work.mkdir()
+    return dataclasses.replace(bench, work=work)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="the real data (full mode)")
     parser.add_argument("--engine", choices=["simulate", "inprocess"],
                         help="how federations run (default: simulate; --quick: inprocess)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each case N times and keep the median run with every run's figures "
+                             "(benchmarks/repeats.py); for figures inside the machine's run-to-run spread")
     parser.add_argument("--set", dest="extra", action="append", default=[],
                         help="an extra `section.key=value` for every federation of this run")
     parser.add_argument("--warm-from", default="", help="phrasebank-warm: start from this finished run "
@@ -103,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         DOCS.write_text(text, encoding="utf-8")
         print(f"wrote {DOCS}")
         return 0
+    if args.repeat < 1:
+        print(f"--repeat must be at least 1, got {args.repeat}", file=sys.stderr)
+        return 2
     unknown = [name for name in args.case if name not in CASES]
     if unknown:
         print(f"unknown case(s) {unknown}; known: {', '.join(CASES)}", file=sys.stderr)
@@ -129,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[bench] {name}: unavailable ({CASES[name]} not found), skipped", file=sys.stderr)
                 continue
             print(f"[bench] {name}: running ({bench.engine}{', quick' if args.quick else ''})", file=sys.stderr)
-            record = run_case(name, function, bench)
+            record = combine([run_case(name, function, _fresh(bench, i)) for i in range(args.repeat)])
             (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             print(f"[bench] {name}: {'ok' if record['ok'] else 'FAILED: ' + record['error']} "
                   f"in {record['wall_s']} s, final {record.get('final')}", file=sys.stderr)
