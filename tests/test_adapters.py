@@ -74,6 +74,23 @@ def test_head_method_trains_only_the_head_and_sends_the_coordinators_adapters_ba
     assert any(not np.array_equal(update.arrays[n], sent[n]) for n in sent if "classifier" in n)
 
 
+def test_head_method_runs_the_fixed_backbone_as_at_inference_while_the_head_trains(tiny_config):
+    """No dropout inside a backbone nothing trains: the head learns on the features it is used on."""
+    from finfed.training.local import _check_private_setup, _fixed_backbone_as_at_inference
+
+    model = get_task(tiny_config("lora.method=head"), LABELS).build_model()
+    model.train()
+    _fixed_backbone_as_at_inference(model)
+    encoder = model.get_base_model().encoder
+    assert not any(m.training for m in encoder.modules())
+    assert model.get_base_model().classifier.training and model.get_base_model().dropout.training
+    _check_private_setup(model, "mean")  # Opacus needs train mode only where a tensor trains
+    ffa = get_task(tiny_config(), LABELS).build_model()
+    ffa.train()
+    _fixed_backbone_as_at_inference(ffa)
+    assert all(m.training for m in ffa.modules())  # adapters train: dropout stays where it was
+
+
 def test_the_coordinator_keeps_the_fixed_adapters_whatever_the_aggregate_says(tiny_config):
     from finfed.coordinator.run import FederatedRun
 

@@ -102,11 +102,25 @@ def shuffled_batches(num_records: int, batch_size: int, steps: int, generator: t
         yield batch
 
 
+def _fixed_backbone_as_at_inference(model: nn.Module) -> None:
+    """With no adapter trained (``lora.method: head``) the backbone is a fixed feature extractor: its
+    modules run as at inference (no dropout), so the head learns on the features it will be used on
+    rather than on randomly thinned ones. The head and the dropout before it keep training."""
+    if any("lora_" in name for name, p in model.named_parameters() if p.requires_grad):
+        return
+    for module in model.modules():
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+
+
 def _check_private_setup(model: nn.Module, loss_reduction: str) -> None:
     """Catch the set-ups under which Opacus trains silently without valid per-sample gradients."""
-    if not all(module.training for module in model.modules()):
-        raise PrivacyError("the model must be in train mode before DP wrapping: Opacus only captures "
-                           "activations of modules in train mode, so gradients would go unclipped")
+    if not all(module.training for module in model.modules()
+               if any(p.requires_grad for p in module.parameters(recurse=False))):
+        raise PrivacyError("every module with a trainable tensor must be in train mode before DP wrapping: "
+                           "Opacus only captures activations of modules in train mode, so gradients would go "
+                           "unclipped")
     if loss_reduction != LOSS_REDUCTION:
         raise PrivacyError(f"the task's loss uses reduction {loss_reduction!r} but DP-SGD is set up for "
                            f"{LOSS_REDUCTION!r}; per-sample gradients would be mis-scaled")
@@ -135,6 +149,7 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
     torch.manual_seed(seed)  # dropout
     before = exchanged_state(model)
     model.train()
+    _fixed_backbone_as_at_inference(model)
     arithmetic = Arithmetic(settings.precision, model_device(model))
     check_precision(arithmetic.precision, arithmetic.device)
     optimizer = make_optimizer(model, settings)
