@@ -74,6 +74,24 @@ def run_case(name: str, function: Callable[[Bench], dict], bench: Bench) -> dict
     return record
 
 
+def keep_previous_tuning_row(results: Path, name: str) -> None:
+    """Before a PhraseBank case's result is replaced, its previous result moves to
+    ``<results>/tuning/suite-<date>-<commit>/``: the DP tuning table lists every federation ever measured,
+    and a re-run must not erase the row of the settings it replaces. A result promoted from a tuning run
+    (its ``tuning_run``) already has its row there."""
+    from benchmarks.docs import TUNED_CASES
+
+    previous = results / f"{name}.json"
+    if name not in TUNED_CASES or not previous.is_file():
+        return
+    record = json.loads(previous.read_text(encoding="utf-8"))
+    if record.get("tuning_run") or not record.get("ok", True):
+        return
+    folder = results / "tuning" / f"suite-{record.get('date', 'undated')}-{record.get('commit') or 'unknown'}"
+    folder.mkdir(parents=True, exist_ok=True)
+    previous.replace(folder / previous.name)
+
+
 def _fresh(bench: Bench, repeat: int) -> Bench:
     """The suite's Bench, with a run folder of its own for each repeat (a run folder is never overwritten)."""
     if repeat == 0:
@@ -148,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"[bench] {name}: running ({bench.engine}{', quick' if args.quick else ''})", file=sys.stderr)
             record = combine([run_case(name, function, _fresh(bench, i)) for i in range(args.repeat)])
+            keep_previous_tuning_row(results, name)
             (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             print(f"[bench] {name}: {'ok' if record['ok'] else 'FAILED: ' + record['error']} "
                   f"in {record['wall_s']} s, final {record.get('final')}", file=sys.stderr)

@@ -175,3 +175,22 @@ def test_repeat_runs_a_case_in_fresh_run_folders_and_keeps_every_run(tmp_path):
 def test_a_repeat_below_one_is_refused(capsys):
     assert main(["--case", "default-speed", "--repeat", "0"]) == 2
     assert "--repeat must be at least 1" in capsys.readouterr().err
+
+
+def test_a_rerun_keeps_the_replaced_results_row_in_the_tuning_table(tmp_path):
+    from benchmarks.__main__ import keep_previous_tuning_row
+
+    old = {"case": "phrasebank-dp", "ok": True, "date": "2026-12-03", "commit": "7564cf7",
+           "training": {"lora.method": "ffa"}, "validation": [{"round": 6, "accuracy": 0.7363, "macro_f1": 0.5298}],
+           "final": {"accuracy": 0.7129, "macro_f1": 0.5848}}
+    (tmp_path / "phrasebank-dp.json").write_text(json.dumps(old), encoding="utf-8")
+    keep_previous_tuning_row(tmp_path, "phrasebank-dp")
+    kept = tmp_path / "tuning" / "suite-2026-12-03-7564cf7" / "phrasebank-dp.json"
+    assert kept.is_file() and not (tmp_path / "phrasebank-dp.json").exists()
+    table = tuning_table(tmp_path)
+    assert "suite-2026-12-03-7564cf7 (`phrasebank-dp`)" in table and "| 0.7363 |" in table
+    promoted = {**old, "tuning_run": "b128"}  # its row is its tuning run's already
+    (tmp_path / "phrasebank-warm.json").write_text(json.dumps(promoted), encoding="utf-8")
+    keep_previous_tuning_row(tmp_path, "phrasebank-warm")
+    keep_previous_tuning_row(tmp_path, "default-speed")  # not a PhraseBank case: nothing to keep, no error
+    assert (tmp_path / "phrasebank-warm.json").is_file() and len(list((tmp_path / "tuning").iterdir())) == 1
