@@ -107,8 +107,9 @@ NO_DP = ["privacy.enabled=false"]
 # The warm-started DP federation's own settings, on top of simulations/phrasebank.yaml, chosen on the sites'
 # validation splits (docs/benchmarks.md, "DP tuning"): fewer, larger DP steps (half the noise per record of
 # signal) and learning rates for a head and adapters that start trained (head 0.3: 0.1 moved the warm head's
-# neutral lean too little in 6 rounds, 1.0 overshoots).
-WARM_RECIPE = ["train.batch_size=128", "train.learning_rate=0.005", "train.head_learning_rate=0.3"]
+# neutral lean too little in 6 rounds, 1.0 overshoots) and FFA-LoRA (the head alone after the warm start ended
+# no higher on the sites' validation splits, 2026-12-03).
+WARM_RECIPE = ["lora.method=ffa", "train.batch_size=128", "train.learning_rate=0.005", "train.head_learning_rate=0.3"]
 
 
 def default_classification(bench: Bench) -> dict[str, Any]:
