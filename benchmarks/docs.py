@@ -215,10 +215,11 @@ def tuning_table(results_dir: Path) -> str:
                  if o != "privacy.enabled=false" and o.split("=", 1)[0] not in training]
         settings = [f"{k}={v}" for k, v in training.items()] + extra
         warm = "yes" if record.get("warm_start_source") else "no"
+        note = f" (note: {_value(record['note'])})" if record.get("note") else ""
         accuracy, macro_f1 = _validation(record)
         lines.append(f"| {record.get('date', '-')} | {label} (`{record.get('case')}`) "
                      f"| {'yes' if record.get('dp', True) else 'no'} | {warm} "
-                     f"| {' '.join(f'`{o}`' for o in settings) or 'the recipe as it was then'} "
+                     f"| {' '.join(f'`{o}`' for o in settings) or 'the recipe as it was then'}{note} "
                      f"| {accuracy} | {macro_f1} | {_number((record.get('final') or {}).get('accuracy'))} / "
                      f"{_number((record.get('final') or {}).get('macro_f1'))} "
                      f"| {f'yes: the `{kept[label]}` result' if label in kept else '-'} |")
