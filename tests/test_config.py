@@ -30,7 +30,7 @@ def test_defaults_round_trip_through_yaml_and_run_config(tmp_path):
     (["privacy.target_epsilon=-1"], "`privacy.target_epsilon` must be > 0.0"),
     (["privacy.target_epsilon=abc"], "`privacy.target_epsilon` must be a number"),
     (["privacy.epsilon=3"], "`privacy.epsilon` is an unknown key; known keys here: enabled, target_epsilon"),
-    (["lora.method=dora"], "`lora.method` must be one of ['ffa', 'lora']"),
+    (["lora.method=dora"], "`lora.method` must be one of ['ffa', 'lora', 'head']"),
     (["train.batch_size=2.5"], "`train.batch_size` must be a whole number"),
     (["privacy.enabled=yes please"], "`privacy.enabled` must be true or false"),
     (["data.source=file"], "`data.path` is required"),

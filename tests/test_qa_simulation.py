@@ -48,10 +48,13 @@ def test_tiny_qa_simulation_leaves_a_complete_run(tiny_simulate, tmp_path):
 
 @pytest.mark.slow
 def test_minilm_qa_federation_beats_the_first_words_baseline(tmp_path):
-    """The bundled MiniLM, DP at epsilon 8, 3 synthetic institutions: it must learn to point at answers."""
+    """The bundled MiniLM, DP at epsilon 8, 3 synthetic institutions: it must learn to point at answers.
+
+    In the test-only reproducible mode: with secret noise the exact match (a few of 157 questions) sometimes
+    tied the baseline's one question, so the test failed by chance."""
     run_dir = tmp_path / "qa"
     code = main(["simulate", "--config", "simulations/qa.yaml", "--set", f"run_dir={run_dir}",
-                 "--set", "privacy.membership_audit=false"])
+                 "--set", "privacy.membership_audit=false", "--set", "privacy.reproducible=true"])
     assert code == 0
     status = check_complete_qa_run(run_dir, rounds=load_config("simulations/qa.yaml").federation.rounds,
                                    sites=3, target_epsilon=8.0)
