@@ -114,10 +114,7 @@ def _at_most(case: str, key: str, unit: str, limit: float, scale: float = 1.0) -
             return "not measured", "-"
         value *= scale
         digits = 1 if unit == "s" else 2
-        spread = (record.get("spread") or {}).get(key)
-        runs = (f" (median of {len(record['repeats'])} runs; {spread['min'] * scale:.{digits}f} to "
-                f"{spread['max'] * scale:.{digits}f})") if spread else ""
-        return (f"{value:.{digits}f} {unit}".rstrip() + runs,
+        return (f"{value:.{digits}f} {unit}".rstrip() + range_text(record, key, digits, scale),
                 "met" if value <= limit else f"missed by {value - limit:.{digits}f} {unit}".rstrip())
     return measure
 

@@ -56,10 +56,10 @@ def median(record: dict[str, Any], key: str) -> Any:
     return record.get(key)
 
 
-def range_text(record: dict[str, Any], key: str, unit: str = "", digits: int = 1) -> str:
-    """`` (median of 3; 120.1 to 147.4 s)`` for a repeated record, else nothing."""
+def range_text(record: dict[str, Any], key: str, digits: int = 1, scale: float = 1.0) -> str:
+    """`` (median of 3 runs; 120.1 to 147.4)`` for a repeated record (``scale`` converts its unit), else nothing."""
     spread = (record.get("spread") or {}).get(key)
     if not spread:
         return ""
-    return (f" (median of {len(record['repeats'])} runs; {spread['min']:.{digits}f} to "
-            f"{spread['max']:.{digits}f}{' ' + unit if unit else ''})")
+    return (f" (median of {len(record['repeats'])} runs; {spread['min'] * scale:.{digits}f} to "
+            f"{spread['max'] * scale:.{digits}f})")
