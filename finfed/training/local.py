@@ -19,7 +19,7 @@ from torch import nn
 from finfed.compat import empty_per_sample_gradients, is_missing_per_sample_gradient
 from finfed.config import TrainSettings
 from finfed.errors import PrivacyError, RunInterrupted, TrainingError
-from finfed.models.adapters import exchanged_state
+from finfed.models.adapters import exchanged_state, fixed_tensors
 from finfed.models.devices import model_device
 from finfed.privacy.accounting import SiteAccountant
 from finfed.privacy.calibration import PrivacyPlan
@@ -106,7 +106,7 @@ def _fixed_backbone_as_at_inference(model: nn.Module) -> None:
     """With no adapter trained (``lora.method: head``) the backbone is a fixed feature extractor: its
     modules run as at inference (no dropout), so the head learns on the features it will be used on
     rather than on randomly thinned ones. The head and the dropout before it keep training."""
-    if any("lora_" in name for name, p in model.named_parameters() if p.requires_grad):
+    if not fixed_tensors(model):  # the mark add_adapters leaves on a `head` model: adapters train otherwise
         return
     for module in model.modules():
         params = list(module.parameters())
