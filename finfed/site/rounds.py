@@ -267,8 +267,9 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
     ready = time.perf_counter()
     steps = plan.steps_per_round if plan else steps_per_round(len(site.train_examples), config.train)
     should_stop = Path(site.stop_request).exists if site.stop_request else None
+    view = site.task.training_view(model, site.train_examples)  # a head-only model: features computed here, once
     outcome = train_locally(
-        model, site.train_examples, site.task.collate, site.task.loss,
+        view.module, view.examples, view.collate, view.loss,
         loss_reduction=site.task.loss_reduction, settings=config.train, steps=steps,
         seed=config.seed * 100_003 + server_round * 1_009 + site.data.site_id,
         plan=plan, accountant=budget.accountant if budget else None, progress=progress, should_stop=should_stop,

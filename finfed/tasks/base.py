@@ -42,6 +42,18 @@ class Explainable:
     prediction: dict[str, Any]  # the task's prediction, as `finfed predict --json` shows it
 
 
+@dataclass(frozen=True)
+class TrainingView:
+    """What a round's DP-SGD steps run on: the module holding the trainable tensors, the examples it takes,
+    and how they are batched and scored. Usually the whole model on the encoded records; a head-only
+    classifier trains its head on features computed once per round (finfed.models.fixed_features)."""
+
+    module: nn.Module
+    examples: Sequence[dict]
+    collate: Callable[[Sequence[dict]], dict]
+    loss: Callable[[nn.Module, dict], torch.Tensor]
+
+
 class Task(ABC):
     """What differs between classification, QA, ...; everything else is shared."""
 
@@ -170,6 +182,10 @@ class Task(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean loss of a batch."""
+
+    def training_view(self, model: nn.Module, examples: Sequence[dict]) -> TrainingView:
+        """What one round trains on (called once per round, after the coordinator's tensors are loaded)."""
+        return TrainingView(model, examples, self.collate, self.loss)
 
     @abstractmethod
     def example_losses(self, model: nn.Module, examples: Sequence[dict]) -> list[float]:

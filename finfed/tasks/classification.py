@@ -17,9 +17,16 @@ from finfed.errors import ConfigError
 from finfed.models.architectures import resolve_pooling
 from finfed.models.backbone import load_encoder
 from finfed.models.devices import on_model_device
+from finfed.models.fixed_features import (
+    FEATURES,
+    FeatureCache,
+    HeadOnFeatures,
+    features_fit,
+    pooled_features,
+)
 from finfed.models.hf_pooled_classifier import HEAD_NAME, FinfedPooledClassifier
 from finfed.privacy.ledger import dataset_fingerprint
-from finfed.tasks.base import Explainable, Task, length_sorted_batches
+from finfed.tasks.base import Explainable, Task, TrainingView, length_sorted_batches
 from finfed.tasks.classification_metrics import (
     accuracy,
     macro_f1,
@@ -36,6 +43,11 @@ def pad_batch(items: Sequence[dict], keys: Sequence[str], pad_id: int = 0) -> di
         fill = pad_id if key == "input_ids" else 0
         batch[key] = torch.tensor([item[key] + [fill] * (width - len(item[key])) for item in items])
     return batch
+
+
+def _collate_features(items: Sequence[dict]) -> dict[str, torch.Tensor]:
+    return {FEATURES: torch.stack([item[FEATURES] for item in items]),
+            "labels": torch.tensor([item["label"] for item in items])}
 
 
 RECALL_PREFIX = "recall_"  # a site reports it as constants.EVAL_RECALL_PREFIX + index (finfed/site/rounds.py)
@@ -62,6 +74,8 @@ class ClassificationTask(Task):
     def __init__(self, config, labels) -> None:
         super().__init__(config, labels)
         self.criterion = nn.CrossEntropyLoss(reduction=self.loss_reduction)
+        # A head-only model's pooled features, kept across rounds (finfed.models.fixed_features)
+        self._training_features, self._evaluation_features = FeatureCache(), FeatureCache()
 
     def build_base_model(self) -> nn.Module:
         settings = self.config.model
@@ -91,10 +105,33 @@ class ClassificationTask(Task):
         batch = on_model_device(model, batch)
         return self.criterion(self.logits(model, batch), batch["labels"])
 
+    def training_view(self, model: nn.Module, examples: Sequence[dict]) -> TrainingView:
+        """A head-only model trains its head on its records' pooled features, computed once and kept while
+        they stay the same (the same DP-SGD: finfed.models.fixed_features); any other model, or too many
+        records to keep their features, trains as a whole on the encoded records."""
+        if not features_fit(model, len(examples)):
+            return super().training_view(model, examples)
+        features = self._training_features.features(model, examples, lambda: self._pooled(model, examples))
+        items = [{FEATURES: features[i], "label": item["label"]} for i, item in enumerate(examples)]
+        return TrainingView(HeadOnFeatures(model), items, _collate_features, self._feature_loss)
+
+    def _pooled(self, model: nn.Module, examples: Sequence[dict]) -> torch.Tensor:
+        batches = length_sorted_batches(examples, self.config.train.eval_batch_size)
+        return pooled_features(model, examples, batches, self.collate)
+
+    def _feature_loss(self, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = on_model_device(head, batch)
+        return self.criterion(head(batch[FEATURES]), batch["labels"])
+
     @torch.inference_mode()
     def ordered_logits(self, model: nn.Module, examples: Sequence[dict]) -> torch.Tensor:
-        """Each example's logits (float, on the CPU), in the order given."""
+        """Each example's logits (float, on the CPU), in the order given. A head-only model's come from its
+        examples' pooled features, computed once and kept while they stay the same (a head-only run's
+        evaluations then cost the head alone)."""
         model.eval()
+        if features_fit(model, len(examples)):
+            features = self._evaluation_features.features(model, examples, lambda: self._pooled(model, examples))
+            return HeadOnFeatures(model).eval()(features).float().cpu()
         logits = torch.empty(len(examples), len(self.labels))
         for indices in length_sorted_batches(examples, self.config.train.eval_batch_size):
             logits[indices] = self.logits(model, self.collate([examples[i] for i in indices])).float().cpu()
