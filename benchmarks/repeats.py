@@ -19,6 +19,10 @@ COST = ("wall_s", "peak_rss_mb", "train_step_s", "wall_over_train_step")
 def _figures(record: dict[str, Any]) -> dict[str, float]:
     figures = {key: record[key] for key in COST if isinstance(record.get(key), (int, float))}
     figures.update({f"final.{k}": v for k, v in (record.get("final") or {}).items() if isinstance(v, (int, float))})
+    # The sites' validation figures after the last round: what settings are chosen on (never the test split)
+    last = (record.get("validation") or [{}])[-1]
+    figures.update({f"validation.{k}": v for k, v in last.items()
+                    if k not in ("round", "examples") and isinstance(v, (int, float))})
     return figures
 
 

@@ -84,6 +84,20 @@ def test_a_repeated_case_keeps_its_median_run_and_every_runs_figures():
     assert crashed["ok"] is False and len(crashed["repeats"]) == 3
 
 
+def test_a_repeated_federation_keeps_every_runs_validation_figures_for_tuning():
+    """Settings are chosen on the sites' validation splits: each run's last-round figures and their spread."""
+    from benchmarks.repeats import combine
+
+    runs = [{**_speed_run(wall, 3000, 0.7), "validation": [
+        {"round": 1, "accuracy": 0.5, "macro_f1": 0.4, "examples": 364},
+        {"round": 6, "accuracy": accuracy, "macro_f1": f1, "examples": 364}]}
+        for wall, accuracy, f1 in ((90.0, 0.758, 0.579), (85.0, 0.728, 0.554), (80.0, 0.741, 0.560))]
+    record = combine(runs)
+    assert [r["validation.accuracy"] for r in record["repeats"]] == [0.758, 0.728, 0.741]
+    assert record["spread"]["validation.macro_f1"] == {"min": 0.554, "median": 0.56, "max": 0.579}
+    assert "validation.examples" not in record["spread"] and "validation.round" not in record["spread"]
+
+
 def test_the_goals_judge_a_repeated_case_on_its_medians():
     from benchmarks.docs import case_section, goal_table
     from benchmarks.repeats import combine
