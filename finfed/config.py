@@ -131,8 +131,8 @@ class LoraSettings:
                "the updates is exact and DP noise touches half the parameters), `lora` (A and B trained) or `head` "
                "(only the head trains: the adapters stay as they start, zero (the backbone as pretrained) or, with "
                "`model.init_from`, the source's, which the coordinator sends; the fewest values under DP noise. A "
-               "classifier's site then computes its records' backbone features once per round and runs the "
-               "DP-SGD steps on the head alone)")
+               "classifier's site then computes its records' backbone features once (again only if the "
+               "coordinator's fixed adapters change) and runs the DP-SGD steps on the head alone)")
     r: int = _opt(8, "LoRA rank: size of the adapters; higher learns more and sends more per round", 1, 256)
     alpha: float = _opt(16.0, "LoRA scaling: the adapters' output is multiplied by alpha / r", 0.0, None, True)
     dropout: float = _opt(0.0, "dropout rate on the adapters' input while training", 0.0, 0.9)

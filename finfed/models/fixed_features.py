@@ -1,4 +1,4 @@
-"""A head-only classifier trained on its fixed backbone's features, computed once per round.
+"""A head-only classifier trained on its fixed backbone's features, computed once and kept.
 
 Under ``lora.method: head`` nothing below the head trains, and the backbone runs as at inference (no
 dropout: finfed.training.local), so a record's pooled features are the same at every step of a round,

@@ -267,7 +267,7 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
     ready = time.perf_counter()
     steps = plan.steps_per_round if plan else steps_per_round(len(site.train_examples), config.train)
     should_stop = Path(site.stop_request).exists if site.stop_request else None
-    view = site.task.training_view(model, site.train_examples)  # a head-only model: features computed here, once
+    view = site.task.training_view(model, site.train_examples)  # a head-only model: kept features (fixed_features)
     outcome = train_locally(
         view.module, view.examples, view.collate, view.loss,
         loss_reduction=site.task.loss_reduction, settings=config.train, steps=steps,

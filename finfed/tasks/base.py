@@ -46,7 +46,7 @@ class Explainable:
 class TrainingView:
     """What a round's DP-SGD steps run on: the module holding the trainable tensors, the examples it takes,
     and how they are batched and scored. Usually the whole model on the encoded records; a head-only
-    classifier trains its head on features computed once per round (finfed.models.fixed_features)."""
+    classifier trains its head on features computed once and kept (finfed.models.fixed_features)."""
 
     module: nn.Module
     examples: Sequence[dict]
