@@ -1,4 +1,4 @@
-"""A head-only round trains the head on features computed once per round (finfed.models.fixed_features):
+"""A head-only round trains the head on features computed once and kept (finfed.models.fixed_features):
 the same DP-SGD as running the whole model at every step, for a fraction of the backbone's passes."""
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
 import torch
@@ -82,14 +83,19 @@ def load_exchanged_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> Non
             param.copy_(value.to(param.dtype))
 
 
-def frozen_adapter_fingerprint(model: nn.Module) -> str:
-    """Hash of the frozen LoRA A matrices: equal at every site, or FFA-LoRA is not exact."""
+def tensors_digest(model: nn.Module, include: Callable[[str, nn.Parameter], bool]) -> str:
+    """SHA-256 of the names and values of the parameters ``include`` selects, in the model's order."""
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
-        if "lora_A" in name and not param.requires_grad:
+        if include(name, param):
             digest.update(name.encode())
             digest.update(param.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def frozen_adapter_fingerprint(model: nn.Module) -> str:
+    """Hash of the frozen LoRA A matrices: equal at every site, or FFA-LoRA is not exact."""
+    return tensors_digest(model, lambda name, param: "lora_A" in name and not param.requires_grad)[:16]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

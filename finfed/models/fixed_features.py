@@ -14,15 +14,14 @@ backbone's forward passes are no longer repeated (tests/test_fixed_features.py c
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from finfed.models.adapters import fixed_tensors
-from finfed.models.devices import on_model_device
+from finfed.models.adapters import fixed_tensors, tensors_digest
+from finfed.models.devices import model_device, on_model_device
 from finfed.models.hf_pooled_classifier import pool
 
 FEATURES = "features"
@@ -69,14 +68,12 @@ def pooled_features(model: nn.Module, examples: Sequence[dict], batches: list[li
     was_training = encoder.training
     encoder.eval()
     try:
-        features = torch.empty((0, encoder.config.hidden_size))
+        features = torch.empty((len(examples), encoder.config.hidden_size), device=model_device(model))
         for indices in batches:
             batch = on_model_device(model, collate([examples[i] for i in indices]))
             states = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            pooled = pool(states, batch["attention_mask"], pooling).float()
-            if len(features) != len(examples):
-                features = pooled.new_empty((len(examples), pooled.shape[-1]))
-            features[torch.as_tensor(indices, device=pooled.device)] = pooled
+            pooled = pool(states, batch["attention_mask"], pooling)
+            features[torch.as_tensor(indices, device=features.device)] = pooled.float()
         return features
     finally:
         encoder.train(was_training)
@@ -84,13 +81,8 @@ def pooled_features(model: nn.Module, examples: Sequence[dict], batches: list[li
 
 def fixed_tensors_digest(model: nn.Module) -> str:
     """Hash of the fixed adapters' current values: the features depend on them (a warm start's are nonzero)."""
-    digest = hashlib.sha256()
     fixed = fixed_tensors(model)
-    for name, param in model.named_parameters():
-        if name in fixed:
-            digest.update(name.encode())
-            digest.update(param.detach().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_digest(model, lambda name, _: name in fixed)
 
 
 class FeatureCache:
