@@ -10,7 +10,8 @@
 Each case writes <results>/<case>.json (default benchmarks/results; --quick: benchmarks/results-quick).
 Cases are registered in benchmarks/registry.py; the docs' template is benchmarks/docs_template.md.
 Full cases need the real data under --data-root (default ../shared/data); --quick needs none.
-Exit status 1 when a case crashed (its JSON then holds the error).
+Exit status 1 when a case crashed (its JSON then holds the error); 130 when Ctrl-C or SIGTERM stopped the
+suite (every case and repeat after the one running; that one writes nothing).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from benchmarks.cases import DATA_ROOT, ROOT, Bench
 from benchmarks.engine import Meter
 from benchmarks.registry import CASES
 from benchmarks.repeats import combine
+from finfed.runs.stop import EXIT_INTERRUPTED, sigterm_interrupts
 
 RESULTS = ROOT / "benchmarks" / "results"
 QUICK_RESULTS = ROOT / "benchmarks" / "results-quick"
@@ -150,6 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     results = args.results or (QUICK_RESULTS if args.quick else RESULTS)
     results.mkdir(parents=True, exist_ok=True)
+    try:
+        with sigterm_interrupts():  # SIGTERM stops the suite as Ctrl-C does (a run's own stop is its engine's)
+            failed = run_cases(args, functions, results)
+    except KeyboardInterrupt:
+        print(f"[bench] stopped by a signal: the case being run wrote nothing; the cases finished before it "
+              f"are in {results}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if failed:
+        print(f"[bench] crashed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def run_cases(args: argparse.Namespace, functions: dict[str, Callable[[Bench], dict] | None],
+              results: Path) -> list[str]:
+    """Run every case (each ``--repeat`` times) and write its record; the names of those that crashed.
+    A stop (Ctrl-C, SIGTERM, or a federation stopped by one) ends every case and repeat: KeyboardInterrupt."""
     failed = []
     with tempfile.TemporaryDirectory(prefix="finfed-bench-") as scratch:
         work = Path(scratch)
@@ -172,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"in {record['wall_s']} s, final {record.get('final')}", file=sys.stderr)
             if not record["ok"]:
                 failed.append(name)
-    if failed:
-        print(f"[bench] crashed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from benchmarks.central import train_central
 from benchmarks.engine import ENGINES, experiment
 from benchmarks.measure import rounded, run_results
 from finfed.runs.outputs import CONFIG
+from finfed.runs.stop import EXIT_INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
 SIMULATIONS = ROOT / "simulations"
@@ -76,6 +77,8 @@ class Bench:
         """Run one federation to the end with the suite's engine; its figures (an error if it failed)."""
         overrides = self.overrides(name, settings)
         code = ENGINES[self.engine](config_file, overrides)
+        if code == EXIT_INTERRUPTED:  # Ctrl-C or SIGTERM stopped the run: the user stops the suite, not one repeat
+            raise KeyboardInterrupt(f"federation {name} was stopped by a signal")
         run_dir = self.work / name
         if code != 0 and not (run_dir / CONFIG).is_file():  # refused before the run folder was written
             raise RuntimeError(f"federation {name} was refused before it started (exit code {code}): its error "

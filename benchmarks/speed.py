@@ -140,6 +140,9 @@ def run_case(name: str, args: list[str], run_dir: Path, limit: float | None) -> 
             timed_out = True
             stop_process_tree(process, grace=5.0)
             stderr = ""
+        except BaseException:  # Ctrl-C or SIGTERM stops the suite (KeyboardInterrupt): the run stops with it
+            stop_process_tree(process, grace=5.0)
+            raise
     wall = time.time() - started
     return {"case": name, "exit_code": process.returncode, "timed_out_after_s": limit if timed_out else None,
             "wall_s": round(wall, 1),

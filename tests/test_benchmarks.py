@@ -186,6 +186,42 @@ def test_repeat_runs_a_case_in_fresh_run_folders_and_keeps_every_run(tmp_path):
     assert record["spread"]["final.accuracy"]["min"] <= record["spread"]["final.accuracy"]["max"]
 
 
+def _stopping_engine(calls: list, stop):
+    def engine(config_file, overrides):
+        calls.append(overrides)
+        return stop()
+    return engine
+
+
+@pytest.mark.parametrize("stop", ["the federation's own stop", "SIGTERM to the suite"])
+def test_a_signal_stops_every_case_and_repeat_and_writes_nothing_for_the_one_running(tmp_path, monkeypatch,
+                                                                                       capsys, stop):
+    """`finfed simulate` turns Ctrl-C or SIGTERM into a graceful stop of its run (exit 130); the suite must then
+    stop too, not go on with the next repeat or case, and SIGTERM to the suite itself must do the same."""
+    import os
+    import signal
+
+    import benchmarks.cases as cases
+    from finfed.runs.stop import EXIT_INTERRUPTED
+
+    calls: list = []
+    if stop == "SIGTERM to the suite":
+        def stopping():
+            os.kill(os.getpid(), signal.SIGTERM)
+            return 0
+    else:
+        def stopping():
+            return EXIT_INTERRUPTED
+    monkeypatch.setitem(cases.ENGINES, "inprocess", _stopping_engine(calls, stopping))
+    handler = signal.getsignal(signal.SIGTERM)
+    code = main(["--quick", "--case", "default-classification", "--case", "phrasebank-dp", "--repeat", "3",
+                 "--results", str(tmp_path)])
+    assert code == EXIT_INTERRUPTED and len(calls) == 1
+    assert not list(tmp_path.glob("*.json"))
+    assert "stopped by a signal" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is handler  # the suite's own handler is gone again
+
+
 def test_a_repeat_below_one_is_refused(capsys):
     assert main(["--case", "default-speed", "--repeat", "0"]) == 2
     assert "--repeat must be at least 1" in capsys.readouterr().err

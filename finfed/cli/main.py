@@ -17,7 +17,7 @@ from finfed.cli.deploy import add_deploy_parser, deploy
 from finfed.cli.run_console import finish_run, show_engine_line, submit_stoppable
 from finfed.constants import CALIBRATION_CACHE_ENV
 from finfed.errors import FinfedError
-from finfed.runs.stop import sigterm_interrupts
+from finfed.runs.stop import EXIT_INTERRUPTED, sigterm_interrupts
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ def _command(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         print("finfed: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from finfed.compat import engine_line_is_error, engine_line_text
+from finfed.runs.stop import EXIT_INTERRUPTED
 from finfed.runtime.app_log import ENGINE, parse_app_record
 
 engine = logging.getLogger(ENGINE)
@@ -87,7 +88,7 @@ def _interrupted(run_dir: Path, status: dict, resume_hint: str) -> int:
     else:
         print(f"finfed: interrupted before round 1 completed; nothing to resume: start it again "
               f"(--overwrite replaces {run_dir})", file=sys.stderr)
-    return 130
+    return EXIT_INTERRUPTED
 
 
 def _budget_exhausted(run_dir: Path, status: dict, started: float) -> int:

@@ -26,6 +26,9 @@ from pathlib import Path
 from finfed.atomic import write_json_atomic
 from finfed.errors import RunError
 
+# The exit status of a command whose run a signal stopped: 128 + SIGINT, the shell's convention for Ctrl-C.
+EXIT_INTERRUPTED = 130
+
 STOP_FILE = ".stop"
 # How long the CLI waits for the ServerApp to record `interrupted`, then for Flower to end by itself,
 # before it stops every process it started.
