@@ -7,6 +7,7 @@ scalar values), so ``finfed simulate`` and ``flwr run`` read one source of truth
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,14 @@ class ClientDPSettings:
                               "would spend more than the stated noise multiplier allows")
 
 
+def _positive_number(text: str) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(value) and value > 0
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     batch_size: int = _opt(64, "expected records per step: each record joins a step with probability "
@@ -230,6 +239,23 @@ class TrainSettings:
     gradient_checkpointing: bool = _opt(False, "recompute activations in the backward pass to save memory; "
                                                "without DP only (Opacus captures each layer's activations in "
                                                "the forward pass, which checkpointing would repeat)")
+    class_weights: NameMap = _opt(NameMap(), "classification: each label's weight in the training loss (a label "
+                                             "not named weighs 1), e.g. `{negative: 3, positive: 1.5}` to weigh "
+                                             "rare labels up. Numbers you fix (public knowledge, or chosen on "
+                                             "validation), never counted from the sites' data: a record's loss "
+                                             "then depends on its own label only, so DP-SGD's per-record bound "
+                                             "holds unchanged. The reported training loss is the weighted one; "
+                                             "evaluation is unweighted")
+
+    def __post_init__(self) -> None:
+        for label, weight in self.class_weights.items():
+            if not _positive_number(weight):
+                raise ConfigError(f"`train.class_weights` gives label {label!r} the weight {weight!r}; "
+                                  "expected a number above 0 (1 = unweighted)")
+
+    def weight_of(self, label: str) -> float:
+        """``label``'s weight in the training loss (1 when `class_weights` does not name it)."""
+        return float(self.class_weights.get(label, 1))
 
 
 @dataclass(frozen=True)

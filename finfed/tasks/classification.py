@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from finfed.config import ExperimentConfig
+from finfed.config import ExperimentConfig, TrainSettings
 from finfed.constants import MAX_SHARED_LABELS
 from finfed.data.loading import normalise_examples, read_table
 from finfed.data.partition import RecordFormat
@@ -74,8 +74,14 @@ class ClassificationTask(Task):
     def __init__(self, config, labels) -> None:
         super().__init__(config, labels)
         self.criterion = nn.CrossEntropyLoss(reduction=self.loss_reduction)
+        self.class_weights = _class_weights(config.train, self.labels)
         # A head-only model's pooled features, kept across rounds (finfed.models.fixed_features)
         self._training_features, self._evaluation_features = FeatureCache(), FeatureCache()
+
+    @classmethod
+    def check_config(cls, config: ExperimentConfig) -> None:
+        if config.data.labels:  # else the labels come from the data: checked when the task is built
+            _class_weights(config.train, config.data.labels)
 
     def build_base_model(self) -> nn.Module:
         settings = self.config.model
@@ -103,7 +109,16 @@ class ClassificationTask(Task):
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = on_model_device(model, batch)
-        return self.criterion(self.logits(model, batch), batch["labels"])
+        return self._training_loss(self.logits(model, batch), batch["labels"])
+
+    def _training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy, each record's scaled by its own label's weight (`train.class_weights`). Never
+        normalised by the batch's weights: that sum would tie a record's gradient to the other records drawn."""
+        if self.class_weights is None:
+            return self.criterion(logits, labels)
+        per_record = nn.functional.cross_entropy(logits, labels, reduction="none")
+        weighted = self.class_weights.to(per_record.device)[labels] * per_record
+        return weighted.mean() if self.loss_reduction == "mean" else weighted.sum()
 
     def training_view(self, model: nn.Module, examples: Sequence[dict]) -> TrainingView:
         """A head-only model trains its head on its records' pooled features, computed once and kept while
@@ -121,7 +136,7 @@ class ClassificationTask(Task):
 
     def _feature_loss(self, head: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = on_model_device(head, batch)
-        return self.criterion(head(batch[FEATURES]), batch["labels"])
+        return self._training_loss(head(batch[FEATURES]), batch["labels"])
 
     @torch.inference_mode()
     def ordered_logits(self, model: nn.Module, examples: Sequence[dict]) -> torch.Tensor:
@@ -197,3 +212,14 @@ class ClassificationTask(Task):
         return Explainable(inputs=inputs, score=lambda output: output.logits[:, target],
                            target=f"the logit of {prediction['label']!r}", text=text, spans=spans,
                            prediction=prediction)
+
+
+def _class_weights(settings: TrainSettings, labels: Sequence[str]) -> torch.Tensor | None:
+    """Each label's loss weight, in the model's output order; None when every weight is 1."""
+    unknown = sorted(set(settings.class_weights) - set(labels))
+    if unknown:
+        raise ConfigError(f"`train.class_weights` names {unknown}, which are not among the run's labels "
+                          f"{list(labels)}")
+    if not settings.class_weights:
+        return None
+    return torch.tensor([settings.weight_of(label) for label in labels], dtype=torch.float32)

@@ -79,6 +79,9 @@ class QuestionAnsweringTask(Task):
 
     @classmethod
     def check_config(cls, config: ExperimentConfig) -> None:
+        if config.train.class_weights:
+            raise ConfigError("`train.class_weights` is for classification; `task` 'qa' has no labels to weigh: "
+                              "remove it")
         if config.data.partitioner == "dirichlet":
             raise ConfigError("`data.partitioner` 'dirichlet' splits by label, and `task` 'qa' has no labels; "
                               "use 'iid' or 'column'")
