@@ -51,6 +51,8 @@ def training_settings(config: ExperimentConfig) -> dict[str, Any]:
               "model.pooling": config.model.pooling}
     if privacy.enabled:
         values["privacy.max_grad_norm"] = privacy.max_grad_norm
+    if train.class_weights:  # only when set: older records had none
+        values["train.class_weights"] = "{" + ", ".join(f"{k}: {v}" for k, v in train.class_weights.items()) + "}"
     return values
 
 
