@@ -40,11 +40,11 @@ def _evaluation(server_round: int) -> list[dict[str, Any]]:
 
 
 def finished_run(root: Path, *, name: str = "report-check", refused_from: int | None = None,
-                 names: dict[str, str] | None = None, budget: float = 8.0) -> Path:
+                 names: dict[str, str] | None = None, budget: float = 8.0, settings: tuple[str, ...] = ()) -> Path:
     """A two-site, three-round DP run; with ``refused_from``, every site refused that round (budget reached)."""
     rounds = 3
     config = load_config(None, [f"name={name}", f"output_dir={root}", "federation.num_sites=2",
-                                f"federation.rounds={rounds}", f"privacy.site_budget_epsilon={budget}"])
+                                f"federation.rounds={rounds}", f"privacy.site_budget_epsilon={budget}", *settings])
     outputs = RunOutputs(config)
     outputs.start()
     trained = rounds if refused_from is None else refused_from - 1

@@ -74,6 +74,18 @@ def test_the_verdict_card_comes_first_and_names_run_date_version_hash_data_and_t
     assert "Harbor Savings Bank" in text and "site 0" in text  # named where a name exists
 
 
+def test_loss_weights_are_stated_with_what_they_change_and_absent_when_unset(tmp_path):
+    """A risk officer reads the per-label figures next to the weights that shaped them."""
+    weighted = build_report(finished_run(tmp_path / "w", settings=("train.class_weights={negative: 3}",)))
+    for page in (render_markdown(weighted), page_text(render_html(weighted))):
+        assert ("Training-loss weights per label: negative 3 (other labels 1): fixed settings, not counted from "
+                "the sites' data") in page
+        assert "so the privacy guarantee is unchanged" in page
+    plain = build_report(finished_run(tmp_path / "p"))
+    assert plain["meta"]["loss_weights"] == ""
+    assert "Training-loss weights" not in render_markdown(plain) + render_html(plain)
+
+
 def test_the_html_report_has_no_raw_markdown_real_headers_alt_text_and_text_labels(tmp_path):
     page = render_html(build_report(finished_run(tmp_path)))
     text = page_text(page)

@@ -108,7 +108,19 @@ def _meta(config: ExperimentConfig, status: dict[str, Any]) -> dict[str, Any]:
             "data": data_description(config), "backbone": config.model.backbone,
             "adapters": adapters_text(config.lora), "num_sites": config.federation.num_sites,
             "rounds": config.federation.rounds, "local_epochs": config.train.local_epochs,
-            "batch_size": config.train.batch_size, "compute": compute_text(config, status)}
+            "batch_size": config.train.batch_size, "compute": compute_text(config, status),
+            "loss_weights": loss_weights_text(config)}
+
+
+def loss_weights_text(config: ExperimentConfig) -> str:
+    """`train.class_weights` in words, empty when unset: they change what the model favours (the per-label
+    figures), not the guarantee."""
+    weights = config.train.class_weights
+    if not weights:
+        return ""
+    named = ", ".join(f"{label} {config.train.weight_of(label):g}" for label in weights)
+    return (f"{named} (other labels 1): fixed settings, not counted from the sites' data; each record's loss "
+            "is scaled by its own label's weight before clipping, so the privacy guarantee is unchanged")
 
 
 def adapters_text(lora: LoraSettings) -> str:
