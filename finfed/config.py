@@ -242,9 +242,11 @@ class TrainSettings:
     class_weights: NameMap = _opt(NameMap(), "classification: each label's weight in the training loss (a label "
                                              "not named weighs 1), e.g. `{negative: 3, positive: 1.5}` to weigh "
                                              "rare labels up. Numbers you fix (public knowledge, or chosen on "
-                                             "validation), never counted from the sites' data: a record's loss "
-                                             "then depends on its own label only, so DP-SGD's per-record bound "
-                                             "holds unchanged. The reported training loss is the weighted one; "
+                                             "validation), never counted from the sites' data. Under DP each "
+                                             "record is also clipped to its label's weight over the largest "
+                                             "weight times `privacy.max_grad_norm`, so the weights act on clipped "
+                                             "records too and none exceeds the norm: the guarantee is unchanged "
+                                             "(docs/privacy.md). The reported training loss is the weighted one; "
                                              "evaluation is unweighted")
 
     def __post_init__(self) -> None:

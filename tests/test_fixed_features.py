@@ -34,9 +34,9 @@ def _two_rounds(config):
     return one, two
 
 
-@pytest.mark.parametrize("dp", ["true", "false"])
-def test_a_head_only_round_on_cached_features_equals_the_whole_model_round(tiny_config, monkeypatch, dp):
-    config = tiny_config(*HEAD_ONLY, f"privacy.enabled={dp}")
+@pytest.mark.parametrize("dp, weights", [("true", ""), ("false", ""), ("true", "{negative: 3}")])
+def test_a_head_only_round_on_cached_features_equals_the_whole_model_round(tiny_config, monkeypatch, dp, weights):
+    config = tiny_config(*HEAD_ONLY, f"privacy.enabled={dp}", f"train.class_weights={weights or '{}'}")
     cached = _two_rounds(config)
     with monkeypatch.context() as patch:  # rounds as before the feature view: every step runs the backbone
         patch.setattr(ClassificationTask, "training_view", Task.training_view)

@@ -273,7 +273,7 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
         loss_reduction=site.task.loss_reduction, settings=config.train, steps=steps,
         seed=config.seed * 100_003 + server_round * 1_009 + site.data.site_id,
         plan=plan, accountant=budget.accountant if budget else None, progress=progress, should_stop=should_stop,
-        reproducible_dp=config.privacy.reproducible)
+        reproducible_dp=config.privacy.reproducible, clip_scales=view.clip_scales)
     trained = time.perf_counter()
     # Timings stay in the site's own log (they follow the secret Poisson batch sizes: never sent).
     site_log(site.policy.folder).info(

@@ -52,6 +52,9 @@ class TrainingView:
     examples: Sequence[dict]
     collate: Callable[[Sequence[dict]], dict]
     loss: Callable[[nn.Module, dict], torch.Tensor]
+    #: under DP, each record's clipping norm as a share (0, 1] of `privacy.max_grad_norm`, from a collated batch;
+    #: None = every record clipped to the full norm
+    clip_scales: Callable[[dict], torch.Tensor] | None = None
 
 
 class Task(ABC):
@@ -185,7 +188,12 @@ class Task(ABC):
 
     def training_view(self, model: nn.Module, examples: Sequence[dict]) -> TrainingView:
         """What one round trains on (called once per round, after the coordinator's tensors are loaded)."""
-        return TrainingView(model, examples, self.collate, self.loss)
+        return TrainingView(model, examples, self.collate, self.loss, self.record_clip_scales())
+
+    def record_clip_scales(self) -> Callable[[dict], torch.Tensor] | None:
+        """Under DP, each record's clipping norm as a share of `privacy.max_grad_norm` (TrainingView.clip_scales);
+        None: every record is clipped to the full norm."""
+        return None
 
     @abstractmethod
     def example_losses(self, model: nn.Module, examples: Sequence[dict]) -> list[float]:

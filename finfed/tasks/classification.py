@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
@@ -111,6 +111,16 @@ class ClassificationTask(Task):
         batch = on_model_device(model, batch)
         return self._training_loss(self.logits(model, batch), batch["labels"])
 
+    def record_clip_scales(self) -> Callable[[dict], torch.Tensor] | None:
+        """Under DP, each record's clipping norm as a share of `privacy.max_grad_norm`: its label's weight over
+        the largest weight (None without weights). With the loss weights this makes a record's clipped
+        gradient its label's share of one clipped at the largest weight, so the weights act under DP as
+        without it, whether or not a record is clipped, and no record exceeds the clipping norm."""
+        if self.class_weights is None:
+            return None
+        shares = self.class_weights / self.class_weights.max()
+        return lambda batch: shares[batch["labels"].cpu()]
+
     def _training_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy, each record's scaled by its own label's weight (`train.class_weights`). Never
         normalised by the batch's weights: that sum would tie a record's gradient to the other records drawn."""
@@ -128,7 +138,8 @@ class ClassificationTask(Task):
             return super().training_view(model, examples)
         features = self._training_features.features(model, examples, lambda: self._pooled(model, examples))
         items = [{FEATURES: features[i], "label": item["label"]} for i, item in enumerate(examples)]
-        return TrainingView(HeadOnFeatures(model), items, _collate_features, self._feature_loss)
+        return TrainingView(HeadOnFeatures(model), items, _collate_features, self._feature_loss,
+                            self.record_clip_scales())
 
     def _pooled(self, model: nn.Module, examples: Sequence[dict]) -> torch.Tensor:
         batches = length_sorted_batches(examples, self.config.train.eval_batch_size)

@@ -137,13 +137,15 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
                   plan: PrivacyPlan | None = None, accountant: SiteAccountant | None = None,
                   progress: Callable[[int, int, float], None] | None = None,
                   should_stop: Callable[[], bool] | None = None,
-                  reproducible_dp: bool = False) -> TrainOutcome:
+                  reproducible_dp: bool = False,
+                  clip_scales: Callable[[dict], torch.Tensor] | None = None) -> TrainOutcome:
     """Train ``model`` in place for ``steps`` steps; with ``plan``, under DP-SGD.
 
     ``seed`` drives only non-private randomness (dropout, the baseline's shuffling). DP sampling
     and noise are secret unless ``reproducible_dp`` (tests and benchmarks: see finfed.privacy.randomness).
     ``should_stop`` is asked before every step; once it says yes, RunInterrupted is raised and
-    the round is abandoned (the caller records no spend and sends nothing).
+    the round is abandoned (the caller records no spend and sends nothing). ``clip_scales`` (DP only):
+    each record's clipping norm as a share of the plan's, from its collated batch (DeviceDPOptimizer).
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
@@ -178,7 +180,8 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
             arithmetic.scaler = torch.amp.GradScaler(arithmetic.device.type)
     try:
         outcome = _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
-                             settings.physical_batch_size, should_stop, arithmetic)
+                             settings.physical_batch_size, should_stop, arithmetic,
+                             clip_scales if plan is not None else None)
     finally:
         if isinstance(module, GradSampleModule):
             module.remove_hooks()
@@ -189,7 +192,8 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
 
 def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
                physical_batch_size: int = 0, should_stop: Callable[[], bool] | None = None,
-               arithmetic: Arithmetic | None = None) -> TrainOutcome:
+               arithmetic: Arithmetic | None = None,
+               clip_scales: Callable[[dict], torch.Tensor] | None = None) -> TrainOutcome:
     arithmetic = arithmetic or Arithmetic("fp32", model_device(module))
     total_loss, seen, empty = 0.0, 0, 0
     for step, indices in enumerate(batches, start=1):
@@ -201,7 +205,7 @@ def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, pro
             _noise_only_step(optimizer)
             continue
         loss = _logical_step(module, optimizer, [dataset[i] for i in indices], collate, loss_fn,
-                             physical_batch_size or len(indices), step, arithmetic)
+                             physical_batch_size or len(indices), step, arithmetic, clip_scales)
         total_loss += loss * len(indices)
         seen += len(indices)
         if progress is not None:
@@ -211,7 +215,7 @@ def _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, pro
 
 
 def _logical_step(module, optimizer, items: list, collate, loss_fn, chunk: int, step: int,
-                  arithmetic: Arithmetic) -> float:
+                  arithmetic: Arithmetic, clip_scales: Callable[[dict], torch.Tensor] | None = None) -> float:
     """One optimizer step over ``items``, computed in physical batches of ``chunk`` to bound memory.
 
     Under DP-SGD each physical batch's per-sample gradients are clipped and summed
@@ -224,11 +228,16 @@ def _logical_step(module, optimizer, items: list, collate, loss_fn, chunk: int, 
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
         last = start + chunk >= len(items)
-        loss = _backward(module, collate(part), loss_fn, len(part) / len(items), private, step, arithmetic)
+        batch = collate(part)
+        loss = _backward(module, batch, loss_fn, len(part) / len(items), private, step, arithmetic)
         total += loss * len(part)
         if private:
             optimizer.signal_skip_step(do_skip=not last)
-            _step(optimizer)
+            optimizer.record_clip_scales = clip_scales(batch) if clip_scales is not None else None
+            try:
+                _step(optimizer)
+            finally:
+                optimizer.record_clip_scales = None  # this part's records only
             if not last:
                 optimizer.zero_grad(set_to_none=True)  # keeps the clipped sums of skipped steps
     if not private and arithmetic.scaler is not None:

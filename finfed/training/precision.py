@@ -63,7 +63,31 @@ class Fp32GradSampleModule(GradSampleModule):
 
 
 class DeviceDPOptimizer(DPOptimizer):
-    """DPOptimizer whose noise comes from finfed's CPU generator, whatever device the model is on."""
+    """DPOptimizer whose noise comes from finfed's CPU generator, whatever device the model is on.
+
+    ``record_clip_scales``, when the training loop sets it for the physical batch about to be clipped, holds
+    one factor in (0, 1] per record: each record's gradient is clipped to ``max_grad_norm`` times its factor
+    (a classifier's per-label clipping norms, `train.class_weights`). No record can move a step by more than
+    ``max_grad_norm``, so the noise (``noise_multiplier * max_grad_norm``) and the accounting are unchanged.
+    """
+
+    record_clip_scales: torch.Tensor | None = None
+
+    def clip_and_accumulate(self) -> None:
+        scales = self.record_clip_scales
+        if scales is None or len(self.grad_samples[0]) == 0:
+            super().clip_and_accumulate()
+            return
+        if scales.shape != (len(self.grad_samples[0]),) or not bool(((scales > 0) & (scales <= 1)).all()):
+            raise PrivacyError(f"per-record clipping scales must be one per record of the batch "
+                               f"({len(self.grad_samples[0])}), each in (0, 1]; got shape {tuple(scales.shape)}")
+        norm = self.max_grad_norm
+        # Opacus' clip factor is max_grad_norm / each record's norm: a per-record tensor broadcasts over them
+        self.max_grad_norm = norm * scales.to(self.grad_samples[0].device, torch.float32)
+        try:
+            super().clip_and_accumulate()
+        finally:
+            self.max_grad_norm = norm
 
     def add_noise(self) -> None:
         add_noise_on_cpu(self)
