@@ -120,7 +120,8 @@ def loss_weights_text(config: ExperimentConfig) -> str:
         return ""
     named = ", ".join(f"{label} {config.train.weight_of(label):g}" for label in weights)
     return (f"{named} (other labels 1): fixed settings, not counted from the sites' data; each record's loss "
-            "is scaled by its own label's weight before clipping, so the privacy guarantee is unchanged")
+            "is scaled by its own label's weight and, under DP, its gradient clipped to its label's share of the "
+            "clipping norm, never more than the norm, so the privacy guarantee is unchanged")
 
 
 def adapters_text(lora: LoraSettings) -> str:
