@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finfed.config import ExperimentConfig, load_config
-from finfed.constants import EVAL_ACCURACY, EVAL_MACRO_F1, NUM_EXAMPLES
+from finfed.constants import EVAL_ACCURACY, EVAL_EXACT_MATCH, EVAL_F1, EVAL_MACRO_F1, NUM_EXAMPLES
 from finfed.data.partition import load_federated_data
 from finfed.models.adapters import exchanged_state
 from finfed.models.backbone import load_tokenizer
@@ -58,14 +58,16 @@ def training_settings(config: ExperimentConfig) -> dict[str, Any]:
 
 def sites_validation(record: dict[str, Any]) -> dict[str, Any] | None:
     """One round's sites' validation figures (the `eval-*` each site reports on the global model): the
-    example-weighted mean of the sites' accuracy and macro-F1 (a site's macro-F1 is over its own split), and
-    the sites' examples. What tuning is judged on, never the central test split."""
+    example-weighted mean of the sites' accuracy and macro-F1 (a site's macro-F1 is over its own split), or
+    for QA of their F1 and exact match, and the sites' examples. What tuning is judged on, never the central
+    test split."""
     evaluations = [e for e in record.get("evaluation") or [] if e.get(NUM_EXAMPLES)]
     total = sum(e[NUM_EXAMPLES] for e in evaluations)
     if not total:
         return None
     figures: dict[str, Any] = {"round": record["round"]}
-    for key, name in ((EVAL_ACCURACY, "accuracy"), (EVAL_MACRO_F1, "macro_f1")):
+    for key, name in ((EVAL_ACCURACY, "accuracy"), (EVAL_MACRO_F1, "macro_f1"), (EVAL_F1, "f1"),
+                      (EVAL_EXACT_MATCH, "exact_match")):
         if all(key in e for e in evaluations):
             figures[name] = round(sum(e[key] * e[NUM_EXAMPLES] for e in evaluations) / total, 4)
     figures["examples"] = int(total)

@@ -24,6 +24,8 @@ UPDATE_REJECTED = "update-rejected"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 EVAL_MACRO_F1 = "eval-macro-f1"
+EVAL_F1 = "eval-f1"  # QA: token-overlap F1 of the predicted answers
+EVAL_EXACT_MATCH = "eval-exact-match"  # QA
 # Classification: the global model's recall of label i on a site's validation split, `eval-recall-<i>` (by index,
 # so no key carries a label's text); a disclosed, non-private statistic, allow-listed for the first labels only.
 EVAL_RECALL_PREFIX = "eval-recall-"

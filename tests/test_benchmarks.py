@@ -128,6 +128,9 @@ def test_the_sites_validation_figures_are_weighted_by_their_examples():
         {"site": 1, "eval-accuracy": 0.8, "eval-macro-f1": 0.7, "num-examples": 30}]}
     assert sites_validation(record) == {"round": 3, "accuracy": 0.725, "macro_f1": 0.625, "examples": 40}
     assert sites_validation({"round": 0, "evaluation": []}) is None
+    qa = {"round": 2, "evaluation": [{"site": 0, "eval-f1": 0.2, "eval-exact-match": 0.1, "num-examples": 12},
+                                     {"site": 1, "eval-f1": 0.6, "eval-exact-match": 0.3, "num-examples": 4}]}
+    assert sites_validation(qa) == {"round": 2, "f1": 0.3, "exact_match": 0.15, "examples": 16}
 
 
 def test_the_tuning_table_lists_every_tuning_run_with_its_validation_figures(tmp_path):

@@ -74,7 +74,7 @@ OPT_IN_TRAIN_METRICS = frozenset({keys.TRAIN_LOSS})  # only with node config `sh
 # (not covered by epsilon; the report says so); its keys are `eval-recall-<index>`, never a label's text.
 LABEL_RECALL_METRICS = frozenset(f"{keys.EVAL_RECALL_PREFIX}{i}" for i in range(keys.MAX_SHARED_LABELS))
 EVALUATE_METRICS = frozenset({keys.NUM_EXAMPLES, keys.SITE_ID, keys.EVAL_LOSS, keys.EVAL_ACCURACY,
-                              keys.EVAL_MACRO_F1, "eval-exact-match", "eval-f1"}) | LABEL_RECALL_METRICS
+                              keys.EVAL_MACRO_F1, keys.EVAL_EXACT_MATCH, keys.EVAL_F1}) | LABEL_RECALL_METRICS
 
 # SecAgg+ (Flower's secaggplus_mod): the protocol's own keys per stage, in record "secaggplus_configs".
 SECAGG_RECORD = "secaggplus_configs"
