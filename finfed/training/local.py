@@ -180,8 +180,7 @@ def train_locally(model: nn.Module, dataset: Sequence[dict], collate: Collate, l
             arithmetic.scaler = torch.amp.GradScaler(arithmetic.device.type)
     try:
         outcome = _run_steps(module, optimizer, batches, dataset, collate, loss_fn, steps, progress,
-                             settings.physical_batch_size, should_stop, arithmetic,
-                             clip_scales if plan is not None else None)
+                             settings.physical_batch_size, should_stop, arithmetic, clip_scales)
     finally:
         if isinstance(module, GradSampleModule):
             module.remove_hooks()
