@@ -117,8 +117,8 @@ def _parser() -> argparse.ArgumentParser:
                              "(benchmarks/repeats.py); for figures inside the machine's run-to-run spread")
     parser.add_argument("--set", dest="extra", action="append", default=[],
                         help="an extra `section.key=value` for every federation of this run")
-    parser.add_argument("--warm-from", default="", help="phrasebank-warm: start from this finished run "
-                                                       "instead of training the public one")
+    parser.add_argument("--warm-from", default="", help="the warm cases (phrasebank-warm, tatqa-warm): start "
+                        "from this finished public run, for the case of its task, instead of training it")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--write-docs", action="store_true", help="write docs/benchmarks.md from the results")
     parser.add_argument("--check-docs", action="store_true", help="exit 1 if docs/benchmarks.md is stale")

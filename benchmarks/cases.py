@@ -106,6 +106,7 @@ class Bench:
 PHRASEBANK = SIMULATIONS / "phrasebank.yaml"
 TATQA = SIMULATIONS / "tatqa.yaml"
 TWITTER = SIMULATIONS / "twitter_public.yaml"
+FILINGS_QA_PUBLIC = SIMULATIONS / "filings_qa_public.yaml"
 NO_DP = ["privacy.enabled=false"]
 # The warm-started DP federation's own settings, on top of simulations/phrasebank.yaml, chosen on the sites'
 # validation splits (docs/benchmarks.md, "DP tuning"): the head alone on the public model's features, with 4
@@ -149,17 +150,25 @@ def phrasebank_central(bench: Bench) -> dict[str, Any]:
 def phrasebank_warm(bench: Bench) -> dict[str, Any]:
     """PhraseBank DP (epsilon 8) started from a non-private run on public Twitter financial news
     (simulations/twitter_public.yaml) through `model.init_from`, with the warm recipe's batch and rates."""
-    if bench.warm_from:
-        source_dir = Path(bench.warm_from).resolve()
-        source = finished_run(source_dir)
-    else:
-        source = bench.federation("twitter-public", TWITTER, bench.twitter())
-        source_dir = bench.work / "twitter-public"
+    source, source_dir = warm_source(bench, "twitter-public", TWITTER, bench.twitter(), task="classification")
     recipe = [] if bench.quick else WARM_RECIPE  # quick mode: its tiny model's own batch and rates
     result = bench.federation("phrasebank-warm", PHRASEBANK,
                               [*bench.phrasebank(), *recipe, f"model.init_from={source_dir}"])
     result["warm_start_source"] = {k: source.get(k) for k in ("engine", "config", "rounds", "final", "wall_s")}
     return result
+
+
+def warm_source(bench: Bench, name: str, config_file: Path, settings: list[str], *,
+                task: str) -> tuple[dict[str, Any], Path]:
+    """The public run a warm case starts from: ``--warm-from`` when it is a run of ``task``, else trained now."""
+    if bench.warm_from:
+        run_dir = Path(bench.warm_from).resolve()
+        source = finished_run(run_dir)
+        if source["task"] == task:
+            return source, run_dir
+        print(f"[benchmarks] --warm-from {run_dir} is a {source['task']} run; training {name} for this "
+              f"{task} case instead", flush=True)
+    return bench.federation(name, config_file, settings), bench.work / name
 
 
 def finished_run(run_dir: Path) -> dict[str, Any]:
@@ -168,7 +177,7 @@ def finished_run(run_dir: Path) -> dict[str, Any]:
     from finfed.runs.outputs import read_metrics
 
     config, rounds = load_config(run_dir / CONFIG), read_metrics(run_dir)
-    return {"engine": "a finished run given with --warm-from", "config": config.name,
+    return {"engine": "a finished run given with --warm-from", "config": config.name, "task": config.task,
             "rounds": [{"round": r["round"], **rounded(r["central"])} for r in rounds],
             "final": rounded(rounds[-1]["central"]) if rounds else None, "wall_s": None}
 
@@ -181,3 +190,13 @@ def tatqa_dp(bench: Bench) -> dict[str, Any]:
 def tatqa_nodp(bench: Bench) -> dict[str, Any]:
     """The same TAT-QA federation without DP."""
     return bench.federation("tatqa-nodp", TATQA, [*bench.tatqa(), *NO_DP])
+
+
+def tatqa_warm(bench: Bench) -> dict[str, Any]:
+    """TAT-QA DP (epsilon 8) started from a non-private QA run on finfed's public synthetic filings
+    (simulations/filings_qa_public.yaml) through `model.init_from`."""
+    public = ["data.synthetic_size=200", "data.max_length=128"] if bench.quick else []
+    source, source_dir = warm_source(bench, "filings-qa-public", FILINGS_QA_PUBLIC, public, task="qa")
+    result = bench.federation("tatqa-warm", TATQA, [*bench.tatqa(), f"model.init_from={source_dir}"])
+    result["warm_start_source"] = {k: source.get(k) for k in ("engine", "config", "rounds", "final", "wall_s")}
+    return result

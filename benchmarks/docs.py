@@ -144,6 +144,8 @@ GOALS = [
      _gap("phrasebank-nodp", "phrasebank-warm", 0.03), ("phrasebank-warm", "phrasebank-nodp")),
     ("default QA (synthetic filings), ε = 8", "F1 ≥ 0.70", _threshold("default-qa", "f1", 0.70), ("default-qa",)),
     ("TAT-QA, ε = 8", "F1 ≥ 0.40", _threshold("tatqa-dp", "f1", 0.40), ("tatqa-dp",)),
+    ("TAT-QA DP with the public warm start (synthetic filings)", "F1 ≥ 0.40 (the row above's goal)",
+     _threshold("tatqa-warm", "f1", 0.40), ("tatqa-warm",)),
     ("default classification run", "keep ≥ 0.83 acc", _threshold("default-classification", "accuracy", 0.83),
      ("default-classification",)),
     ("share of each predicted label vs gold share, PhraseBank DP test split", "within 5 points per class",

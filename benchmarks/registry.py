@@ -17,6 +17,7 @@ CASES: dict[str, str] = {
     "phrasebank-warm": "benchmarks.cases:phrasebank_warm",
     "tatqa-dp": "benchmarks.cases:tatqa_dp",
     "tatqa-nodp": "benchmarks.cases:tatqa_nodp",
+    "tatqa-warm": "benchmarks.cases:tatqa_warm",
     # Speed and memory (issue 14), data loading (issue 11), the int8 export (issue 15).
     "default-speed": "benchmarks.speed:default_speed",
     "scale-50": "benchmarks.speed:scale_50",

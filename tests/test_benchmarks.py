@@ -18,7 +18,7 @@ from benchmarks.registry import CASES
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OWN_CASES = ["default-classification", "default-qa", "phrasebank-dp", "phrasebank-nodp", "phrasebank-central",
-             "phrasebank-warm", "tatqa-dp", "tatqa-nodp"]
+             "phrasebank-warm", "tatqa-dp", "tatqa-nodp", "tatqa-warm"]
 COST_CASES = ["default-speed", "scale-50", "scale-5", "data-loading", "int8-export"]
 COMMON_KEYS = {"case", "description", "mode", "date", "ok", "error", "wall_s", "peak_rss_mb"}
 
@@ -179,6 +179,9 @@ def test_quick_mode_runs_every_case_to_the_end(tmp_path):
     assert [e["form"] for e in export["exports"]] == ["fp32", "int8"] and export["weights_ratio"] < 1
     warm = json.loads((tmp_path / "phrasebank-warm.json").read_text(encoding="utf-8"))
     assert warm["warm_start_source"]["final"] and warm["rounds"][0] != dp["rounds"][0]  # not from scratch
+    qa_warm, qa_cold = (json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
+                        for name in ("tatqa-warm", "tatqa-dp"))
+    assert qa_warm["warm_start_source"]["final"] and qa_warm["rounds"][0] != qa_cold["rounds"][0]
 
 
 def test_repeat_runs_a_case_in_fresh_run_folders_and_keeps_every_run(tmp_path):
