@@ -335,15 +335,32 @@ def test_e2e_three_banks_tls_node_auth_dp_and_secure_aggregation(deployment):
 CANARY = "ZQXCANARY4409"  # planted in three banks' data: a record's text, a folder name, a label
 
 
+def _kill_hard(entry) -> None:
+    """A crash: SIGKILL to the site's process and everything below it, no goodbye to the coordinator."""
+    tree = [entry.process.pid, *(c.pid for c in psutil.Process(entry.process.pid).children(recursive=True))]
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    entry.process.wait(timeout=30)
+
+
 @pytest.mark.slow
-def test_canaries_in_the_banks_data_never_reach_the_coordinator(tmp_path, tiny_backbone):
-    """bank-a trains on a record holding the canary; bank-b's data file (in a folder named with the canary)
-    disappears after round 1; bank-c has a label outside the run's list, holding the canary. Nothing of
-    the canary reaches the coordinator's folder (runs, flower.log, SuperLink database, checkpoints) or its
+def test_a_killed_site_does_not_stop_the_run_and_canaries_in_the_banks_data_never_reach_the_coordinator(
+        tmp_path, tiny_backbone):
+    """One deployment of four banks, for two checks that each need a run with sites failing mid-way (one
+    deployment instead of two: each costs about two minutes).
+
+    Faults: bank-d is killed (SIGKILL, no goodbye) after round 1, and the run completes with the others.
+    Canaries: bank-a trains on a record holding the canary; bank-b's data file (in a folder named with the
+    canary) disappears after round 1; bank-c has a label outside the run's list, holding the canary. Nothing
+    of the canary reaches the coordinator's folder (runs, flower.log, SuperLink database, checkpoints) or its
     console; the banks' own logs hold the details."""
-    processes, consortium = Processes(tmp_path), make_consortium(tmp_path)
+    started = time.time()
+    processes, consortium = Processes(tmp_path), make_consortium(tmp_path, num_sites=4)
     try:
-        data = site_data(tmp_path, 3)
+        data = site_data(tmp_path, 4)
         frame = pd.read_csv(data[0])
         frame.loc[:, "text"] = frame["text"] + f" Client {CANARY}."
         frame.to_csv(data[0], index=False)
@@ -357,51 +374,52 @@ def test_canaries_in_the_banks_data_never_reach_the_coordinator(tmp_path, tiny_b
         for entry, path in zip(consortium.sites, data):
             fill_site(consortium, entry, path)
         start_coordinator(processes, consortium)
-        _start_sites(processes, consortium)
+        sites = _start_sites(processes, consortium)
         run = start_run(processes, consortium, run_overrides(tiny_backbone, "canary", **{"federation.min_sites": 1}))
         run_dir = consortium.runs_dir / "canary"
         wait_for(lambda: any(r["round"] == 1 for r in metrics(run_dir)), 600, "round 1", run)
         hidden.unlink()
+        _kill_hard(sites[3])  # bank-d, site id 3
         assert wait_exit(run, 900) == 0, run.text()[-4000:]
-        records = metrics(run_dir)
-        assert read_status(run_dir)["state"] == "complete" and records[-1]["round"] == 2
+        records, status = metrics(run_dir), read_status(run_dir)
+        assert status["state"] == "complete" and records[-1]["round"] == 2
+        assert sorted(s["site"] for s in records[1]["sites"]) == [0, 1, 3]
+        assert [s["site"] for s in records[2]["sites"]] == [0]
+        # The killed site: recorded, and the others' own records hold their rounds.
+        recorded = json.dumps(records[2].get("failures", [])) + json.dumps(status.get("site_failures", {}))
+        assert "site 3" in recorded or "bank-d" in recorded, (records[2], status)
+        _check_site_records(consortium, ["bank-a"], [1, 2])
+        _check_site_records(consortium, ["bank-b", "bank-d"], [1])
+        # The canaries.
         failures = " | ".join(records[2]["failures"])
         assert "data error: the data file does not exist" in failures, failures
         assert "data error: a label is not in the run's label list (row 6)" in failures, failures
         assert all(keys.TRAIN_LOSS not in s for r in records[1:] for s in r["sites"])  # no bank opted in
         coordinator = _text_under(consortium.coordinator_dir) + run.text()
         assert CANARY not in coordinator
-        sites = {entry.name: (consortium.site_dir(entry.name) / "site.log").read_text() for entry in consortium.sites}
-        assert str(hidden) in sites["bank-b"] and f"label-{CANARY}" in sites["bank-c"]
+        sites_logs = {entry.name: (consortium.site_dir(entry.name) / "site.log").read_text()
+                      for entry in consortium.sites[:3]}
+        assert str(hidden) in sites_logs["bank-b"] and f"label-{CANARY}" in sites_logs["bank-c"]
     finally:
         processes.stop_all()
+    print(f"\n[timing] deployment faults and canaries: {time.time() - started:.0f}s")
 
 
 @pytest.mark.slow
-def test_unregistered_site_is_refused(deployment):
+def test_sites_failing_the_coordinators_checks_are_refused(deployment, tmp_path):
+    """One coordinator for the four refusals (each its own coordinator cost 17 to 30 s): a site asked to
+    connect without TLS, a SuperNode speaking plain HTTP, a site trusting another CA, an unregistered key."""
     processes, consortium, _ = deployment
     coordinator = start_coordinator(processes, consortium)
-    add_site(consortium, "bank-x")  # a key pair the coordinator was never asked to register
-    consortium = load_consortium(consortium.folder)
-    fill_site(consortium, consortium.sites[-1], load_site_config(consortium.site_dir("bank-a")).data_path)
-    intruder = processes.start("bank-x", finfed_command("deploy", "site", str(consortium.site_dir("bank-x"))))
-    assert wait_exit(intruder, 120) == 2
-    assert "refused this site: its public key" in intruder.text() and "is not registered" in intruder.text()
-    wait_for(lambda: "No SuperNode found with the given public key" in consortium.log_file.read_text(), 30,
-             "the coordinator to log the refusal", coordinator)
-    assert len(nodes(consortium)) == 3 and not online_nodes(consortium)
-
-
-@pytest.mark.slow
-def test_site_without_tls_is_refused(deployment):
-    processes, consortium, _ = deployment
-    start_coordinator(processes, consortium)
     site = consortium.site_dir("bank-a")
+    original = (site / "site.toml").read_text(encoding="utf-8")
+
     # finfed has no way to turn TLS off ...
     _edit(site, "[coordinator]\n", "[coordinator]\ninsecure = true\n")
     refused = processes.start("bank-a-insecure", finfed_command("deploy", "site", str(site)))
     assert wait_exit(refused, 60) == 2
     assert "finfed never connects a site without TLS" in refused.text()
+    (site / "site.toml").write_text(original, encoding="utf-8")
     # ... and a SuperNode that speaks plain HTTP to the coordinator gets no answer.
     plain = processes.start("plain-supernode", [
         str(Path(sys.executable).parent / "flower-supernode"), "--insecure", "--superlink", consortium.address,
@@ -410,54 +428,25 @@ def test_site_without_tls_is_refused(deployment):
         env={"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"})
     assert wait_exit(plain, 120) != 0
     assert "Failed to initialize the connection to the SuperLink" in plain.text()
-    assert not online_nodes(consortium)
 
-
-@pytest.mark.slow
-def test_site_trusting_the_wrong_ca_is_refused(deployment, tmp_path):
-    processes, consortium, _ = deployment
-    start_coordinator(processes, consortium)
-    site = consortium.site_dir("bank-a")
+    # A site trusting another CA than the consortium's.
     rogue, _ = pki.create_ca(tmp_path / "rogue", "some other CA")
     _edit(site, 'root_certificates = "ca.pem"', f"root_certificates = {json.dumps(str(rogue))}")
     refused = processes.start("bank-a-wrong-ca", finfed_command("deploy", "site", str(site)))
     assert wait_exit(refused, 60) == 2
     assert "presented a TLS certificate that" in refused.text() and "does not trust" in refused.text()
-    assert not online_nodes(consortium)
+    (site / "site.toml").write_text(original, encoding="utf-8")
 
-
-def _kill_hard(entry) -> None:
-    """A crash: SIGKILL to the site's process and everything below it, no goodbye to the coordinator."""
-    tree = [entry.process.pid, *(c.pid for c in psutil.Process(entry.process.pid).children(recursive=True))]
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    entry.process.wait(timeout=30)
-
-
-@pytest.mark.slow
-def test_a_site_killed_after_round_one_does_not_stop_the_run(deployment):
-    processes, consortium, backbone = deployment
-    started = time.time()
-    start_coordinator(processes, consortium)
-    sites = _start_sites(processes, consortium)
-    # No federated evaluation (not what this test is about): one message, one process start, less per site-round.
-    run = start_run(processes, consortium, run_overrides(backbone, "fault", **{"federation.min_sites": 2,
-                                                                                "federation.fraction_evaluate": 0}))
-    run_dir = consortium.runs_dir / "fault"
-    wait_for(lambda: any(r["round"] == 1 for r in metrics(run_dir)), 600, "round 1", run)
-    _kill_hard(sites[2])  # bank-c, site id 2
-    assert wait_exit(run, 900) == 0, run.text()[-4000:]
-    status = read_status(run_dir)
-    assert status["state"] == "complete"
-    final = metrics(run_dir)[-1]
-    assert final["round"] == 2 and sorted(s["site"] for s in final["sites"]) == [0, 1]
-    recorded = json.dumps(final.get("failures", [])) + json.dumps(status.get("site_failures", {}))
-    assert "site 2" in recorded or "bank-c" in recorded, (final, status)
-    _check_site_records(consortium, ["bank-a", "bank-b"], [1, 2])
-    print(f"\n[timing] deployment fault test: {time.time() - started:.0f}s")
+    # A key pair the coordinator was never asked to register.
+    add_site(consortium, "bank-x")
+    consortium = load_consortium(consortium.folder)
+    fill_site(consortium, consortium.sites[-1], load_site_config(consortium.site_dir("bank-a")).data_path)
+    intruder = processes.start("bank-x", finfed_command("deploy", "site", str(consortium.site_dir("bank-x"))))
+    assert wait_exit(intruder, 120) == 2
+    assert "refused this site: its public key" in intruder.text() and "is not registered" in intruder.text()
+    wait_for(lambda: "No SuperNode found with the given public key" in consortium.log_file.read_text(), 30,
+             "the coordinator to log the refusal", coordinator)
+    assert len(nodes(consortium)) == 3 and not online_nodes(consortium)
 
 
 @pytest.mark.slow
