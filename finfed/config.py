@@ -276,7 +276,12 @@ class FederationSettings:
                                          "regardless",
                                     0.0, 1.0)
     min_sites: int = _opt(0, "fewest site updates a round needs, else the run stops; 0 = every sampled site", 0)
-    round_timeout: float = _opt(3600.0, "seconds to wait for sites to connect and to reply in a round", 1.0)
+    round_timeout: float = _opt(3600.0, "seconds to wait for the sites' replies in a round (and for them to "
+                                        "connect, unless `connect_timeout` is set)", 1.0)
+    connect_timeout: float = _opt(0.0, "seconds to wait for every site to connect before round 1 (then going on "
+                                       "with those online if `min_sites` are) and for `min_sites` to be online "
+                                       "before each later round; 0 = `round_timeout`. Sites that are slow to "
+                                       "start need a long wait, long local training a long `round_timeout`", 0.0)
     # Filled in by `finfed deploy run` from the consortium's registrations, so waits can name missing sites.
     site_nodes: str = _opt("", "deployment: the consortium's sites as node-id:name pairs (set by finfed deploy "
                                "run); empty = sites are named by number")

@@ -200,6 +200,20 @@ def test_the_wait_for_sites_names_who_is_missing_every_report_interval():
     assert lines[-1].startswith("going on without bank-c (not connected)")
 
 
+def test_the_connection_wait_has_its_own_limit_and_names_it():
+    """`federation.connect_timeout` bounds the waits for sites to connect; `round_timeout` (replies) does not."""
+    federation = FederationSettings(num_sites=3, min_sites=2, round_timeout=3600.0, connect_timeout=20.0,
+                                    site_nodes="11:bank-a,12:bank-b,13:bank-c")
+    clock, lines = FakeClock(), []
+    sampler = SiteSampler(federation, poll_s=1.0, report_s=30.0, clock=clock, sleep=clock.sleep, out=lines.append)
+    began = clock()
+    assert sampler.online(FakeGrid([11, 12])) == [11, 12]
+    assert 20.0 <= clock() - began < 22.0  # not the hour of round_timeout
+    assert "giving up in 20s (`federation.connect_timeout`)" in lines[0]
+    with pytest.raises(RunError, match=r"only 1 of 3 sites online after waiting 20s \(`federation.connect_timeout`\)"):
+        sampler.online(FakeGrid([11]))  # a later round: min_sites must be online within the same limit
+
+
 def test_the_wait_is_silent_when_every_site_is_there_and_counts_sites_it_cannot_name():
     lines = []
     clock = FakeClock()
@@ -278,9 +292,10 @@ def test_two_sites_on_one_host_start_and_the_run_names_a_site_never_started(proc
     start_coordinator(processes, consortium)
     for entry in consortium.sites[:2]:
         start_site(processes, consortium, entry)
-    # The first round waits `round_timeout` for bank-c: 60 s, still room for the two sites' replies under load.
+    # The first round waits `connect_timeout` (20 s) for bank-c; the two sites' replies keep the harness's
+    # `round_timeout` (300 s), room enough under load.
     run = start_run(processes, consortium, run_overrides(tiny_backbone, "missing", **{
-        "federation.round_timeout": 60, "federation.min_sites": 2, "federation.rounds": 1,
+        "federation.connect_timeout": 20, "federation.min_sites": 2, "federation.rounds": 1,
         "federation.fraction_evaluate": 0}))
     wait_for(lambda: "waiting for sites: bank-c (not connected)" in run.text(), 120,
              "the run to name the missing site", run)

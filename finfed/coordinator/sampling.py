@@ -60,12 +60,20 @@ class SiteSampler:
         self.started = False
 
     def online(self, grid) -> list[int]:
-        """The sites online now, after the first call waits (up to `round_timeout`) for all to connect."""
+        """The sites online now, after the first call waits (up to the connection wait) for all to connect."""
         if not self.started:
-            nodes = self._wait(grid, self.federation.num_sites, self.federation.round_timeout, settle=True)
+            nodes = self._wait(grid, self.federation.num_sites, self.connect_timeout, settle=True)
             self.started = True
             return nodes
-        return self._wait(grid, self.needed, self.federation.round_timeout, settle=False)
+        return self._wait(grid, self.needed, self.connect_timeout, settle=False)
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.federation.connect_timeout or self.federation.round_timeout
+
+    @property
+    def _timeout_key(self) -> str:
+        return "`federation.connect_timeout`" if self.federation.connect_timeout else "`federation.round_timeout`"
 
     def train_nodes(self, grid) -> list[int]:
         nodes = self.online(grid)
@@ -112,7 +120,7 @@ class SiteSampler:
                              f"{len(nodes)} of {self.federation.num_sites} sites connected")
                     return nodes  # some sites never came: go on with those that did
                 raise RunError(f"only {len(nodes)} of {self.federation.num_sites} sites online after waiting "
-                               f"{timeout:.0f}s (`federation.round_timeout`); a round needs {self.needed} "
+                               f"{timeout:.0f}s ({self._timeout_key}); a round needs {self.needed} "
                                "(`federation.min_sites`)")
             self.sleep(self.poll_s)
 
@@ -125,7 +133,7 @@ class SiteSampler:
     def waiting_line(self, online: list[int], wanted: int, left: float) -> str:
         missing = self.missing(online) or f"{max(self.federation.num_sites - len(online), 0)} site(s) not connected"
         return (f"waiting for sites: {missing}; {len(online)} of {self.federation.num_sites} connected, "
-                f"{wanted} needed; giving up in {max(left, 0):.0f}s (`federation.round_timeout`)")
+                f"{wanted} needed; giving up in {max(left, 0):.0f}s ({self._timeout_key})")
 
 
 def _progress(line: str) -> None:
