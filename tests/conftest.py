@@ -33,9 +33,12 @@ from finfed.data.synthetic_news import generate_news  # noqa: E402
 SHARED_RUN_GROUP = "tiny_simulated_run"
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """Under pytest-xdist (`-n 2 --dist loadgroup`, README "Test"), every test reading the shared simulated run
-    goes to one worker, so the run is made once, not once per worker."""
+    goes to one worker, so the run is made once, not once per worker. First among the hooks: xdist's worker reads
+    the group marks in its own hook. (pytest 9.2 ignores the worker's renamed test ids, so loadgroup groups
+    nothing there: pytest-xdist issue 1386; pyproject.toml's `dev` extra keeps pytest below 9.2.)"""
     for item in items:
         if "tiny_simulated_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(SHARED_RUN_GROUP))
