@@ -150,11 +150,17 @@ def phrasebank_central(bench: Bench) -> dict[str, Any]:
 def phrasebank_warm(bench: Bench) -> dict[str, Any]:
     """PhraseBank DP (epsilon 8) started from a non-private run on public Twitter financial news
     (simulations/twitter_public.yaml) through `model.init_from`, with the warm recipe's batch and rates."""
-    source, source_dir = warm_source(bench, "twitter-public", TWITTER, bench.twitter(), task="classification")
+    source = warm_source(bench, "twitter-public", TWITTER, bench.twitter(), task="classification")
     recipe = [] if bench.quick else WARM_RECIPE  # quick mode: its tiny model's own batch and rates
-    result = bench.federation("phrasebank-warm", PHRASEBANK,
-                              [*bench.phrasebank(), *recipe, f"model.init_from={source_dir}"])
-    result["warm_start_source"] = {k: source.get(k) for k in ("engine", "config", "rounds", "final", "wall_s")}
+    return warm_federation(bench, "phrasebank-warm", PHRASEBANK, [*bench.phrasebank(), *recipe], source)
+
+
+def warm_federation(bench: Bench, name: str, config_file: Path, settings: list[str],
+                    source: tuple[dict[str, Any], Path]) -> dict[str, Any]:
+    """A federation started from ``source`` (warm_source's), its result naming what it started from."""
+    figures, source_dir = source
+    result = bench.federation(name, config_file, [*settings, f"model.init_from={source_dir}"])
+    result["warm_start_source"] = {k: figures.get(k) for k in ("engine", "config", "rounds", "final", "wall_s")}
     return result
 
 
@@ -196,7 +202,5 @@ def tatqa_warm(bench: Bench) -> dict[str, Any]:
     """TAT-QA DP (epsilon 8) started from a non-private QA run on finfed's public synthetic filings
     (simulations/filings_qa_public.yaml) through `model.init_from`."""
     public = ["data.synthetic_size=200", "data.max_length=128"] if bench.quick else []
-    source, source_dir = warm_source(bench, "filings-qa-public", FILINGS_QA_PUBLIC, public, task="qa")
-    result = bench.federation("tatqa-warm", TATQA, [*bench.tatqa(), f"model.init_from={source_dir}"])
-    result["warm_start_source"] = {k: source.get(k) for k in ("engine", "config", "rounds", "final", "wall_s")}
-    return result
+    source = warm_source(bench, "filings-qa-public", FILINGS_QA_PUBLIC, public, task="qa")
+    return warm_federation(bench, "tatqa-warm", TATQA, bench.tatqa(), source)
