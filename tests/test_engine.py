@@ -110,6 +110,20 @@ def test_the_wait_for_flower_ends_once_the_serverapp_has_recorded_the_end(tmp_pa
     assert (run_id, ended_by_app) == ("7", False)
 
 
+def test_a_run_flower_did_not_start_is_a_finfed_error_quoting_flowers_last_lines(tmp_path):
+    """`finfed simulate` prints it as an error (not a traceback), with the reason `flwr run` gave."""
+    from finfed.errors import FinfedError
+    from finfed.runtime.local_engine import stream_flower_run
+
+    code = "print('Using SuperLink: finfed-local'); print(); print('Connection to the SuperLink refused')"
+    with pytest.raises(FinfedError) as raised:
+        stream_flower_run([sys.executable, "-c", code], dict(os.environ), tmp_path / "flower.log",
+                          lambda line: None, cwd=tmp_path)
+    message = str(raised.value)
+    assert "did not start the run" in message and "Connection to the SuperLink refused" in message
+    assert str(tmp_path / "flower.log") in message
+
+
 def test_only_a_normal_end_recorded_during_this_run_ends_the_wait(tmp_path):
     from finfed.runs.outputs import run_recorded_its_end
 

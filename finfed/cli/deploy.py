@@ -171,6 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     from finfed.errors import RunError
     from finfed.runs.outputs import prepare_run_dir
     from finfed.runtime.flower_app import APP_FOLDER
+    from finfed.runtime.local_engine import RunNotStarted
 
     consortium = load_consortium(args.folder)
     config = deployment_config(consortium, args.config, args.overrides, resume=args.resume)
@@ -198,7 +199,9 @@ def _run(args: argparse.Namespace) -> int:
         log = run_dir / "flower.log"
         if log.is_file() and log_shows_started_run(log.read_text(encoding="utf-8", errors="replace")):
             raise
-        raise RunError(f"the run was not started: {unstarted_run_log(run_dir, fresh)}{exc}") from None
+        tail = unstarted_run_log(run_dir, fresh)
+        reason = "" if isinstance(exc, RunNotStarted) else str(exc)  # its reason is the log's tail, shown
+        raise RunError(f"the run was not started: {tail}{reason}") from None
     hint = shlex.join(["finfed", "deploy", "run", str(args.folder), "--resume",
                        *(["--config", str(args.config)] if args.config else []),
                        *(arg for item in args.overrides for arg in ("--set", item))])

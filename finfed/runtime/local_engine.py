@@ -256,8 +256,23 @@ def stream_flower_run(command: list[str], env: Mapping[str, str], log_path: Path
             stop_process_tree(process)
             raise
     if not run_id:
-        raise RuntimeError(f"Flower did not start the run; see {log_path}")
+        raise not_started(log_path)
     return run_id, ended_by_app
+
+
+class RunNotStarted(RunError):
+    """`flwr run` ended without starting the run (see ``not_started``)."""
+
+
+def not_started(log_path: Path, lines: int = 12) -> RunNotStarted:
+    """The error for a run `flwr run` did not start, with the last lines of its log: they say why."""
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    last = [line for line in text.splitlines() if line.strip()][-lines:] or ["(it printed nothing)"]
+    return RunNotStarted("Flower did not start the run; `flwr run` ended with:"
+                         + "".join(f"\n  {line}" for line in last) + f"\n(log: {log_path})")
 
 
 def final_run_status(run_id: str, env: Mapping[str, str], connection: str = CONNECTION, *,
