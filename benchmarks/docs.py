@@ -162,6 +162,10 @@ GOALS = [
      _completed("scale-50"), ("scale-50",)),
     ("issue 14: peak memory of 50 sites (10 % per round) against 5 sites", "≤ 1.2 ×",
      _memory_ratio("scale-50", "scale-5", 1.2), ("scale-50", "scale-5")),
+    ('issue 14: `pytest -m "not slow"` (the fast tier, 2 workers)', "≤ 2 min (120 s)",
+     _at_most("test-tiers", "fast_tier_s", "s", 120.0), ("test-tiers",)),
+    ("issue 14: `pytest` (everything, as CI, 2 workers)", "≤ 12 min (720 s)",
+     _at_most("test-tiers", "whole_tier_s", "s", 720.0), ("test-tiers",)),
 ]
 
 

@@ -18,10 +18,11 @@ CASES: dict[str, str] = {
     "tatqa-dp": "benchmarks.cases:tatqa_dp",
     "tatqa-nodp": "benchmarks.cases:tatqa_nodp",
     "tatqa-warm": "benchmarks.cases:tatqa_warm",
-    # Speed and memory (issue 14), data loading (issue 11), the int8 export (issue 15).
+    # Speed and memory, the test tiers (issue 14), data loading (issue 11), the int8 export (issue 15).
     "default-speed": "benchmarks.speed:default_speed",
     "scale-50": "benchmarks.speed:scale_50",
     "scale-5": "benchmarks.speed:scale_5",
     "data-loading": "benchmarks.data_loading:data_loading",
     "int8-export": "benchmarks.int8_export:int8_export",
+    "test-tiers": "benchmarks.suite_time:tiers",
 }

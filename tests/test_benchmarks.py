@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OWN_CASES = ["default-classification", "default-qa", "phrasebank-dp", "phrasebank-nodp", "phrasebank-central",
              "phrasebank-warm", "tatqa-dp", "tatqa-nodp", "tatqa-warm"]
-COST_CASES = ["default-speed", "scale-50", "scale-5", "data-loading", "int8-export"]
+COST_CASES = ["default-speed", "scale-50", "scale-5", "data-loading", "int8-export", "test-tiers"]
 COMMON_KEYS = {"case", "description", "mode", "date", "ok", "error", "wall_s", "peak_rss_mb"}
 
 
@@ -61,6 +61,23 @@ def test_the_cost_goals_are_judged_from_the_speed_records():
     assert "| 2.00 GB | met |" in rows["issue 14: its peak RSS, every process of the run (3 sites)"]
     stopped = {"ok": True, "date": "2026-12-03", "exit_code": -15, "timed_out_after_s": 450, "wall_s": 455}
     assert "missed: did not complete" in goal_table({"scale-50": stopped})
+    tiers = {"ok": True, "date": "2026-12-03", "fast_tier_s": 73.2, "whole_tier_s": 750.0}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in goal_table({"test-tiers": tiers}).splitlines()}
+    assert "| 73.2 s | met |" in rows['issue 14: `pytest -m "not slow"` (the fast tier, 2 workers)']
+    assert "| 750.0 s | missed by 30.0 s |" in rows["issue 14: `pytest` (everything, as CI, 2 workers)"]
+
+
+def test_the_test_tiers_are_counted_from_pytests_own_summary():
+    from benchmarks.suite_time import counts, slowest
+
+    output = ("....\n============ slowest 10 durations ============\n"
+              "16.85s call     tests/test_engine.py::test_sigkill\n0.50s setup    tests/test_qa.py::test_x\n"
+              "=== 1 failed, 676 passed, 2 skipped, 140 warnings in 670.82s (0:11:10) ===\n")
+    assert counts(output, quick=False) == {"failed": 1, "passed": 676, "skipped": 2}
+    assert counts("629 passed, 49 deselected in 72.71s (0:01:12)", quick=False) == {"passed": 629, "deselected": 49}
+    assert counts("tests/x.py::a\n\n629/678 tests collected (49 deselected) in 3.50s", quick=True) == {"collected": 629}
+    assert slowest(output) == [{"seconds": 16.85, "phase": "call", "test": "tests/test_engine.py::test_sigkill"},
+                               {"seconds": 0.5, "phase": "setup", "test": "tests/test_qa.py::test_x"}]
 
 
 def _speed_run(wall: float, rss: float, accuracy: float, ok: bool = True) -> dict:
@@ -175,6 +192,8 @@ def test_quick_mode_runs_every_case_to_the_end(tmp_path):
     for name in ("default-speed", "scale-50", "scale-5"):
         record = json.loads((tmp_path / f"{name}.json").read_text(encoding="utf-8"))
         assert record["examples_trained"] > 0 and record["rounds_completed"] == 1, name
+    tiers = {row["tier"]: row for row in json.loads((tmp_path / "test-tiers.json").read_text())["tiers"]}
+    assert 0 < tiers["fast"]["collected"] < tiers["whole"]["collected"]  # quick: the tiers are collected, not run
     export = json.loads((tmp_path / "int8-export.json").read_text(encoding="utf-8"))
     assert [e["form"] for e in export["exports"]] == ["fp32", "int8"] and export["weights_ratio"] < 1
     warm = json.loads((tmp_path / "phrasebank-warm.json").read_text(encoding="utf-8"))
