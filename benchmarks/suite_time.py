@@ -35,23 +35,31 @@ def tiers(bench) -> dict:
         raise RuntimeError(f"test tier(s) {', '.join(failed)} did not pass: "
                            + "; ".join(f"{n}: {measured[n]['counts']}" for n in failed))
     rows = [{"tier": name, "what": TIERS[name][1], "command": tier["command"], "wall_s": tier["wall_s"],
-             **tier["counts"]} for name, tier in measured.items()]
+             **tier["counts"], "machine": tier["measured"]["note"]} for name, tier in measured.items()]
     slow = [{"tier": name, **test} for name, tier in measured.items() for test in tier["slowest"]]
+    shares = [tier["measured"]["other_share_of_machine"] for tier in measured.values()]
     return {"engine": "pytest in a child process" + (" (quick: collection only)" if bench.quick else ""),
             **{f"{name}_tier_s": tier["wall_s"] for name, tier in measured.items()},
+            "measured": {"note": f"other processes used at most {max(shares):.1%} of the machine's CPU "
+                                 "during either tier" + (" (quiet)" if max(shares) < 0.05 else " (contended)")},
             "tiers": rows, "slowest_tests": slow}
 
 
 def run_tier(marker: str | None, *, quick: bool) -> dict:
+    from benchmarks.speed import OtherLoad, TreeMemory
+
     command = ([*PYTEST, "-q", "--durations=10"] if not quick else  # quick: collected in one process
                [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--collect-only", "-q"])
     command += ["-m", marker] if marker else []
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=str(ROOT), capture_output=True, text=True)
+    process = subprocess.Popen(command, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    load = OtherLoad(process.pid)  # how busy the rest of the machine was: a contended tier is slower
+    with TreeMemory(process.pid) as tree:
+        output, _ = process.communicate()
     wall = time.perf_counter() - started
-    return {"command": shlex.join(["python", *command[1:]]), "marker": marker, "exit_code": done.returncode,
-            "wall_s": round(wall, 1), "counts": counts(done.stdout, quick=quick),
-            "slowest": slowest(done.stdout)}
+    return {"command": shlex.join(["python", *command[1:]]), "marker": marker, "exit_code": process.returncode,
+            "wall_s": round(wall, 1), "counts": counts(output, quick=quick), "slowest": slowest(output),
+            "measured": load.measured(tree.seen, wall)}
 
 
 def counts(output: str, *, quick: bool) -> dict[str, int]:
