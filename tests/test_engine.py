@@ -124,6 +124,40 @@ def test_a_run_flower_did_not_start_is_a_finfed_error_quoting_flowers_last_lines
     assert str(tmp_path / "flower.log") in message
 
 
+def test_a_superlink_whose_port_another_process_took_starts_on_another_port(tmp_path, monkeypatch):
+    """Between choosing a free port and the SuperLink binding it, another process (on a busy machine, another
+    run's SuperLink) may take it and answer the health check: that answer is not taken for the SuperLink's."""
+    import http.server
+    import threading
+
+    from finfed.runtime import local_engine
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    squatter = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    taken = squatter.server_address[1]
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    ports = iter([taken])
+    real_free_port = local_engine.free_port
+    monkeypatch.setattr(local_engine, "free_port", lambda: next(ports, None) or real_free_port())
+    home = tmp_path / "home"
+    home.mkdir()
+    try:
+        with local_engine.LocalSuperLink(home, local_engine.flower_env(home)) as link:
+            assert link.port != taken
+            assert local_engine.listens_on(link.process.pid, link.port)
+            assert f"127.0.0.1:{link.port}" in (home / "config.toml").read_text()  # what `flwr run` connects to
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+
+
 def test_only_a_normal_end_recorded_during_this_run_ends_the_wait(tmp_path):
     from finfed.runs.outputs import run_recorded_its_end
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
+import psutil
 import tomli_w
 
 from finfed.compat import FLOWER_RUN_COMPLETED, listed_run_status, started_run_id
@@ -86,8 +87,19 @@ def connection_config(connection: str, address: str, **options: object) -> str:
                                         connection: {"address": address, **options}}})
 
 
+class PortTaken(RuntimeError):
+    """Another process bound the port chosen for the SuperLink before the SuperLink did."""
+
+
 class LocalSuperLink:
-    """A simulation-mode SuperLink bound to 127.0.0.1, stopped with everything it spawned."""
+    """A simulation-mode SuperLink bound to 127.0.0.1, stopped with everything it spawned.
+
+    Its port is free when chosen but only bound a second or two later, by the SuperLink's own process; on a
+    busy machine another process (another run's SuperLink, Ray) can take it in between, and would then answer
+    the health check too. So the SuperLink counts as up only when its own process listens on the port, and a
+    SuperLink that lost its port starts again on another one (``PORT_ATTEMPTS`` in all)."""
+
+    PORT_ATTEMPTS = 3
 
     def __init__(self, home: Path, env: Mapping[str, str]) -> None:
         self.home, self.env, self.port = home, dict(env), free_port()
@@ -95,6 +107,20 @@ class LocalSuperLink:
         self.grace = 10.0  # seconds between SIGTERM and SIGKILL when it is stopped
 
     def __enter__(self) -> "LocalSuperLink":
+        attempts = self.PORT_ATTEMPTS
+        while True:
+            self._start()
+            try:
+                self._wait_healthy(timeout=60)
+                return self
+            except PortTaken:
+                stop_process_tree(self.process, grace=1.0)
+                attempts -= 1
+                if not attempts:
+                    raise
+                self.port = free_port()
+
+    def _start(self) -> None:
         (self.home / "config.toml").write_text(
             connection_config(CONNECTION, f"127.0.0.1:{self.port}", insecure=True), encoding="utf-8")
         self.process = subprocess.Popen(
@@ -103,24 +129,48 @@ class LocalSuperLink:
              "--log-file", str(self.home / "superlink.log")],
             env=self.env, cwd=str(self.home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
-        self._wait_healthy(timeout=60)
-        return self
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=0.5)
+            if _answers_health(self.port) and listens_on(self.process.pid, self.port):
                 return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"SuperLink exited at start; see {self.home / 'superlink.log'}") from None
-                time.sleep(0.2)
+            if self.process.poll() is not None:
+                if port_in_use(self.port):
+                    raise PortTaken(f"port {self.port} was taken by another process before the SuperLink bound it")
+                raise RuntimeError(f"SuperLink exited at start; see {self.home / 'superlink.log'}")
+            time.sleep(0.2)
         raise RuntimeError(f"SuperLink did not answer on 127.0.0.1:{self.port} within {timeout:.0f}s")
 
     def __exit__(self, *exc) -> None:
         if self.process is not None:
             stop_process_tree(self.process, grace=self.grace)
+
+
+def _answers_health(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=0.5)
+        return True
+    except OSError:
+        return False
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself listens on TCP ``port``."""
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
 
 
 def flower_tool(name: str) -> str:
