@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[list[str]] = [
     # single-module helpers (finfed.atomic, finfed.settings: the infra helper's, arriving at merge)
     ["finfed.errors", "finfed.constants", "finfed.compat", "finfed.records", "finfed.wire", "finfed.atomic",
-     "finfed.settings"],
+     "finfed.settings", "finfed.lean_imports"],
     ["finfed.config"],
     ["finfed.privacy"],
     ["finfed.data", "finfed.models"],

@@ -13,14 +13,16 @@ from pathlib import Path
 
 from finfed.deploy.consortium import Consortium, SiteEntry
 from finfed.deploy.site_config import SiteConfig
+from finfed.lean_imports import WITHOUT_INT8_ENV
 from finfed.runtime.local_engine import QUIET_FLOWER_ENV, connection_config
 
 # The coordinator's name for its own SuperLink in its private $FLWR_HOME/config.toml.
 CONNECTION = "finfed-coordinator"
-# What a site and the coordinator both need: no telemetry, no update checks, no installs at run time.
-DEPLOY_ENV = {key: QUIET_FLOWER_ENV[key] for key in (
+# What a site and the coordinator both need: no telemetry, no update checks, no installs at run time, and
+# (their apps never quantize) no int8 library in the apps' processes.
+DEPLOY_ENV = {**{key: QUIET_FLOWER_ENV[key] for key in (
     "FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION",
-    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")}
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")}, **WITHOUT_INT8_ENV}
 
 
 def superlink_command(consortium: Consortium) -> list[str]:

@@ -27,6 +27,7 @@ import tomli_w
 from finfed.compat import FLOWER_RUN_COMPLETED, listed_run_status, started_run_id
 from finfed.config import ExperimentConfig, from_run_config
 from finfed.errors import RunError
+from finfed.lean_imports import WITHOUT_INT8_ENV
 from finfed.runs.checkpoint import resume_point
 from finfed.runs.outputs import RUN_LEDGERS
 from finfed.runtime.engine_home import clean_stale_engine_homes, make_engine_home
@@ -180,7 +181,7 @@ def flower_tool(name: str) -> str:
 
 
 def flower_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ, **QUIET_FLOWER_ENV, FLWR_HOME=str(home), RAY_TMPDIR=str(home / "ray"))
+    env = dict(os.environ, **QUIET_FLOWER_ENV, **WITHOUT_INT8_ENV, FLWR_HOME=str(home), RAY_TMPDIR=str(home / "ray"))
     # SuperExec finds flwr-simulation on PATH: put this environment's bin first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
