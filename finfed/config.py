@@ -227,9 +227,10 @@ class TrainSettings:
     optimizer: Literal["adamw", "sgd"] = _opt("adamw", "each site's optimiser: `adamw` or `sgd` (momentum 0.9)")
     weight_decay: float = _opt(0.0, "`adamw`'s weight decay (0 = none)", 0.0, 1.0)
     eval_batch_size: int = _opt(64, "records per forward pass when evaluating; memory only, no effect on results", 1)
-    physical_batch_size: int = _opt(32, "most examples through the model at once; larger sampled batches are "
-                                        "processed in parts and still make one (DP) step: memory only, no effect "
-                                        "on results. 0 = no limit", 0)
+    physical_batch_size: int = _opt(16, "most examples through the model at once; larger sampled batches are "
+                                        "processed in parts (records of like length together) and still make one "
+                                        "(DP) step: memory and speed, not what is learned (only dropout's random "
+                                        "draws fall differently). 0 = no limit. On a GPU, raise it", 0)
     num_threads: int = _opt(0, "torch threads per site process; 0 = torch's default (all cores). In "
                                      "simulation, `simulation.cpus_per_site` is the useful knob", 0, 256)
     precision: Literal["fp32", "bf16", "fp16"] = _opt(

@@ -175,13 +175,19 @@ def test_dp_without_accountant_is_refused():
 
 @pytest.mark.parametrize("private", [True, False])
 def test_physical_batches_give_the_same_step_as_one_batch(private):
-    """Splitting a sampled batch to save memory must not change the update (nor the accounting)."""
+    """Splitting a sampled batch to save memory must not change the update (nor the accounting); the parts
+    group the batch's records by length (less padding)."""
     torch.manual_seed(1)
-    dataset = [{"x": torch.randn(4), "y": i % 2} for i in range(16)]
-    collate = lambda items: {"x": torch.stack([i["x"] for i in items]), "y": torch.tensor([i["y"] for i in items])}
+    dataset = [{"x": torch.randn(4), "y": i % 2, "input_ids": [0] * (1 + (7 * i) % 11)} for i in range(16)]
+    parts: list[list[int]] = []
+
+    def collate(items):
+        parts.append([len(i["input_ids"]) for i in items])
+        return {"x": torch.stack([i["x"] for i in items]), "y": torch.tensor([i["y"] for i in items])}
     loss = lambda model, batch: nn.functional.cross_entropy(model(batch["x"]), batch["y"])
     results, steps_recorded = [], []
     for physical in (0, 3):
+        parts.clear()
         config = load_config(None, ["train.batch_size=8", f"train.physical_batch_size={physical}",
                                     "train.optimizer=sgd", "train.learning_rate=0.1"])
         torch.manual_seed(0)
@@ -197,6 +203,10 @@ def test_physical_batches_give_the_same_step_as_one_batch(private):
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
         if accountant is not None:
             steps_recorded.append(accountant.total_steps)
+    # parts of at most 3 records, shortest records first within each of the 2 steps: one descent at most
+    assert len(parts) > 2 and all(len(part) <= 3 for part in parts)
+    lengths = [n for part in parts for n in part]
+    assert sum(later < earlier for earlier, later in zip(lengths, lengths[1:])) <= 1
     assert not torch.allclose(results[0], torch.cat([p.detach().flatten() for p in _fresh_tiny().parameters()]))
     assert torch.allclose(results[0], results[1], atol=1e-6)
     assert steps_recorded == ([2, 2] if private else [])

@@ -137,7 +137,10 @@ class ClassificationTask(Task):
         if not features_fit(model, len(examples)):
             return super().training_view(model, examples)
         features = self._training_features.features(model, examples, lambda: self._pooled(model, examples))
-        items = [{FEATURES: features[i], "label": item["label"]} for i, item in enumerate(examples)]
+        # Each keeps its token list (a reference, not a copy): the training loop groups a batch's records by
+        # length, and must group them as it would the encoded records (head dropout falls on the same parts).
+        items = [{FEATURES: features[i], "label": item["label"], "input_ids": item["input_ids"]}
+                 for i, item in enumerate(examples)]
         return TrainingView(HeadOnFeatures(model), items, _collate_features, self._feature_loss,
                             self.record_clip_scales())
 

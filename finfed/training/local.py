@@ -224,6 +224,10 @@ def _logical_step(module, optimizer, items: list, collate, loss_fn, chunk: int, 
     """
     private = isinstance(optimizer, DPOptimizer)
     total = 0.0
+    if len(items) > chunk:
+        # Records of like length share a physical batch, so each is padded to less: 25 % faster steps on the
+        # default run (docs/speed.md). The sum of clipped gradients and the noise do not depend on the order.
+        items = sorted(items, key=_token_count)
     for start in range(0, len(items), chunk):
         part = items[start:start + chunk]
         last = start + chunk >= len(items)
@@ -245,6 +249,11 @@ def _logical_step(module, optimizer, items: list, collate, loss_fn, chunk: int, 
     elif not private:
         _step(optimizer)
     return total / len(items)
+
+
+def _token_count(item: dict) -> int:
+    """A record's length before padding (0 for a record without a token list)."""
+    return len(item.get("input_ids", ()))
 
 
 def _backward(module, batch: dict, loss_fn, weight: float, private: bool, step: int,
