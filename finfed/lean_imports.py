@@ -8,6 +8,8 @@ It is left out the standard way: with ``sys.modules["torchao"] = None``, ``impor
 ImportError and ``importlib.util.find_spec("torchao")`` answers None, so Transformers and PEFT take it for
 not installed. Only processes that can never quantize do this: the apps when the engine that started them
 says so (``WITHOUT_INT8_ENV``, set by ``finfed simulate`` and ``finfed deploy``), and the planning child.
+`finfed export --quantize int8` brings it back if a shell exported the variable (``bring_back_int8_library``),
+and says so plainly where it is too late (finfed.inference.export.torchao_version).
 """
 
 from __future__ import annotations
@@ -34,3 +36,15 @@ def leave_out_int8_library_if_asked() -> bool:
     if all(os.environ.get(key) == value for key, value in WITHOUT_INT8_ENV.items()):
         return leave_out_int8_library()
     return False
+
+
+def int8_library_left_out() -> bool:
+    return INT8_LIBRARY in sys.modules and sys.modules[INT8_LIBRARY] is None
+
+
+def bring_back_int8_library() -> bool:
+    """Undo ``leave_out_int8_library()`` while Transformers is not imported yet (it decides once); True if done."""
+    if not int8_library_left_out() or "transformers" in sys.modules:
+        return False
+    del sys.modules[INT8_LIBRARY]
+    return True

@@ -48,3 +48,22 @@ def test_the_planning_child_leaves_torchao_out_and_its_parent_keeps_it():
 
 def test_deployed_sites_and_coordinator_start_their_apps_without_torchao():
     assert WITHOUT_INT8_ENV.items() <= DEPLOY_ENV.items()
+
+
+def test_an_int8_export_in_a_shell_that_exported_the_apps_variable_brings_torchao_back(tmp_path):
+    code = ("import importlib.util, finfed.cli.main; from finfed.lean_imports import bring_back_int8_library; "
+            "print(bring_back_int8_library() and importlib.util.find_spec('torchao') is not None)")
+    assert _python(code, simulation_env(tmp_path))
+
+
+def test_where_it_is_too_late_to_bring_torchao_back_the_export_says_why(monkeypatch):
+    import transformers  # noqa: F401  (imported: too late to bring it back)
+
+    from finfed.errors import RunError
+    from finfed.inference.export import torchao_version
+    from finfed.lean_imports import bring_back_int8_library
+
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    assert not bring_back_int8_library()
+    with pytest.raises(RunError, match="FINFED_WITHOUT_INT8=1"):
+        torchao_version()

@@ -256,6 +256,10 @@ def predict_input_file(args: argparse.Namespace, columns: dict[str, str]) -> int
 
 
 def export(args: argparse.Namespace) -> int:
+    if args.quantize:
+        from finfed.lean_imports import bring_back_int8_library
+
+        bring_back_int8_library()  # a shell that exported the apps' FINFED_WITHOUT_INT8 still quantizes
     from finfed.inference.export import (
         export_run,
         load_snippet,

@@ -192,10 +192,17 @@ def torchao_version() -> str:
     """The installed torchao's version; RunError when it is missing (`pip install 'finfed[int8]'`)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    from finfed.lean_imports import WITHOUT_INT8_ENV, int8_library_left_out
+
     try:
-        return version("torchao")
+        installed = version("torchao")
     except PackageNotFoundError:
         raise RunError("--quantize int8 needs torchao: pip install 'finfed[int8]' (or: pip install torchao)") from None
+    if int8_library_left_out():
+        variable = ", ".join(f"{key}={value}" for key, value in WITHOUT_INT8_ENV.items())
+        raise RunError(f"torchao is installed but left out of this process: its environment has {variable}, "
+                       "meant only for the Flower apps' processes; quantize where it is not set")
+    return installed
 
 
 # --------------------------------------------------------------------------- metadata
