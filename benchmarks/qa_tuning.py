@@ -35,6 +35,10 @@ DESCRIPTION = ("The default QA run's DP tuning (`python -m benchmarks.qa_tuning`
                "round, mean over sites weighted by validation questions); the central test F1 is shown, not "
                "chosen on.")
 
+# MiniLM's top two layers' query and value projections only (the `top2-*` settings).
+TOP_TWO_LAYERS = ("lora.target_modules=" + ",".join(f"encoder.layer.{layer}.attention.self.{name}"
+                                                    for layer in (4, 5) for name in ("query", "value")))
+
 # name -> (what it changes, overrides on top of `task=qa`). Never remove a tried setting: the page lists them all.
 SETTINGS: dict[str, tuple[str, list[str]]] = {
     "base": ("the defaults before tuning (600 questions, 4 rounds, batch 64, lr 5e-3, head lr 0.05, span head at the "
@@ -51,18 +55,14 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
                          "about half the cost of a record) with 3 times the questions in 2 rounds instead of 4: more "
                          "records per DP step at about the default run's time",
                          ["data.synthetic_size=1800", "federation.rounds=2",
-                          "lora.target_modules=encoder.layer.4.attention.self.query,encoder.layer.4.attention.self.value,"
-                          "encoder.layer.5.attention.self.query,encoder.layer.5.attention.self.value"]),
+                          TOP_TWO_LAYERS]),
     "top2-size3600-r3": ("the same adapters with 6 times the questions (1,200 per site) in 3 rounds: under DP the "
                          "signal against the noise grows with the records per site, not with the steps",
                          ["data.synthetic_size=3600", "federation.rounds=3",
-                          "lora.target_modules=encoder.layer.4.attention.self.query,encoder.layer.4.attention.self.value,"
-                          "encoder.layer.5.attention.self.query,encoder.layer.5.attention.self.value"]),
+                          TOP_TWO_LAYERS]),
     "top2-size3600-r3-nodp": ("the same without DP: what these adapters learn from this data at all",
                               ["data.synthetic_size=3600", "federation.rounds=3", "privacy.enabled=false",
-                               "lora.target_modules=encoder.layer.4.attention.self.query,"
-                               "encoder.layer.4.attention.self.value,encoder.layer.5.attention.self.query,"
-                               "encoder.layer.5.attention.self.value"]),
+                               TOP_TWO_LAYERS]),
     "size3600-r3": ("6 times the questions (1,200 per site) in 3 rounds, adapters in every layer (the default): "
                     "more records per DP step at about twice the default run's time",
                     ["data.synthetic_size=3600", "federation.rounds=3"]),
