@@ -229,6 +229,35 @@ def tuning_table(results_dir: Path) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- the head's ceiling
+def _pair(figures: dict[str, Any]) -> str:
+    return f"{figures['accuracy']:.3f} / {figures['macro_f1']:.3f}"
+
+
+def head_study_table(results_dir: Path) -> str:
+    """benchmarks.head_ceiling's studies: the linear ceiling and each replica setting (mean over its seeds)."""
+    out = []
+    for path in sorted((results_dir / "studies").glob("head-ceiling*.json")):
+        study = json.loads(path.read_text(encoding="utf-8"))
+        ceiling, gold = study["linear_ceiling"], study["gold_share"]
+        out += [f"**{study['features'].capitalize()}** (`{path.relative_to(results_dir.parent.parent)}`; "
+                f"{sum(study['records']['train'])} training records at {len(study['records']['train'])} sites, "
+                f"{study['records']['validation']} validation, {study['records']['test']} test; "
+                f"gold test shares {', '.join(f'{label} {g:.3f}' for label, g in zip(study['labels'], gold))}). "
+                f"The linear ceiling (no DP, every site's records together, L2 C = {ceiling['chosen_C']:g} chosen on "
+                f"validation): validation {_pair(ceiling['validation'])}, test **{_pair(ceiling['test'])}**."]
+        if "source_head" in study:
+            out[-1] += f" The source's head as it is: validation {_pair(study['source_head']['validation'])}, " \
+                       f"test {_pair(study['source_head']['test'])}."
+        out += ["", "| setting | DP | start | sites' validation acc / macro-F1 | test acc / macro-F1 "
+                    "| predicted share (test) |", "|---|---|---|---|---|---|"]
+        out += [f"| {row['setting']} | {'yes' if row['dp'] else 'no'} | {row['start']} | {_pair(row['validation'])} "
+                f"| {_pair(row['test'])} | {', '.join(f'{share:.3f}' for share in row['test']['predicted_share'])} |"
+                for row in study["replica"]]
+        out.append("")
+    return "\n".join(out).rstrip() or "(no study recorded)"
+
+
 # ----------------------------------------------------------------------------- cases
 def _number(value: Any) -> str:
     if value is None:
@@ -336,4 +365,5 @@ def render(results_dir: Path) -> str:
     cases = "\n".join(case_section(name, record) for name, record in results.items())
     text = TEMPLATE.read_text(encoding="utf-8")
     return (text.replace("{{goals}}", goal_table(results)).replace("{{tuning}}", tuning_table(results_dir))
+            .replace("{{head_study}}", head_study_table(results_dir))
             .replace("{{cases}}", cases.rstrip() + "\n"))

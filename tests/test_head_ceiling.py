@@ -1,0 +1,42 @@
+"""benchmarks.head_ceiling: its linear ceiling and its replica of the head's federated (DP-)SGD behave."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.head_ceiling import Split, figures, linear_ceiling, replica
+
+
+def _blobs(n: int, seed: int, labels: tuple[int, ...] = (0, 1, 2)) -> Split:
+    """Three well separated clusters in 8 dimensions (a site holds only ``labels``)."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.tensor(labels)[torch.randint(len(labels), (n,), generator=generator)]
+    centres = torch.eye(3, 8) * 4.0
+    return Split(centres[y] + torch.randn(n, 8, generator=generator) * 0.5, y)
+
+
+def _run(sites, **changes):
+    options = dict(rounds=3, batch=32, passes=2, optimiser="sgd", rate=1.0, sigmas=None, clip=1.0, weights=None,
+                   head=None, classes=3, seed=0)
+    return replica(sites, **{**options, **changes})
+
+
+def test_the_linear_ceiling_separates_separable_labels():
+    ceiling = linear_ceiling(_blobs(300, 1), _blobs(100, 2), _blobs(100, 3), classes=3)
+    assert ceiling["test"]["accuracy"] > 0.98
+    assert ceiling["chosen_C"] in (0.1, 1.0, 10.0, 100.0)
+
+
+def test_the_replica_learns_across_label_skewed_sites_and_noise_can_drown_it():
+    sites = [_blobs(200, 4, (0, 1)), _blobs(200, 5, (1, 2)), _blobs(200, 6, (0, 2))]
+    test = _blobs(300, 7)
+    assert figures(*_run(sites), test, 3)["accuracy"] > 0.95
+    assert figures(*_run(sites, sigmas=[0.5] * 3), test, 3)["accuracy"] > 0.9  # DP at a usable noise
+    drowned = [figures(*_run(sites, sigmas=[200.0] * 3, seed=s), test, 3)["accuracy"] for s in range(3)]
+    assert min(drowned) < 0.8  # at an absurd noise multiplier the sum of clipped gradients is lost
+
+
+def test_a_given_head_is_where_the_replica_starts():
+    head = (torch.randn(3, 8), torch.randn(3))
+    weight, bias = _run([_blobs(50, 8)], rounds=0, head=head)
+    assert torch.equal(weight, head[0]) and torch.equal(bias, head[1])
