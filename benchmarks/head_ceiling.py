@@ -11,7 +11,7 @@ partition of simulations/phrasebank.yaml, audit hold-out and validation splits i
   sites' heads, each trained by Poisson-sampled steps (dropout 0.1 on the features, the head's optimiser
   made afresh each round, as finfed does), under DP with per-record clipping, per-label norms for class
   weights and Gaussian noise at the multiplier finfed's own calibration gives (``plan_privacy``). It is
-  not finfed's code path; it reproduces finfed's figures (the recipe: 0.70 test accuracy with and without
+  not finfed's code path; it reproduces finfed's figures (the recipe: about 0.70 test accuracy with and without
   DP in both) and is used only to see which settings could matter, to be checked in finfed itself.
 
     python -m benchmarks.head_ceiling                       # the bundled MiniLM's features
@@ -61,7 +61,7 @@ def phrasebank_config(data_root: Path):
 
 
 def pooled_encoder(run_dir: Path | None, backbone: str):
-    """(tokenizer, texts -> pooled features, the run's head or None) for the bundled backbone or a run's model."""
+    """(texts -> pooled features, the run's head or None) for the bundled backbone or a finished run's model."""
     from transformers import AutoTokenizer
 
     from finfed.models.backbone import load_encoder, resolve_backbone
@@ -117,13 +117,12 @@ def joined(splits: list[Split]) -> Split:
 
 
 def figures(weight: torch.Tensor, bias: torch.Tensor, split: Split, classes: int) -> dict[str, Any]:
+    """finfed's own accuracy and macro-F1 of the head (``weight``, ``bias``) on ``split``, and its label shares."""
+    from finfed.tasks.classification_metrics import accuracy, macro_f1
+
     predicted = (split.x @ weight.T + bias).argmax(1)
-    f1s = []
-    for c in range(classes):
-        tp = ((predicted == c) & (split.y == c)).sum().item()
-        denominator = (predicted == c).sum().item() + (split.y == c).sum().item()
-        f1s.append(2 * tp / denominator if denominator else 0.0)
-    return {"accuracy": (predicted == split.y).float().mean().item(), "macro_f1": float(np.mean(f1s)),
+    truth, guesses = split.y.tolist(), predicted.tolist()
+    return {"accuracy": accuracy(truth, guesses), "macro_f1": macro_f1(truth, guesses, classes),
             "predicted_share": (torch.bincount(predicted, minlength=classes) / len(predicted)).tolist()}
 
 
@@ -163,10 +162,15 @@ def noise_multipliers(config, sites: list[Split], passes: int) -> list[float]:
             for i, s in enumerate(sites)]
 
 
-def replica(sites: list[Split], *, rounds: int, batch: int, passes: int, optimiser: str, rate: float,
-            sigmas: list[float] | None, clip: float, weights: tuple | None, head: tuple | None,
-            classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """FedAvg of head-only (DP-)SGD at every site; returns the averaged head after ``rounds``."""
+def replica(sites: list[Split], *, rounds: int, train, sigmas: list[float] | None, clip: float,
+            weights: tuple | None, head: tuple | None, classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """FedAvg of head-only (DP-)SGD at every site; returns the averaged head after ``rounds``.
+
+    ``train`` (finfed's TrainSettings) gives the expected batch, the passes per round (finfed's own step
+    count), the optimiser, the head's rate and AdamW's weight decay."""
+    from finfed.privacy.calibration import steps_per_round
+
+    batch, rate = train.batch_size, train.head_learning_rate
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     start = torch.nn.Linear(sites[0].x.shape[1], classes)
@@ -176,10 +180,10 @@ def replica(sites: list[Split], *, rounds: int, batch: int, passes: int, optimis
         total_w, total_b, total = torch.zeros_like(weight), torch.zeros_like(bias), 0
         for number, site in enumerate(sites):
             w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
-            step = (torch.optim.SGD([w, b], lr=rate, momentum=0.9) if optimiser == "sgd"
-                    else torch.optim.AdamW([w, b], lr=rate))
+            step = (torch.optim.SGD([w, b], lr=rate, momentum=0.9) if train.optimizer == "sgd"
+                    else torch.optim.AdamW([w, b], lr=rate, weight_decay=train.weight_decay))
             n = len(site.y)
-            for _ in range(passes * max(1, round(n / batch))):
+            for _ in range(steps_per_round(n, train)):
                 chosen = torch.rand(n, generator=generator) < batch / n
                 x, y = site.x[chosen], site.y[chosen]
                 x = x * (torch.rand(x.shape, generator=generator) > 0.1) / 0.9  # the head's dropout
@@ -220,8 +224,9 @@ def study(run_dir: Path | None, data_root: Path) -> dict[str, Any]:
     starts = [("the source's head", head), ("a new head", None)] if head is not None else [("a new head", None)]
     for label, dp, optimiser, rate, passes, weights in GRID:
         for start_label, start in starts:
-            runs = [replica(sites, rounds=config.federation.rounds, batch=config.train.batch_size, passes=passes,
-                            optimiser=optimiser, rate=rate, sigmas=sigmas[passes] if dp else None,
+            train = dataclasses.replace(config.train, local_epochs=passes, optimizer=optimiser,
+                                        head_learning_rate=rate)
+            runs = [replica(sites, rounds=config.federation.rounds, train=train, sigmas=sigmas[passes] if dp else None,
                             clip=config.privacy.max_grad_norm, weights=weights, head=start, classes=classes, seed=s)
                     for s in SEEDS]
             row = {"setting": label, "dp": dp, "start": start_label, "optimiser": optimiser, "rate": rate,

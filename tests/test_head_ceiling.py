@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from benchmarks.head_ceiling import Split, figures, linear_ceiling, replica
+from finfed.config import TrainSettings
 
 
 def _blobs(n: int, seed: int, labels: tuple[int, ...] = (0, 1, 2)) -> Split:
@@ -16,8 +17,8 @@ def _blobs(n: int, seed: int, labels: tuple[int, ...] = (0, 1, 2)) -> Split:
 
 
 def _run(sites, **changes):
-    options = dict(rounds=3, batch=32, passes=2, optimiser="sgd", rate=1.0, sigmas=None, clip=1.0, weights=None,
-                   head=None, classes=3, seed=0)
+    train = TrainSettings(batch_size=32, local_epochs=2, optimizer="sgd", head_learning_rate=1.0)
+    options = dict(rounds=3, train=train, sigmas=None, clip=1.0, weights=None, head=None, classes=3, seed=0)
     return replica(sites, **{**options, **changes})
 
 
