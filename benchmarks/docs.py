@@ -255,7 +255,26 @@ def head_study_table(results_dir: Path) -> str:
                 f"| {_pair(row['test'])} | {', '.join(f'{share:.3f}' for share in row['test']['predicted_share'])} |"
                 for row in study["replica"]]
         out.append("")
+    out += warm_sources_table(results_dir / "studies" / "warm-sources.json")
     return "\n".join(out).rstrip() or "(no study recorded)"
+
+
+def warm_sources_table(path: Path) -> list[str]:
+    """benchmarks.head_ceiling --compare: public sources side by side (ceiling and the warm recipe's replica)."""
+    if not path.is_file():
+        return []
+    study = json.loads(path.read_text(encoding="utf-8"))
+    out = [f"**Public sources compared** (`{path.relative_to(path.parents[3])}`, {study['wall_s']:.0f} s): each "
+           f"source's features on the same sites' records, its linear ceiling (no DP) and the replica's first row, "
+           f"the {study['recipe']}, started from the source's head, mean of {study['seeds']} seeds.", "",
+           "| source | rounds | LoRA | adapter rate | ceiling validation / test acc | recipe replica: sites' "
+           "validation acc / macro-F1 | test acc / macro-F1 |", "|---|---|---|---|---|---|---|"]
+    for row in study["sources"]:
+        settings, ceiling = row["source_settings"], row["linear_ceiling"]
+        out.append(f"| {row['source']} | {settings['rounds']} | {settings['lora_method']} | "
+                   f"{settings['learning_rate']} | {ceiling['validation']['accuracy']:.3f} / "
+                   f"{ceiling['test']['accuracy']:.3f} | {_pair(row['validation'])} | {_pair(row['test'])} |")
+    return [*out, ""]
 
 
 # ----------------------------------------------------------------------------- cases

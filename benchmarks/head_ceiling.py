@@ -16,8 +16,10 @@ partition of simulations/phrasebank.yaml, audit hold-out and validation splits i
 
     python -m benchmarks.head_ceiling                       # the bundled MiniLM's features
     python -m benchmarks.head_ceiling --from runs/twitter-public   # a finished run's backbone (warm start)
+    python -m benchmarks.head_ceiling --compare runs/a runs/b      # public sources side by side
 
-Writes ``benchmarks/results/studies/head-ceiling[-warm].json``; docs/benchmarks.md shows it.
+Writes ``benchmarks/results/studies/head-ceiling[-warm].json`` (``--compare``: ``warm-sources.json``, each
+source's linear ceiling and the warm recipe's replica only); docs/benchmarks.md shows them.
 Settings are compared on the sites' validation records; test figures are shown, never used to choose.
 """
 
@@ -243,15 +245,59 @@ def study(run_dir: Path | None, data_root: Path) -> dict[str, Any]:
     return result
 
 
+def compare_sources(run_dirs: list[Path], data_root: Path) -> dict[str, Any]:
+    """Public warm-start sources side by side on the sites' records: the linear ceiling on each one's features
+    and the warm recipe (GRID's first row) replicated from its head, so that a source is chosen on validation."""
+    config = phrasebank_config(data_root)
+    _, _, optimiser, rate, passes, weights = GRID[0]
+    train = dataclasses.replace(config.train, local_epochs=passes, optimizer=optimiser, head_learning_rate=rate)
+    started, sources = time.time(), []
+    for run_dir in run_dirs:
+        encode, head = pooled_encoder(run_dir, config.model.backbone)
+        sites, validations, test, labels = site_splits(config, encode)
+        validation, classes = joined(validations), len(labels)
+        sigmas = noise_multipliers(config, sites, passes)
+        runs = [replica(sites, rounds=config.federation.rounds, train=train, sigmas=sigmas,
+                        clip=config.privacy.max_grad_norm, weights=weights, head=head, classes=classes, seed=s)
+                for s in SEEDS]
+        row = {"source": run_dir.name, "source_settings": _source_settings(run_dir),
+               "linear_ceiling": linear_ceiling(joined(sites), validation, test, classes)}
+        for name, split in (("validation", validation), ("test", test)):
+            each = [figures(w, b, split, classes) for w, b in runs]
+            row[name] = {key: float(np.mean([e[key] for e in each])) for key in ("accuracy", "macro_f1")}
+        sources.append(row)
+        print(f"{run_dir.name:24s} ceiling {row['linear_ceiling']['validation']['accuracy']:.3f}  recipe "
+              f"validation {row['validation']['accuracy']:.3f} / {row['validation']['macro_f1']:.3f}", flush=True)
+    return {"recipe": GRID[0][0], "seeds": len(SEEDS), "sources": sources, "wall_s": round(time.time() - started, 1)}
+
+
+def _source_settings(run_dir: Path) -> dict[str, Any]:
+    """What distinguishes a public source run: its rounds, LoRA method and rates (from its saved config)."""
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    train, lora = saved.get("train") or {}, saved.get("lora") or {}
+    return {"rounds": (saved.get("federation") or {}).get("rounds"), "lora_method": lora.get("method"),
+            "learning_rate": train.get("learning_rate"), "head_learning_rate": train.get("head_learning_rate")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="run_dir", type=Path,
                         help="a finished classification run: its backbone's features")
+    parser.add_argument("--compare", nargs="+", type=Path, metavar="RUN",
+                        help="finished public source runs: each one's ceiling and the warm recipe's replica")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     args = parser.parse_args()
     torch.set_num_threads(2)
-    result = study(args.run_dir.resolve() if args.run_dir else None, args.data_root)
     STUDIES.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        path = STUDIES / "warm-sources.json"
+        path.write_text(json.dumps(compare_sources([r.resolve() for r in args.compare], args.data_root), indent=1)
+                        + "\n", encoding="utf-8")
+        print(f"written {path}")
+        return
+    result = study(args.run_dir.resolve() if args.run_dir else None, args.data_root)
     path = STUDIES / f"head-ceiling{'-warm' if args.run_dir else ''}.json"
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"linear ceiling: {result['linear_ceiling']['test']}; written {path}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from benchmarks.head_ceiling import Split, figures, linear_ceiling, replica
@@ -41,3 +43,19 @@ def test_a_given_head_is_where_the_replica_starts():
     head = (torch.randn(3, 8), torch.randn(3))
     weight, bias = _run([_blobs(50, 8)], rounds=0, head=head)
     assert torch.equal(weight, head[0]) and torch.equal(bias, head[1])
+
+
+def test_the_public_sources_comparison_is_rendered_from_its_file(tmp_path):
+    from benchmarks.docs import head_study_table
+
+    studies = tmp_path / "benchmarks" / "results" / "studies"
+    studies.mkdir(parents=True)
+    pair = {"accuracy": 0.8, "macro_f1": 0.75}
+    row = {"source": "tw-a", "source_settings": {"rounds": 2, "lora_method": "ffa", "learning_rate": 0.005,
+                                                  "head_learning_rate": 0.05},
+           "linear_ceiling": {"validation": {"accuracy": 0.812}, "test": {"accuracy": 0.791}},
+           "validation": pair, "test": {"accuracy": 0.77, "macro_f1": 0.7}}
+    (studies / "warm-sources.json").write_text(json.dumps({"recipe": "r", "seeds": 3, "sources": [row], "wall_s": 9}))
+    table = head_study_table(studies.parent)
+    assert "`benchmarks/results/studies/warm-sources.json`" in table
+    assert "| tw-a | 2 | ffa | 0.005 | 0.812 / 0.791 | 0.800 / 0.750 | 0.770 / 0.700 |" in table
