@@ -75,6 +75,10 @@ class DataSettings:
     synthetic_size: int = _opt(0, "rows the synthetic generator produces (source=synthetic); 0 = the task's "
                                   "default (classification 3000 sentences, qa 600 questions)", 0)
     synthetic_seed: int = _opt(7, "seed of the synthetic generator (`source: synthetic`)", 0)
+    synthetic_variant: str = _opt("", "a variant of the synthetic generator (`source: synthetic`); qa: `clauses` "
+                                      "adds a question with a clause for its answer (what drove growth, what a "
+                                      "company is) to half the passages, as annual reports' text questions have; "
+                                      "empty = the generator's default data")
 
     def __post_init__(self) -> None:
         if self.source == "auto":  # resolved here, so every reader sees `file` or `synthetic`

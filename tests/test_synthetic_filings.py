@@ -116,3 +116,38 @@ def test_institutions_differ_in_topic_mix_and_number_formats():
         for b in sites[index + 1:]:
             overlap = len(shapes[a] & shapes[b]) / len(shapes[a] | shapes[b])
             assert overlap < 0.5, (a, b, shapes[a] & shapes[b])
+
+
+def test_the_clauses_variant_adds_clause_answers_and_leaves_the_default_data_alone():
+    from finfed.data.synthetic_filings import CLAUSE
+
+    default = generate_filings_qa(400, 3, seed=9)
+    pd.testing.assert_frame_equal(default, generate_filings_qa(400, 3, seed=9, variant=""))
+    assert CLAUSE not in set(default["answer_type"])
+    frame = generate_filings_qa(1200, 3, seed=9, variant="clauses")
+    clauses = frame[frame["answer_type"] == CLAUSE]
+    assert 0.15 < len(clauses) / len(frame) < 0.5
+    assert set(clauses["topic"]) == set(TOPICS)
+    for row in frame.itertuples():  # every answer, clauses too, is the first occurrence of an exact span
+        text, start = _answer(row)
+        assert row.context[start:start + len(text)] == text and row.context.find(text) == start, row.id
+    assert clauses["answers"].map(lambda a: len(a["text"][0].split())).median() >= 6  # clause-length answers
+    with pytest.raises(ValueError, match="unknown synthetic filings variant"):
+        generate_filings_qa(30, 3, variant="essays")
+
+
+def test_a_variant_the_task_has_not_is_refused_naming_the_key():
+    from finfed.config import load_config
+    from finfed.data.partition import load_federated_data
+    from finfed.errors import ConfigError
+    from finfed.tasks import task_class
+
+    config = load_config(None, ["data.synthetic_variant=clauses", "data.synthetic_size=60"])  # classification
+    with pytest.raises(ConfigError, match=r"`data.synthetic_variant` is 'clauses'.*no variants"):
+        load_federated_data(config.data, 3, task_class(config).records)
+    qa = load_config(None, ["task=qa", "data.synthetic_variant=clauses", "data.synthetic_size=60"])
+    data = load_federated_data(qa.data, 3, task_class(qa).records)
+    assert data.source == "synthetic financial filings QA (seed 7, clauses)"
+    assert "clause" in set(data.train_pool["answer_type"])  # the variant's rows reached the task's records
+    words = data.train_pool["answer_texts"].map(lambda texts: len(texts[0].split()))
+    assert words.max() >= 6

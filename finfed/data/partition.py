@@ -46,6 +46,8 @@ class RecordFormat:
     group_column: str | None = None
     #: the file columns the format needs (``read_file(path, columns=...)`` reads only those); None = all
     columns: Callable[[DataSettings], Sequence[str]] | None = None
+    #: the generator's variants (`data.synthetic_variant`), passed to it as ``variant=``
+    synthetic_variants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,14 @@ def _read(records: RecordFormat, path: str, settings: DataSettings) -> pd.DataFr
 
 def _raw_examples(settings: DataSettings, num_sites: int, records: RecordFormat) -> tuple[pd.DataFrame, str]:
     if settings.source == "synthetic":
-        size = settings.synthetic_size or records.synthetic_size
-        frame = records.generate(size, num_sites or DEFAULT_NUM_SITES, seed=settings.synthetic_seed)
-        return frame, f"{records.synthetic_name} (seed {settings.synthetic_seed})"
+        size, variant = settings.synthetic_size or records.synthetic_size, settings.synthetic_variant
+        if variant and variant not in records.synthetic_variants:
+            raise ConfigError(f"`data.synthetic_variant` is {variant!r}; the {records.synthetic_name} generator has "
+                              + (f"the variants {', '.join(records.synthetic_variants)}" if records.synthetic_variants
+                                 else "no variants") + " (empty = its default data)")
+        frame = records.generate(size, num_sites or DEFAULT_NUM_SITES, seed=settings.synthetic_seed,
+                                 **({"variant": variant} if variant else {}))
+        return frame, f"{records.synthetic_name} (seed {settings.synthetic_seed}{f', {variant}' if variant else ''})"
     if settings.source == "hub":
         return read_hub_dataset(settings.path), f"hub dataset {settings.path}"
     return _read(records, settings.path, settings), f"data file {settings.path}"

@@ -8,6 +8,11 @@ bulletin, regulatory filing, newswire), with its own topic mix and its own numbe
 date and percentage formats, so the federation is non-IID. Every passage holds
 several amounts, dates or names, so a model has to read the question to pick the
 right one. Every row says it is synthetic.
+
+The ``clauses`` variant adds to each passage one sentence whose answer is a clause (what drove growth, what
+the outlook assumes, what a company is, what a buyback is for), as the text questions of annual reports ask
+(TAT-QA's median answer is ten words): a public source for models that must answer such questions too. The
+default variant's rows do not change with it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from finfed.data.synthetic_news import (
 
 TOPICS = ("results", "guidance", "rating", "dividend", "buyback", "acquisition")
 ANSWER_TYPES = ("amount", "date", "name", "percentage", "rating")  # "rating": a grade ("BBB+") or an outlook
+VARIANTS = ("clauses",)  # besides the default: see the module's docstring
+CLAUSE = "clause"  # the answer type the `clauses` variant adds
 
 PERSONS = PEOPLE + ["Henrik Dahl", "Elena Rossi", "Tomas Kral", "Claire Dubois", "Mikko Salo",
                     "Grace Okafor", "David Moreau", "Ingrid Holm", "Rafael Ortiz", "Nina Petrova"]
@@ -462,6 +469,56 @@ ASKS = {
 }
 FRAME_ASKS = (Ask("target_price", "amount", ("What is the analyst's target price for {company}?",)),)
 
+# ---------------------------------------------------------------- the `clauses` variant
+# Per topic: (the clause's key, its two halves drawn apart, the sentences stating it, the questions asking it).
+_WHERE = ("in its Nordic retail business", "in North America", "across the services division",
+          "among public-sector customers", "in the industrial segment", "in emerging markets")
+CLAUSES = {
+    "results": ("driver", (("higher volumes", "price increases", "strong demand for maintenance contracts",
+                            "the consolidation of acquired businesses", "a recovery in project deliveries"), _WHERE),
+                ("The increase was driven by {driver}.", "Growth came mainly from {driver}."),
+                ("What drove {company_s} revenue growth?", "What was the increase in revenue driven by?")),
+    "guidance": ("assumption", (("stable demand", "no further increase in energy prices",
+                                 "steady order intake", "unchanged exchange rates", "a gradual easing of supply "
+                                 "constraints"), _WHERE),
+                 ("The outlook assumes {assumption}.", "The forecast is based on the assumption of {assumption}."),
+                 ("What does {company_s} outlook assume?", "What is the forecast based on?")),
+    "rating": ("rationale", (("the group's lower leverage after the sale of its packaging unit",
+                              "weaker cash flow from operations", "a more diversified revenue base",
+                              "the rising cost of refinancing its bonds", "sustained margin pressure"),
+                             ("over the next two years", "in a slowing economy", "despite higher investment",
+                              "as interest rates stay high", "following the merger")),
+                  ("The {move} reflects {rationale}.", "According to {agency}, the action reflects {rationale}."),
+                  ("What does the rating {move} reflect?", "Why did {agency} change the rating?")),
+    "dividend": ("policy", (("to distribute at least half of net profit", "to raise the dividend every year",
+                             "to pay out between 40 and 60 percent of earnings", "to keep the dividend stable"),
+                            ("over the business cycle", "while keeping an investment-grade rating",
+                             "as long as leverage allows", "in two equal instalments")),
+                 ("The company's dividend policy is {policy}.", "Under its dividend policy the aim is {policy}."),
+                 ("What is {company_s} dividend policy?", "What does the dividend policy aim for?")),
+    "buyback": ("purpose", (("to reduce the share capital", "to meet obligations under its share incentive plans",
+                             "to return excess capital to shareholders", "to offset dilution from employee options"),
+                            ("and cancel the repurchased shares", "over the coming year",
+                             "without raising net debt", "in line with its capital allocation framework")),
+                ("The purpose of the programme is {purpose}.", "The shares are bought back {purpose}."),
+                ("What is the purpose of the buyback programme?", "Why is {company} buying back shares?")),
+    "acquisition": ("description", (("a provider of payment software", "a maker of industrial sensors",
+                                     "a distributor of medical supplies", "an operator of logistics terminals",
+                                     "a developer of wind power projects"),
+                                    ("for small and medium-sized retailers", "with customers in 30 countries",
+                                     "in the Baltic region", "serving hospitals and clinics",
+                                     "founded in 2009")),
+                    ("{other} is {description}.", "Founded as a start-up, {other} is today {description}."),
+                    ("What is {other}?", "What kind of company is {other}?")),
+}
+
+
+def _clause(topic: str, rng: random.Random) -> tuple[dict[str, str], str, Ask]:
+    """The topic's clause value, the sentence that states it and the question that asks for it."""
+    key, (first, second), sentences, questions = CLAUSES[topic]
+    return ({key: f"{rng.choice(first)} {rng.choice(second)}"}, rng.choice(sentences),
+            Ask(key, CLAUSE, questions))
+
 # ---------------------------------------------------------------- rendering
 
 
@@ -495,8 +552,9 @@ def _render(paragraphs: list[list[str]], values: dict[str, str]) -> tuple[str, d
     return "".join(parts), offsets
 
 
-def _sentences(topic: str, register: Register, rng: random.Random) -> list[str]:
-    """The passage's own sentences: required facts, some optional ones, the register's framing; 6 at most."""
+def _sentences(topic: str, register: Register, rng: random.Random, clause: str = "") -> list[str]:
+    """The passage's own sentences: required facts, some optional ones, the register's framing; 6 at most, and
+    ``clause`` (the `clauses` variant's sentence) after the first fact, which it explains."""
     opening, closing = FRAMES[register.style]
     first, last = rng.choice(opening), rng.choice(closing)
     room = MAX_SENTENCES - bool(last) - bool(first and not first.endswith("-"))
@@ -505,6 +563,8 @@ def _sentences(topic: str, register: Register, rng: random.Random) -> list[str]:
     for index in optional[max(0, room - (sum(keep) - len(optional))):]:
         keep[index] = False  # over the limit: drop the last optional facts
     chosen = [rng.choice(variants) for (_, variants), kept in zip(SENTENCES[topic], keep) if kept]
+    if clause:
+        chosen.insert(1, clause)
     if first and first.endswith("-"):  # a newswire dateline runs into the first sentence
         chosen[0] = f"{first} {chosen[0]}"
     elif first:
@@ -512,10 +572,11 @@ def _sentences(topic: str, register: Register, rng: random.Random) -> list[str]:
     return chosen + ([last] if last else [])
 
 
-def _passage(topic: str, register: Register, rng: random.Random) -> tuple[str, dict[str, str], dict[str, int]]:
+def _passage(topic: str, register: Register, rng: random.Random,
+             clause: tuple[dict[str, str], str, Ask] | None = None) -> tuple[str, dict[str, str], dict[str, int]]:
     draw = _Draw(rng, register)
-    values = draw.common() | VALUES[topic](draw)
-    paragraphs = [_sentences(topic, register, rng)]
+    values = draw.common() | VALUES[topic](draw) | (clause[0] if clause else {})
+    paragraphs = [_sentences(topic, register, rng, clause[1] if clause else "")]
     if rng.random() < LONG_FRACTION:  # background first or last, so answers also sit deep in a long context
         paragraphs.insert(rng.randrange(2), list(BACKGROUND))
     context, offsets = _render(paragraphs, values)
@@ -523,14 +584,18 @@ def _passage(topic: str, register: Register, rng: random.Random) -> tuple[str, d
 
 
 def _questions(topic: str, context: str, values: dict[str, str], offsets: dict[str, int],
-               count: int, rng: random.Random, strict: bool = True) -> list[tuple[str, str, int, str]] | None:
-    """Up to ``count`` (question, answer, start, answer type).
+               count: int, rng: random.Random, strict: bool = True,
+               clause: Ask | None = None) -> list[tuple[str, str, int, str]] | None:
+    """Up to ``count`` (question, answer, start, answer type); with ``clause`` (the `clauses` variant), its
+    question is one of them in half the passages.
 
     ``strict``: None when an answer's text occurs earlier in the context than where it answers;
     otherwise such an answer keeps its exact (later) offset.
     """
     asks = [ask for ask in ASKS[topic] + FRAME_ASKS if ask.answer in offsets]
     picked = rng.sample(asks, min(count, len(asks)))
+    if clause and rng.random() < 0.5:
+        picked = [clause, *picked[:count - 1]]
     out = []
     for ask in picked:
         text, start = values[ask.answer], context.find(values[ask.answer])
@@ -545,9 +610,9 @@ def _questions(topic: str, context: str, values: dict[str, str], offsets: dict[s
     return out
 
 
-def _site_rows(site: int, quota: int, seed: int) -> list[dict]:
+def _site_rows(site: int, quota: int, seed: int, variant: str = "") -> list[dict]:
     """``quota`` questions for one site, from its own random stream (independent of the other sites)."""
-    rng = random.Random(f"finfed-filings:{seed}:{site}")
+    rng = random.Random(f"finfed-filings:{seed}:{site}" + (f":{variant}" if variant else ""))
     register = site_register(site)
     rows: list[dict] = []
     passage_number = 0
@@ -555,8 +620,10 @@ def _site_rows(site: int, quota: int, seed: int) -> list[dict]:
         topic = rng.choices(TOPICS, weights=register.topic_mix)[0]
         count = min(quota - len(rows), rng.choice([1, 2, 2, 3]))
         for attempt in range(MAX_REDRAWS):
-            context, values, offsets = _passage(topic, register, rng)
-            qas = _questions(topic, context, values, offsets, count, rng, strict=attempt < MAX_REDRAWS - 1)
+            clause = _clause(topic, rng) if variant == "clauses" else None
+            context, values, offsets = _passage(topic, register, rng, clause)
+            qas = _questions(topic, context, values, offsets, count, rng, strict=attempt < MAX_REDRAWS - 1,
+                             clause=clause[2] if clause else None)
             if qas is not None:
                 break
         for question, text, start, answer_type in qas:
@@ -568,8 +635,9 @@ def _site_rows(site: int, quota: int, seed: int) -> list[dict]:
     return rows
 
 
-def generate_filings_qa(size: int, num_sites: int, seed: int = 7) -> pd.DataFrame:
-    """Return ``size`` synthetic SQuAD-style questions over ``num_sites`` institutions.
+def generate_filings_qa(size: int, num_sites: int, seed: int = 7, variant: str = "") -> pd.DataFrame:
+    """Return ``size`` synthetic SQuAD-style questions over ``num_sites`` institutions (``variant``: "" or one
+    of ``VARIANTS``).
 
     Columns: ``id``, ``question``, ``context``, ``answers`` (``{"text": [..], "answer_start": [..]}``,
     one answer), ``institution`` (``institution-<i>``, the same scheme as the news generator),
@@ -580,9 +648,11 @@ def generate_filings_qa(size: int, num_sites: int, seed: int = 7) -> pd.DataFram
         raise ValueError(f"num_sites must be >= 1, got {num_sites}")
     if size < num_sites:
         raise ValueError(f"size must be at least num_sites ({num_sites}) so every site has a question, got {size}")
+    if variant and variant not in VARIANTS:
+        raise ValueError(f"unknown synthetic filings variant {variant!r}; known: {', '.join(VARIANTS)}")
     rows = []
     for site in range(num_sites):
-        rows += _site_rows(site, size // num_sites + (site < size % num_sites), seed)
+        rows += _site_rows(site, size // num_sites + (site < size % num_sites), seed, variant)
     frame = pd.DataFrame(rows)
     frame.insert(0, "id", [f"syn-{index:06d}" for index in range(len(frame))])
     return frame

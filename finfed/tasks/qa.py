@@ -21,6 +21,7 @@ from torch import nn
 from finfed.config import ExperimentConfig
 from finfed.data.partition import RecordFormat
 from finfed.data.qa_records import normalise_qa_records, read_qa_file
+from finfed.data.synthetic_filings import VARIANTS as SYNTHETIC_VARIANTS
 from finfed.data.synthetic_filings import generate_filings_qa
 from finfed.errors import ConfigError
 from finfed.models import hf_qa_pipeline
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 # flatter the test score (SQuAD splits by article for the same reason).
 QA_RECORDS = RecordFormat(read_file=read_qa_file, normalise=normalise_qa_records, generate=generate_filings_qa,
                           synthetic_name="synthetic financial filings QA", synthetic_size=600, labelled=False,
-                          group_column="context")
+                          group_column="context", synthetic_variants=SYNTHETIC_VARIANTS)
 
 PROTECTED_UNIT = (
     "For question answering the protected unit is one record: a question, its context and its answer. "
