@@ -27,19 +27,27 @@ def _figures(record: dict[str, Any]) -> dict[str, float]:
 
 
 def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The median run's record, with every run's figures and their spread; a crashed run makes it a crash."""
+    """The median run's record, with every run's figures and their spread; a crashed run makes it a crash.
+
+    A record that is itself repeated (another ``--repeat`` of the same case and settings) adds all its runs:
+    the spread is over every run, and the record shown is the given one nearest the median wall time."""
     if len(records) == 1:
         return records[0]
+    runs = [run for record in records for run in (record.get("repeats") or [_summary(record)])]
     crashed = [r for r in records if not r.get("ok")]
     if crashed:
-        return {**crashed[0], "repeats": [_summary(r) for r in records]}
-    by_wall = sorted(records, key=lambda r: r.get("wall_s") or 0.0)
-    chosen = by_wall[(len(by_wall) - 1) // 2]  # the lower median: a run that happened
-    figures = [_figures(r) for r in records]
+        return {**crashed[0], "repeats": runs}
+    walls = sorted(run.get("wall_s") or 0.0 for run in runs)
+    middle = walls[(len(walls) - 1) // 2]  # the lower median: a run that happened
+    chosen = min(records, key=lambda r: abs((r.get("wall_s") or 0.0) - middle))
+    figures = [{k: v for k, v in run.items() if k not in NOT_FIGURES} for run in runs]
     keys = [k for k in figures[0] if all(k in f for f in figures)]
     spread = {k: {"min": min(f[k] for f in figures), "median": statistics.median(f[k] for f in figures),
                   "max": max(f[k] for f in figures)} for k in keys}
-    return {**chosen, "repeats": [_summary(r) for r in records], "spread": spread}
+    return {**chosen, "repeats": runs, "spread": spread}
+
+
+NOT_FIGURES = ("ok", "other_load", "error")  # what a run's summary holds beside its figures
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

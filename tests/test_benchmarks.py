@@ -101,6 +101,19 @@ def test_a_repeated_case_keeps_its_median_run_and_every_runs_figures():
     assert crashed["ok"] is False and len(crashed["repeats"]) == 3
 
 
+def test_two_repeated_records_of_one_case_combine_into_one_over_every_run():
+    from benchmarks.repeats import combine
+
+    first = combine([_speed_run(147.4, 3229, 0.829), _speed_run(120.1, 3257, 0.855), _speed_run(128.1, 3225, 0.837)])
+    second = combine([_speed_run(131.0, 3100, 0.801), _speed_run(119.0, 3300, 0.861)])
+    record = combine([first, second])
+    assert [r["wall_s"] for r in record["repeats"]] == [147.4, 120.1, 128.1, 131.0, 119.0]
+    assert record["spread"]["final.accuracy"] == {"min": 0.801, "median": 0.837, "max": 0.861}
+    assert record["spread"]["wall_s"]["median"] == 128.1
+    assert record["wall_s"] == 128.1  # the given record nearest the median run (its median run is that run)
+    assert combine([first, _speed_run(1.0, 1, 0.0, ok=False)])["ok"] is False
+
+
 def test_a_repeated_federation_keeps_every_runs_validation_figures_for_tuning():
     """Settings are chosen on the sites' validation splits: each run's last-round figures and their spread."""
     from benchmarks.repeats import combine
