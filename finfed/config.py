@@ -86,6 +86,9 @@ class DataSettings:
         elif self.source == "synthetic" and self.path:
             raise ConfigError(f"`data.source` is 'synthetic' but `data.path` is set ({self.path!r}): remove "
                               "`data.source` (a path means `file`) or remove `data.path`")
+        if self.synthetic_variant and self.source != "synthetic":
+            raise ConfigError(f"`data.synthetic_variant` ({self.synthetic_variant!r}) shapes finfed's synthetic data, "
+                              f"but `data.source` is {self.source!r}: remove the variant or the data path")
         strays = sorted({label for label in self.label_map.values() if label not in self.labels})
         if self.labels and strays:
             raise ConfigError(f"`data.label_map` renames values to {strays}, which `data.labels` {list(self.labels)} "

@@ -145,6 +145,8 @@ def test_a_variant_the_task_has_not_is_refused_naming_the_key():
     config = load_config(None, ["data.synthetic_variant=clauses", "data.synthetic_size=60"])  # classification
     with pytest.raises(ConfigError, match=r"`data.synthetic_variant` is 'clauses'.*no variants"):
         load_federated_data(config.data, 3, task_class(config).records)
+    with pytest.raises(ConfigError, match=r"`data.synthetic_variant` \('clauses'\) shapes finfed's synthetic data"):
+        load_config(None, ["task=qa", "data.synthetic_variant=clauses", "data.path=filings.jsonl"])
     qa = load_config(None, ["task=qa", "data.synthetic_variant=clauses", "data.synthetic_size=60"])
     data = load_federated_data(qa.data, 3, task_class(qa).records)
     assert data.source == "synthetic financial filings QA (seed 7, clauses)"
