@@ -128,6 +128,13 @@ def figures(weight: torch.Tensor, bias: torch.Tensor, split: Split, classes: int
             "predicted_share": (torch.bincount(predicted, minlength=classes) / len(predicted)).tolist()}
 
 
+def mean_figures(heads: list[tuple[torch.Tensor, torch.Tensor]], split: Split, classes: int) -> dict[str, Any]:
+    """``figures`` of each head (one per seed) on ``split``, averaged."""
+    each = [figures(w, b, split, classes) for w, b in heads]
+    mean = {key: float(np.mean([e[key] for e in each])) for key in ("accuracy", "macro_f1")}
+    return {**mean, "predicted_share": np.mean([e["predicted_share"] for e in each], 0).tolist()}
+
+
 def logistic_regression(train: Split, classes: int, c: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial logistic regression with L2 strength 1 / ``c`` (scikit-learn's C), fitted to convergence."""
     weight = torch.zeros(classes, train.x.shape[1], requires_grad=True)
@@ -233,10 +240,8 @@ def study(run_dir: Path | None, data_root: Path) -> dict[str, Any]:
                     for s in SEEDS]
             row = {"setting": label, "dp": dp, "start": start_label, "optimiser": optimiser, "rate": rate,
                    "passes": passes, "class_weights": weights, "noise_multipliers": sigmas[passes] if dp else None}
-            for name, split in (("validation", validation), ("test", test)):
-                each = [figures(w, b, split, classes) for w, b in runs]
-                row[name] = {key: float(np.mean([e[key] for e in each])) for key in ("accuracy", "macro_f1")}
-                row[name]["predicted_share"] = np.mean([e["predicted_share"] for e in each], 0).tolist()
+            row.update({name: mean_figures(runs, split, classes) for name, split in (("validation", validation),
+                                                                                      ("test", test))})
             result["replica"].append(row)
             print(f"{label:45s} dp={dp!s:5} {start_label:18s} validation {row['validation']['accuracy']:.3f} / "
                   f"{row['validation']['macro_f1']:.3f}  test {row['test']['accuracy']:.3f} / "
@@ -249,7 +254,7 @@ def compare_sources(run_dirs: list[Path], data_root: Path) -> dict[str, Any]:
     """Public warm-start sources side by side on the sites' records: the linear ceiling on each one's features
     and the warm recipe (GRID's first row) replicated from its head, so that a source is chosen on validation."""
     config = phrasebank_config(data_root)
-    _, _, optimiser, rate, passes, weights = GRID[0]
+    _, dp, optimiser, rate, passes, weights = GRID[0]
     train = dataclasses.replace(config.train, local_epochs=passes, optimizer=optimiser, head_learning_rate=rate)
     started, sources = time.time(), []
     for run_dir in run_dirs:
@@ -257,14 +262,13 @@ def compare_sources(run_dirs: list[Path], data_root: Path) -> dict[str, Any]:
         sites, validations, test, labels = site_splits(config, encode)
         validation, classes = joined(validations), len(labels)
         sigmas = noise_multipliers(config, sites, passes)
-        runs = [replica(sites, rounds=config.federation.rounds, train=train, sigmas=sigmas,
+        runs = [replica(sites, rounds=config.federation.rounds, train=train, sigmas=sigmas if dp else None,
                         clip=config.privacy.max_grad_norm, weights=weights, head=head, classes=classes, seed=s)
                 for s in SEEDS]
         row = {"source": run_dir.name, "source_settings": _source_settings(run_dir),
                "linear_ceiling": linear_ceiling(joined(sites), validation, test, classes)}
-        for name, split in (("validation", validation), ("test", test)):
-            each = [figures(w, b, split, classes) for w, b in runs]
-            row[name] = {key: float(np.mean([e[key] for e in each])) for key in ("accuracy", "macro_f1")}
+        row.update({name: mean_figures(runs, split, classes) for name, split in (("validation", validation),
+                                                                              ("test", test))})
         sources.append(row)
         print(f"{run_dir.name:24s} ceiling {row['linear_ceiling']['validation']['accuracy']:.3f}  recipe "
               f"validation {row['validation']['accuracy']:.3f} / {row['validation']['macro_f1']:.3f}", flush=True)
@@ -283,9 +287,10 @@ def _source_settings(run_dir: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from", dest="run_dir", type=Path,
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--from", dest="run_dir", type=Path,
                         help="a finished classification run: its backbone's features")
-    parser.add_argument("--compare", nargs="+", type=Path, metavar="RUN",
+    source.add_argument("--compare", nargs="+", type=Path, metavar="RUN",
                         help="finished public source runs: each one's ceiling and the warm recipe's replica")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
     args = parser.parse_args()

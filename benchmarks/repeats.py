@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+NOT_FIGURES = ("ok", "other_load", "error")  # what a run's summary holds beside its figures
 # Figures of a record compared across runs (those the record has): cost, then the final metrics.
 COST = ("wall_s", "peak_rss_mb", "train_step_s", "wall_over_train_step")
 
@@ -33,6 +34,10 @@ def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
     the spread is over every run, and the record shown is the given one nearest the median wall time."""
     if len(records) == 1:
         return records[0]
+    for key in ("case", "overrides"):
+        if len({repr(record.get(key)) for record in records}) > 1:
+            raise ValueError(f"records of different runs cannot be combined: their {key} differ "
+                             f"({', '.join(sorted({repr(record.get(key)) for record in records}))})")
     runs = [run for record in records for run in (record.get("repeats") or [_summary(record)])]
     crashed = [r for r in records if not r.get("ok")]
     if crashed:
@@ -40,14 +45,15 @@ def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
     walls = sorted(run.get("wall_s") or 0.0 for run in runs)
     middle = walls[(len(walls) - 1) // 2]  # the lower median: a run that happened
     chosen = min(records, key=lambda r: abs((r.get("wall_s") or 0.0) - middle))
-    figures = [{k: v for k, v in run.items() if k not in NOT_FIGURES} for run in runs]
+    figures = [{k: v for k, v in run.items() if k not in NOT_FIGURES and _is_figure(v)} for run in runs]
     keys = [k for k in figures[0] if all(k in f for f in figures)]
     spread = {k: {"min": min(f[k] for f in figures), "median": statistics.median(f[k] for f in figures),
                   "max": max(f[k] for f in figures)} for k in keys}
     return {**chosen, "repeats": runs, "spread": spread}
 
 
-NOT_FIGURES = ("ok", "other_load", "error")  # what a run's summary holds beside its figures
+def _is_figure(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:

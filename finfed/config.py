@@ -76,8 +76,9 @@ class DataSettings:
                                   "default (classification 3000 sentences, qa 600 questions)", 0)
     synthetic_seed: int = _opt(7, "seed of the synthetic generator (`source: synthetic`)", 0)
     synthetic_variant: str = _opt("", "a variant of the synthetic generator (`source: synthetic`); qa: `clauses` "
-                                      "adds a question with a clause for its answer (what drove growth, what a "
-                                      "company is) to half the passages, as annual reports' text questions have; "
+                                      "writes every passage with one more sentence whose answer is a clause (what "
+                                      "drove growth, what a company is) and asks for it in half the passages, as "
+                                      "annual reports' text questions do (other passages than the default's); "
                                       "empty = the generator's default data")
 
     def __post_init__(self) -> None:

@@ -111,7 +111,10 @@ def test_two_repeated_records_of_one_case_combine_into_one_over_every_run():
     assert record["spread"]["final.accuracy"] == {"min": 0.801, "median": 0.837, "max": 0.861}
     assert record["spread"]["wall_s"]["median"] == 128.1
     assert record["wall_s"] == 128.1  # the given record nearest the median run (its median run is that run)
-    assert combine([first, _speed_run(1.0, 1, 0.0, ok=False)])["ok"] is False
+    crashed = combine([first, _speed_run(1.0, 1, 0.0, ok=False)])
+    assert crashed["ok"] is False and len(crashed["repeats"]) == 4  # the repeated record's runs, flattened
+    with pytest.raises(ValueError, match="their overrides differ"):
+        combine([first, {**_speed_run(100.0, 3000, 0.8), "overrides": ["train.head_learning_rate=0.15"]}])
 
 
 def test_a_repeated_federation_keeps_every_runs_validation_figures_for_tuning():

@@ -9,10 +9,12 @@ date and percentage formats, so the federation is non-IID. Every passage holds
 several amounts, dates or names, so a model has to read the question to pick the
 right one. Every row says it is synthetic.
 
-The ``clauses`` variant adds to each passage one sentence whose answer is a clause (what drove growth, what
-the outlook assumes, what a company is, what a buyback is for), as the text questions of annual reports ask
-(TAT-QA's median answer is ten words): a public source for models that must answer such questions too. The
-default variant's rows do not change with it.
+The ``clauses`` variant writes every passage with one more sentence whose answer is a clause (what drove
+growth, what the outlook assumes, what a company is, what a buyback is for; it may take a passage one past
+``MAX_SENTENCES``) and asks for that clause in half the passages, as the text questions of annual reports do
+(TAT-QA's median answer is ten words): a public source for models that must answer such questions too. It
+draws from its own random stream, so its passages are other passages, not the default ones with a clause
+added; the default data do not change with it.
 """
 
 from __future__ import annotations
@@ -483,9 +485,9 @@ CLAUSES = {
                                  "constraints"), _WHERE),
                  ("The outlook assumes {assumption}.", "The forecast is based on the assumption of {assumption}."),
                  ("What does {company_s} outlook assume?", "What is the forecast based on?")),
-    "rating": ("rationale", (("the group's lower leverage after the sale of its packaging unit",
-                              "weaker cash flow from operations", "a more diversified revenue base",
-                              "the rising cost of refinancing its bonds", "sustained margin pressure"),
+    "rating": ("rationale", (("its view of the group's leverage after the sale of its packaging unit",  # either way
+                              "the expected path of cash flow from operations", "the breadth of the revenue base",
+                              "the cost of refinancing the group's bonds", "the outlook for operating margins"),
                              ("over the next two years", "in a slowing economy", "despite higher investment",
                               "as interest rates stay high", "following the merger")),
                   ("The {move} reflects {rationale}.", "According to {agency}, the action reflects {rationale}."),
@@ -505,7 +507,7 @@ CLAUSES = {
     "acquisition": ("description", (("a provider of payment software", "a maker of industrial sensors",
                                      "a distributor of medical supplies", "an operator of logistics terminals",
                                      "a developer of wind power projects"),
-                                    ("for small and medium-sized retailers", "with customers in 30 countries",
+                                    ("for small and medium-sized retailers", "with customers across Europe",
                                      "in the Baltic region", "serving hospitals and clinics",
                                      "founded in 2009")),
                     ("{other} is {description}.", "Founded as a start-up, {other} is today {description}."),
@@ -594,8 +596,9 @@ def _questions(topic: str, context: str, values: dict[str, str], offsets: dict[s
     """
     asks = [ask for ask in ASKS[topic] + FRAME_ASKS if ask.answer in offsets]
     picked = rng.sample(asks, min(count, len(asks)))
-    if clause and rng.random() < 0.5:
-        picked = [clause, *picked[:count - 1]]
+    if clause and rng.random() < 0.5:  # anywhere among the passage's questions, not always first
+        picked = picked[:count - 1]
+        picked.insert(rng.randrange(len(picked) + 1), clause)
     out = []
     for ask in picked:
         text, start = values[ask.answer], context.find(values[ask.answer])
