@@ -277,12 +277,12 @@ def compare_sources(run_dirs: list[Path], data_root: Path) -> dict[str, Any]:
 
 def _source_settings(run_dir: Path) -> dict[str, Any]:
     """What distinguishes a public source run: its rounds, LoRA method and rates (from its saved config)."""
-    import yaml
+    from finfed.config import load_config
+    from finfed.runs.outputs import CONFIG
 
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    train, lora = saved.get("train") or {}, saved.get("lora") or {}
-    return {"rounds": (saved.get("federation") or {}).get("rounds"), "lora_method": lora.get("method"),
-            "learning_rate": train.get("learning_rate"), "head_learning_rate": train.get("head_learning_rate")}
+    saved = load_config(run_dir / CONFIG)
+    return {"rounds": saved.federation.rounds, "lora_method": saved.lora.method,
+            "learning_rate": saved.train.learning_rate, "head_learning_rate": saved.train.head_learning_rate}
 
 
 def main() -> None:
