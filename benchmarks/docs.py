@@ -194,22 +194,31 @@ def tuning_records(results_dir: Path) -> list[tuple[str, dict[str, Any]]]:
     return sorted(found, key=lambda item: (item[1].get("date", ""), item[0]))
 
 
-def _validation(record: dict[str, Any]) -> tuple[str, str]:
+def _validation(record: dict[str, Any]) -> tuple[str, str, str]:
     rounds = record.get("validation") or []
     if not record.get("ok", True):
-        return f"crashed: {record.get('error')}", "-"
+        return f"crashed: {record.get('error')}", "-", "-"
     if not rounds:
-        return "not recorded (run before the suite kept it)", "-"
+        return "not recorded (run before the suite kept it)", "-", "-"
     last = rounds[-1]
-    return _number(last.get("accuracy")), _number(last.get("macro_f1"))
+    return _number(last.get("accuracy")), _number(last.get("macro_f1")), _largest_share_gap(last.get("share_gap"))
+
+
+def _largest_share_gap(gaps: dict[str, float] | None) -> str:
+    """'neutral +11.2': the label whose predicted share is furthest from its true share, in points ('-': the run's
+    sites did not report label shares: runs before they could)."""
+    if not gaps:
+        return "-"
+    label = max(gaps, key=lambda name: abs(gaps[name]))
+    return f"{label} {gaps[label] * 100:+.1f}"
 
 
 def tuning_table(results_dir: Path) -> str:
     """One row per PhraseBank federation: its settings on top of the recipe and the sites' validation
     figures after its last round (example-weighted over the sites' validation splits)."""
     lines = ["| date | run | DP | warm start | settings (the run's own; older runs: overrides of the recipe then) "
-             "| sites' validation accuracy | validation macro-F1 | test accuracy / macro-F1 (not used to choose) "
-             "| kept? |", "|---|---|---|---|---|---|---|---|---|"]
+             "| sites' validation accuracy | validation macro-F1 | validation's largest label-share gap (points) "
+             "| test accuracy / macro-F1 (not used to choose) | kept? |", "|---|---|---|---|---|---|---|---|---|---|"]
     kept = {record.get("tuning_run"): name for name, record in load_results(results_dir).items()}
     for label, record in tuning_records(results_dir):
         training = record.get("training") or {}
@@ -219,12 +228,13 @@ def tuning_table(results_dir: Path) -> str:
         settings = [f"{k}={v}" for k, v in training.items()] + extra
         warm = "yes" if record.get("warm_start_source") else "no"
         note = f" (note: {_value(record['note'])})" if record.get("note") else ""
-        accuracy, macro_f1 = _validation(record)
+        accuracy, macro_f1, share_gap = _validation(record)
+        final = record.get("final") or {}
         lines.append(f"| {record.get('date', '-')} | {label} (`{record.get('case')}`) "
                      f"| {'yes' if record.get('dp', True) else 'no'} | {warm} "
                      f"| {' '.join(f'`{o}`' for o in settings) or 'the recipe as it was then'}{note} "
-                     f"| {accuracy} | {macro_f1} | {_number((record.get('final') or {}).get('accuracy'))} / "
-                     f"{_number((record.get('final') or {}).get('macro_f1'))} "
+                     f"| {accuracy} | {macro_f1} | {share_gap} "
+                     f"| {_number(final.get('accuracy'))} / {_number(final.get('macro_f1'))} "
                      f"| {f'yes: the `{kept[label]}` result' if label in kept else '-'} |")
     return "\n".join(lines)
 

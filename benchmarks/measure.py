@@ -8,6 +8,7 @@ benchmark measures exactly what a user's run produced.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from finfed.constants import EVAL_ACCURACY, EVAL_EXACT_MATCH, EVAL_F1, EVAL_MACR
 from finfed.data.partition import load_federated_data
 from finfed.models.adapters import exchanged_state
 from finfed.models.backbone import load_tokenizer
+from finfed.reporting.fairness import pooled_share_gaps
 from finfed.runs.outputs import CONFIG, read_metrics, read_privacy, read_status
 from finfed.tasks import federation_labels, get_task
 
@@ -56,11 +58,12 @@ def training_settings(config: ExperimentConfig) -> dict[str, Any]:
     return values
 
 
-def sites_validation(record: dict[str, Any]) -> dict[str, Any] | None:
+def sites_validation(record: dict[str, Any], labels: Sequence[str] = ()) -> dict[str, Any] | None:
     """One round's sites' validation figures (the `eval-*` each site reports on the global model): the
     example-weighted mean of the sites' accuracy and macro-F1 (a site's macro-F1 is over its own split), or
-    for QA of their F1 and exact match, and the sites' examples. What tuning is judged on, never the central
-    test split."""
+    for QA of their F1 and exact match, and the sites' examples; for classification, when every site shared its
+    label shares, each label's predicted minus true share of their pooled records (`share_gap`). What tuning is
+    judged on, never the central test split."""
     evaluations = [e for e in record.get("evaluation") or [] if e.get(NUM_EXAMPLES)]
     total = sum(e[NUM_EXAMPLES] for e in evaluations)
     if not total:
@@ -70,6 +73,9 @@ def sites_validation(record: dict[str, Any]) -> dict[str, Any] | None:
                       (EVAL_EXACT_MATCH, "exact_match")):
         if all(key in e for e in evaluations):
             figures[name] = round(sum(e[key] * e[NUM_EXAMPLES] for e in evaluations) / total, 4)
+    pooled = pooled_share_gaps(evaluations, list(labels))
+    if pooled and pooled["sites"] == len(evaluations):
+        figures["share_gap"] = {label: round(gap, 4) for label, gap in pooled["gaps"].items()}
     figures["examples"] = int(total)
     return figures
 
@@ -86,11 +92,12 @@ def run_results(run_dir: Path) -> dict[str, Any]:
     status, privacy = read_status(run_dir), read_privacy(run_dir)
     config = load_config(run_dir / CONFIG)
     metrics = read_metrics(run_dir)
+    labels = federation_labels(config)  # none for QA
     result: dict[str, Any] = {
         "state": status.get("state"),
         "rounds": [{"round": r["round"], **rounded(r["central"])} for r in metrics],
         # the sites' validation splits, per round (tuning decisions are taken on these)
-        "validation": [v for v in map(sites_validation, metrics) if v],
+        "validation": [v for v in (sites_validation(r, labels) for r in metrics) if v],
         "baseline": rounded(status.get("baseline") or {}),
         "baseline_description": status.get("baseline_description"),
         "dp": config.privacy.enabled,

@@ -17,11 +17,11 @@ from flwr.clientapp import ClientApp
 from finfed import constants as keys
 from finfed.config import from_run_config
 from finfed.errors import BudgetExhausted
-from finfed.privacy.disclosure import outgoing_train_metrics
+from finfed.privacy.disclosure import outgoing_evaluate_metrics, outgoing_train_metrics
 from finfed.records import from_array_record
 from finfed.site.audit import audit_mod
 from finfed.site.guard import disclosure_mod
-from finfed.site.node_settings import share_train_loss
+from finfed.site.node_settings import share_label_shares, share_train_loss
 from finfed.site.run_state import keep_accountant_state, stored_accountant_state
 from finfed.site.secure import (
     check_secure_range,
@@ -80,4 +80,5 @@ def evaluate(message: Message, context: Context) -> Message:
 
     site = site_context(from_run_config(context.run_config), context.node_config)
     metrics = evaluate_round(site, from_array_record(message.content[keys.ARRAYS]))
+    metrics = outgoing_evaluate_metrics(metrics, share_label_shares(site.config, context.node_config))
     return evaluate_reply(message, metrics, site.name)

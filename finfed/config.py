@@ -184,6 +184,11 @@ class PrivacySettings:
     share_train_loss: bool = _opt(True, "simulation: sites send each round's training loss, a non-private statistic "
                                         "of their sampled records, disclosed beside epsilon; a deployed site sends "
                                         "it only if its own site.toml sets [privacy] share_train_loss = true")
+    share_label_shares: bool = _opt(True, "simulation, classification: sites send, per label, the share of their "
+                                          "validation records the global model predicts as it minus the label's "
+                                          "share of them (non-private; with the other validation metrics it can "
+                                          "reveal the split's label mix); a deployed site sends it only if its own "
+                                          "site.toml sets [privacy] share_label_shares = true")
 
 
 @dataclass(frozen=True)

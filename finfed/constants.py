@@ -30,6 +30,10 @@ EVAL_EXACT_MATCH = "eval-exact-match"  # QA
 # so no key carries a label's text); a disclosed, non-private statistic, allow-listed for the first labels only.
 EVAL_RECALL_PREFIX = "eval-recall-"
 MAX_SHARED_LABELS = 256
+# Classification, opt-in (node config `share-label-shares`): the share of a site's validation records the global
+# model assigns to label i minus that label's share of them, `eval-share-gap-<i>` (by index), for every label. Its
+# example-weighted mean over the sites is the pooled gap: how far the model leans to or away from each label.
+EVAL_SHARE_GAP_PREFIX = "eval-share-gap-"
 
 # The site's name (an institution's name: public, not data about its records). A metric record holds numbers
 # only, so it travels in a record of its own (plain replies) or in the SecAgg+ FitRes metrics (text allowed);
@@ -56,6 +60,7 @@ NODE_BUDGET_DELTA = "budget-delta"
 NODE_AUDIT_LOG = "audit-log"
 NODE_REQUIRE_SECAGG = "require-secure-aggregation"  # the site sends updates only masked
 NODE_SHARE_TRAIN_LOSS = "share-train-loss"  # the site opts in to sending its (non-private) training loss
+NODE_SHARE_LABEL_SHARES = "share-label-shares"  # the site opts in to sending eval-share-gap-<i>
 NODE_SITE_NAME = "site-name"  # deployment: the site's name (site.toml [site] name), sent beside its id
 NODE_SITE_ID = "site-id"  # deployment: the site's number in the run's records (finfed deploy)
 NODE_DATASET_NAME = "dataset-name"  # the name a site's ledger composes spend under (site.toml [data] name)

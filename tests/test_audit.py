@@ -68,6 +68,10 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
         assert [e["allowed_by"] for e in train] == (
             [f"train/secagg+:{s}" + (opted_in if s == "collect_masked_vectors" else "") for s in SECAGG_STAGES]
             if secure else ["train" + opted_in])
+        # simulation's default, privacy.share_label_shares: each label's predicted minus true validation share
+        assert evaluate[0]["allowed_by"] == "evaluate (with label share gaps: the site opted in)"
+        assert {k for k in values if k.startswith("eval-share-gap-")} == {"eval-share-gap-0", "eval-share-gap-1",
+                                                                           "eval-share-gap-2"}
 
 
 @pytest.fixture

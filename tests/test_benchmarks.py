@@ -166,10 +166,22 @@ def test_the_sites_validation_figures_are_weighted_by_their_examples():
     assert sites_validation(qa) == {"round": 2, "f1": 0.3, "exact_match": 0.15, "examples": 16}
 
 
+def test_the_sites_validation_label_share_gap_pools_their_records_and_needs_every_site():
+    gaps = [{"eval-share-gap-0": 0.1, "eval-share-gap-1": -0.1}, {"eval-share-gap-0": -0.02, "eval-share-gap-1": 0.02}]
+    record = {"round": 6, "evaluation": [
+        {"site": 0, "eval-accuracy": 0.5, "num-examples": 10, **gaps[0]},
+        {"site": 1, "eval-accuracy": 0.8, "num-examples": 30, **gaps[1]}]}
+    figures = sites_validation(record, ["negative", "neutral"])
+    assert figures["share_gap"] == {"negative": 0.01, "neutral": -0.01}  # (0.1 * 10 - 0.02 * 30) / 40
+    del record["evaluation"][1]["eval-share-gap-0"], record["evaluation"][1]["eval-share-gap-1"]
+    assert "share_gap" not in sites_validation(record, ["negative", "neutral"])  # not the whole validation set
+
+
 def test_the_tuning_table_lists_every_tuning_run_with_its_validation_figures(tmp_path):
     run = {"case": "phrasebank-warm", "date": "2026-12-02", "ok": True, "dp": True, "warm_start_source": {"final": {}},
            "training": {"train.batch_size": 128}, "overrides": ["train.batch_size=128", "lora.alpha=2"],
-           "validation": [{"round": 6, "accuracy": 0.81, "macro_f1": 0.74}],
+           "validation": [{"round": 6, "accuracy": 0.81, "macro_f1": 0.74,
+                           "share_gap": {"negative": -0.03, "neutral": 0.112, "positive": -0.082}}],
            "final": {"accuracy": 0.8, "macro_f1": 0.7}}
     (tmp_path / "tuning" / "b128").mkdir(parents=True)
     (tmp_path / "tuning" / "b128" / "phrasebank-warm.json").write_text(json.dumps(run), encoding="utf-8")
@@ -179,7 +191,7 @@ def test_the_tuning_table_lists_every_tuning_run_with_its_validation_figures(tmp
     assert len(rows) == 2
     assert "b128 (`phrasebank-warm`)" in rows[0] and "`train.batch_size=128`" in rows[0]
     assert "`lora.alpha=2`" in rows[0] and rows[0].count("train.batch_size") == 1  # an override `training` lacks
-    assert "| 0.8100 | 0.7400 |" in rows[0] and "| yes | yes |" in rows[0]
+    assert "| 0.8100 | 0.7400 | neutral +11.2 |" in rows[0] and "| yes | yes |" in rows[0]
     assert "suite (`phrasebank-dp`)" in rows[1] and "not recorded" in rows[1]
 
 

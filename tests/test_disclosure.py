@@ -40,13 +40,14 @@ from finfed.privacy.disclosure import (
     allow_list,
     disallowed_fields,
     error_reason,
+    outgoing_evaluate_metrics,
     outgoing_train_metrics,
     reply_policy,
     shown_reason,
 )
 from finfed.runs.outputs import RUN_LEDGERS, read_metrics, read_privacy, read_status
 from finfed.site.guard import checked_reply, disclosure_mod
-from finfed.site.node_settings import share_train_loss
+from finfed.site.node_settings import share_label_shares, share_train_loss
 
 CANARY = "ZQXCANARY7731"
 LABELS = "data.labels=negative,neutral,positive"
@@ -151,6 +152,22 @@ def test_the_allow_list_rejects_an_unknown_metric_key_and_train_loss_without_opt
     assert outgoing_train_metrics({keys.TRAIN_LOSS: 0.2, keys.STEPS: 3}, False) == {keys.STEPS: 3}
 
 
+def test_label_share_gaps_leave_a_site_only_with_its_opt_in():
+    gap = f"{keys.EVAL_SHARE_GAP_PREFIX}1"
+    metrics = {keys.EVAL_ACCURACY: 0.8, f"{keys.EVAL_RECALL_PREFIX}1": 0.7, gap: 0.12}
+    assert disallowed_fields({keys.METRICS: metrics}, reply_policy("evaluate", None, True)) == [f"metrics.{gap}"]
+    assert disallowed_fields({keys.METRICS: metrics}, reply_policy("evaluate", None, False, True)) == []
+    assert outgoing_evaluate_metrics(metrics, False) == {keys.EVAL_ACCURACY: 0.8, f"{keys.EVAL_RECALL_PREFIX}1": 0.7}
+    assert outgoing_evaluate_metrics(metrics, True) == metrics
+    listing = allow_list(False, True)
+    assert gap in listing["evaluate"][keys.METRICS] and gap not in allow_list(False)["evaluate"][keys.METRICS]
+    config = load_config(None, [])
+    assert share_label_shares(config, {keys.NODE_PARTITION_ID: 0})  # simulation: the run's setting (on)
+    assert not share_label_shares(load_config(None, ["privacy.share_label_shares=false"]), {keys.NODE_PARTITION_ID: 0})
+    assert not share_label_shares(config, {keys.NODE_SITE_ID: 3})  # deployed: off unless the site says so
+    assert share_label_shares(config, {keys.NODE_SITE_ID: 3, keys.NODE_SHARE_LABEL_SHARES: "true"})
+
+
 def test_the_whole_allow_list_names_train_loss_only_with_the_opt_in():
     def with_loss(listing):
         return sorted(f"{kind}/{record}" for kind, records in listing.items()
@@ -174,10 +191,14 @@ def test_a_deployed_site_opts_in_to_sending_its_loss_in_its_own_site_toml(tmp_pa
 
     consortium = make_consortium(tmp_path)
     path = fill_site(consortium, consortium.sites[0], site_data(tmp_path, 3, rows_per_site=40)[0])
-    assert load_site_config(path).node_config()[keys.NODE_SHARE_TRAIN_LOSS] is False  # the template's default
-    path.write_text(path.read_text().replace("share_train_loss = false", "share_train_loss = true"))
+    node_config = load_site_config(path).node_config()
+    assert node_config[keys.NODE_SHARE_TRAIN_LOSS] is False  # the template's defaults
+    assert node_config[keys.NODE_SHARE_LABEL_SHARES] is False
+    path.write_text(path.read_text().replace("share_train_loss = false", "share_train_loss = true")
+                    .replace("share_label_shares = false", "share_label_shares = true"))
     node_config = load_site_config(path).node_config()
     assert node_config[keys.NODE_SHARE_TRAIN_LOSS] is True and share_train_loss(load_config(None, []), node_config)
+    assert share_label_shares(load_config(None, []), node_config)
 
 
 @pytest.fixture

@@ -233,11 +233,17 @@ def test_the_fairness_section_names_the_worst_site_and_the_largest_gaps_as_discl
     assert fairness["largest_recall_gap"]["label"] == "positive"
     assert fairness["largest_recall_gap"]["gap"] == pytest.approx(0.4)
     assert fairness["sites"][1]["recall"] == {"negative": 0.75, "neutral": 0.55, "positive": 0.2}
+    pooled = fairness["label_share_gaps"]  # weighted by the sites' 60 and 40 validation records
+    assert pooled["sites"] == 2 and pooled["records"] == 100 and pooled["largest"] == "neutral"
+    assert pooled["gaps"] == pytest.approx({"negative": -0.07, "neutral": 0.16, "positive": -0.09})
+    assert "predicts `neutral` for 16.0 points more of them than are `neutral`" in fairness["summary"]
     markdown, html = render_markdown(report), render_html(report)
+    assert "| neutral | +16.0 |" in markdown and "| positive | -9.0 |" in markdown
     assert "## Per-site fairness" in markdown and "disclosed, non-private statistics" in markdown
     assert "| site 1 | 40 | 0.5000 | 0.4500 | 1.1000 | negative 0.7500, neutral 0.5500, positive 0.2000 |" in markdown
     text = page_text(html)
     assert "Per-site fairness" in text and "site 1 (worst)" in text and "disclosed, non-private statistics" in text
+    assert 'id="label-share-table"' in html and "+16.0" in text
     drawn = plot_data(html, "fairness-plot")
     assert drawn["groups"] == ["site 0", "site 1"]
     assert drawn["series"]["accuracy"] == {"site 0": 0.7, "site 1": 0.5}
@@ -245,3 +251,31 @@ def test_the_fairness_section_names_the_worst_site_and_the_largest_gaps_as_discl
     assert 'id="fairness-plot" src="data:image/png;base64,' in html
     assert json.loads(json.dumps(report, default=float))["rejections"]["count"] == 0
     assert "Aggregation: FedAvg" in markdown and "No site update was rejected" in markdown
+
+
+def test_label_share_gaps_pool_only_the_sites_that_shared_them():
+    from finfed.reporting.fairness import pooled_share_gaps
+
+    shared = {"site": 0, "num-examples": 30, "eval-accuracy": 0.6, "eval-share-gap-0": 0.2, "eval-share-gap-1": -0.2}
+    withheld = {"site": 1, "num-examples": 70, "eval-accuracy": 0.9}  # did not opt in: not counted as a zero gap
+    pooled = pooled_share_gaps([shared, withheld], ["negative", "neutral"])
+    assert pooled == {"sites": 1, "records": 30, "gaps": {"negative": 0.2, "neutral": -0.2}, "largest": "negative"}
+    assert pooled_share_gaps([withheld], ["negative", "neutral"]) is None
+
+
+def test_a_sites_label_share_gaps_are_its_predicted_minus_true_shares(tiny_config):
+    from finfed import constants as keys
+    from finfed.models.adapters import exchanged_state
+    from finfed.site.rounds import evaluate_round, site_context
+    from finfed.tasks.classification_metrics import share_gap_per_label
+
+    assert share_gap_per_label([0, 0, 1, 2], [1, 1, 1, 2], 4) == {0: -0.5, 1: 0.5, 2: 0.0, 3: 0.0}
+    assert share_gap_per_label([], [], 3) == {}
+    site = site_context(tiny_config("data.synthetic_size=80"), {keys.NODE_PARTITION_ID: 0})
+    model = site.task.build_model()
+    metrics = evaluate_round(site, {name: t.numpy() for name, t in exchanged_state(model).items()})
+    predicted = site.task.probabilities(model, site.validation_examples).argmax(dim=-1).tolist()
+    truth = [item["label"] for item in site.validation_examples]
+    for index in range(len(site.task.labels)):  # every label, present at the site or not
+        expected = (predicted.count(index) - truth.count(index)) / len(truth)
+        assert metrics[f"{keys.EVAL_SHARE_GAP_PREFIX}{index}"] == pytest.approx(expected)

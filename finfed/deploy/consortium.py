@@ -254,6 +254,7 @@ ledger_path = "privacy-ledger.json"   # epsilon spent, across runs (kept here)
 audit_log = "audit.jsonl"             # one line per message this site sends
 require_secure_aggregation = false   # true: send updates only masked by SecAgg+
 share_train_loss = false             # true: also send each round's training loss (not DP-protected)
+share_label_shares = false           # true: also send each label's predicted-minus-true share on validation
 
 [supernode]
 runtime_port = {runtime_port}   # local port of the SuperNode's Runtime API (127.0.0.1 only)

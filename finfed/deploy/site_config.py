@@ -71,6 +71,9 @@ class SitePrivacySection:
                                                       "SecAgg+ and refuses rounds of a run without it")
     share_train_loss: bool = setting(False, "true: also send each round's training loss, a statistic of the "
                                             "site's records that DP does not protect")
+    share_label_shares: bool = setting(False, "true: also send, per label, how far the global model's predicted "
+                                              "share of the site's validation records is from the label's true "
+                                              "share (not DP-protected; can reveal the validation label mix)")
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class SiteConfig:
     runtime_port: int
     device: str = "auto"  # where the site trains (its own choice; see finfed.site.node_settings.with_site_device)
     share_train_loss: bool = False  # send the (non-private) training loss each round: off unless the bank opts in
+    share_label_shares: bool = False  # send eval-share-gap-<i> (non-private): off unless the bank opts in
 
     @property
     def folder(self) -> Path:
@@ -135,7 +139,8 @@ class SiteConfig:
             keys.NODE_SITE_ID: self.site_id, keys.NODE_SITE_NAME: self.name, keys.NODE_DATA_PATH: str(self.data_path),
             keys.NODE_BUDGET_EPSILON: self.budget_epsilon, keys.NODE_BUDGET_DELTA: self.budget_delta,
             keys.NODE_LEDGER_PATH: str(self.ledger_path), keys.NODE_SITE_DIR: str(self.folder),
-            keys.NODE_SHARE_TRAIN_LOSS: self.share_train_loss, keys.NODE_DEVICE: self.device}
+            keys.NODE_SHARE_TRAIN_LOSS: self.share_train_loss, keys.NODE_SHARE_LABEL_SHARES: self.share_label_shares,
+            keys.NODE_DEVICE: self.device}
         if self.dataset_name:
             values[keys.NODE_DATASET_NAME] = self.dataset_name
         if self.text_column:
@@ -201,6 +206,7 @@ def load_site_config(path: Path) -> SiteConfig:
         "ledger_path": local(privacy, "ledger_path"), "audit_log": local(privacy, "audit_log"),
         "require_secure_aggregation": privacy and privacy.require_secure_aggregation,
         "share_train_loss": privacy and privacy.share_train_loss,
+        "share_label_shares": privacy and privacy.share_label_shares,
         "runtime_port": supernode and supernode.runtime_port}
     _check_files(config, problems)
     problems.raise_if_any()

@@ -7,7 +7,8 @@ the coordinator (``finfed/coordinator/rounds.py``) and the tests:
    type (train, evaluate, each SecAgg+ stage). Metric values are numbers by construction
    (Flower's MetricRecord); their *keys* are listed explicitly, so no key can be made of a
    record's text. ``train-loss`` (a non-private statistic of the sampled records) is allowed only
-   when the site opted in (node config ``share-train-loss``). A reply holding anything else is
+   when the site opted in (node config ``share-train-loss``), and so are the evaluate reply's
+   ``eval-share-gap-<index>`` (node config ``share-label-shares``). A reply holding anything else is
    not sent: the site sends an ``internal error`` instead (tested in tests/test_disclosure.py).
    The one text a reply carries is the site's *name* (record ``site``, key ``site-name``; under SecAgg+ a
    FitRes metric): an institution's public name from its own configuration (deployment) or the partition
@@ -75,6 +76,10 @@ OPT_IN_TRAIN_METRICS = frozenset({keys.TRAIN_LOSS})  # only with node config `sh
 LABEL_RECALL_METRICS = frozenset(f"{keys.EVAL_RECALL_PREFIX}{i}" for i in range(keys.MAX_SHARED_LABELS))
 EVALUATE_METRICS = frozenset({keys.NUM_EXAMPLES, keys.SITE_ID, keys.EVAL_LOSS, keys.EVAL_ACCURACY,
                               keys.EVAL_MACRO_F1, keys.EVAL_EXACT_MATCH, keys.EVAL_F1}) | LABEL_RECALL_METRICS
+# Opt-in (node config `share-label-shares`): each label's predicted minus true share of the site's validation
+# records, `eval-share-gap-<index>`. With the other validation metrics it can reveal the split's label mix, so a
+# deployed site sends it only if its own site.toml says so (docs/privacy.md).
+OPT_IN_EVALUATE_METRICS = frozenset(f"{keys.EVAL_SHARE_GAP_PREFIX}{i}" for i in range(keys.MAX_SHARED_LABELS))
 
 # SecAgg+ (Flower's secaggplus_mod): the protocol's own keys per stage, in record "secaggplus_configs".
 SECAGG_RECORD = "secaggplus_configs"
@@ -107,16 +112,27 @@ def train_metrics(share_train_loss: bool) -> frozenset[str]:
     return TRAIN_METRICS | (OPT_IN_TRAIN_METRICS if share_train_loss else frozenset())
 
 
+def evaluate_metrics(share_label_shares: bool) -> frozenset[str]:
+    return EVALUATE_METRICS | (OPT_IN_EVALUATE_METRICS if share_label_shares else frozenset())
+
+
+def outgoing_evaluate_metrics(metrics: Mapping[str, Any], share_label_shares: bool) -> dict[str, Any]:
+    """An evaluate reply's metrics without the opt-in statistics the site did not opt in to."""
+    return {k: v for k, v in metrics.items() if share_label_shares or k not in OPT_IN_EVALUATE_METRICS}
+
+
 def outgoing_train_metrics(metrics: Mapping[str, Any], share_train_loss: bool) -> dict[str, Any]:
     """A train reply's metrics without the opt-in statistics the site did not opt in to."""
     return {k: v for k, v in metrics.items() if share_train_loss or k not in OPT_IN_TRAIN_METRICS}
 
 
-def reply_policy(message_type: str, secagg_stage: str | None, share_train_loss: bool) -> ReplyPolicy:
-    """The allow-list for one reply: by message type and, under SecAgg+, by protocol stage."""
+def reply_policy(message_type: str, secagg_stage: str | None, share_train_loss: bool,
+                 share_label_shares: bool = False) -> ReplyPolicy:
+    """The allow-list for one reply: by message type and, under SecAgg+, by protocol stage; the opt-in
+    statistics only where the site opted in to them."""
     kind = message_type.split(".")[0]
     if kind == "evaluate":
-        return ReplyPolicy("evaluate", {keys.METRICS: EVALUATE_METRICS, **SITE_RECORD})
+        return ReplyPolicy("evaluate", {keys.METRICS: evaluate_metrics(share_label_shares), **SITE_RECORD})
     if kind != "train":
         return ReplyPolicy(kind, {})  # finfed answers train and evaluate only
     metrics = train_metrics(share_train_loss)
@@ -129,9 +145,10 @@ def reply_policy(message_type: str, secagg_stage: str | None, share_train_loss: 
     return ReplyPolicy(f"train/secagg+:{secagg_stage}", records)
 
 
-def allow_list(share_train_loss: bool) -> dict[str, dict[str, list[str]]]:
+def allow_list(share_train_loss: bool, share_label_shares: bool = False) -> dict[str, dict[str, list[str]]]:
     """The whole allow-list as plain JSON, one entry per reply kind (the names audit lines cite in ``allowed_by``)."""
-    policies = [reply_policy("train", None, share_train_loss), reply_policy("evaluate", None, share_train_loss),
+    policies = [reply_policy("train", None, share_train_loss),
+                reply_policy("evaluate", None, share_train_loss, share_label_shares),
                 *(reply_policy("train", stage, share_train_loss) for stage in SECAGG_STAGE_KEYS)]
     return {p.name: {record: sorted(allowed) for record, allowed in p.records.items()} for p in policies}
 

@@ -2,8 +2,9 @@
 
 Fairness comes from what each site sent after evaluating the global model on its own validation
 split in the last round it evaluated (metrics.jsonl ``evaluation``): its metrics and, for
-classification, each label's recall (``eval-recall-<index>``). These are disclosed, non-private
-statistics of the sites' validation records: no noise, not covered by any epsilon.
+classification, each label's recall (``eval-recall-<index>``) and, from the sites that opted in, each label's
+predicted minus true share (``eval-share-gap-<index>``). These are disclosed, non-private statistics of the
+sites' validation records: no noise, not covered by any epsilon.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from finfed.constants import EVAL_RECALL_PREFIX, NUM_EXAMPLES
+from finfed.constants import EVAL_RECALL_PREFIX, EVAL_SHARE_GAP_PREFIX, NUM_EXAMPLES
 
 # The metric a site's standing is judged by: the first one the task reports (higher is better for each).
 PREFERRED = ("accuracy", "macro_f1", "f1", "exact_match")
 DISCLOSURE = ("These are **disclosed, non-private statistics**: each site computed them on its own validation "
               "split and sent them in the clear. No noise is added and no epsilon covers them; a site's "
               "per-label recall tells the coordinator, for instance, how often that site's validation records of "
-              "each label are classified correctly.")
+              "each label are classified correctly, and a site's label share gaps (sent only by sites that opted "
+              "in) how far the share of its validation records predicted as each label is from that label's "
+              "true share.")
+PER_LABEL = (EVAL_RECALL_PREFIX, EVAL_SHARE_GAP_PREFIX)
 
 
 def _metric_name(key: str) -> str:
@@ -43,10 +47,11 @@ def fairness_section(rounds: list[dict[str, Any]], labels: list[str],
     sites = []
     for entry in entries:
         metrics = {_metric_name(k): float(v) for k, v in entry.items()
-                   if k.startswith("eval-") and not k.startswith(EVAL_RECALL_PREFIX)}
-        recall = {_label(labels, k): float(v) for k, v in entry.items() if k.startswith(EVAL_RECALL_PREFIX)}
+                   if k.startswith("eval-") and not k.startswith(PER_LABEL)}
         sites.append({"site": int(entry["site"]), "name": name_of(str(int(entry["site"]))),
-                      "records": int(entry.get(NUM_EXAMPLES, 0)), "metrics": metrics, "recall": recall})
+                      "records": int(entry.get(NUM_EXAMPLES, 0)), "metrics": metrics,
+                      "recall": _per_label(labels, entry, EVAL_RECALL_PREFIX),
+                      "share_gap": _per_label(labels, entry, EVAL_SHARE_GAP_PREFIX)})
     metric = next((m for m in PREFERRED if all(m in s["metrics"] for s in sites)), None)
     section: dict[str, Any] = {"round": server_round, "metric": metric, "sites": sites, "disclosure": DISCLOSURE,
                                "worst_site": None, "best_site": None, "gap": None, "recall_gaps": [],
@@ -58,14 +63,34 @@ def fairness_section(rounds: list[dict[str, Any]], labels: list[str],
                        best_site={"name": best["name"], "value": best["metrics"][metric]},
                        gap=best["metrics"][metric] - worst["metrics"][metric])
     section["recall_gaps"] = _recall_gaps(sites)
+    section["label_share_gaps"] = pooled_share_gaps(entries, labels)
     section["largest_recall_gap"] = max(section["recall_gaps"], key=lambda g: g["gap"], default=None)
     section["summary"] = _summary(section)
     return section
 
 
-def _label(labels: list[str], key: str) -> str:
-    index = int(key.removeprefix(EVAL_RECALL_PREFIX))
+def _per_label(labels: list[str], entry: dict[str, Any], prefix: str) -> dict[str, float]:
+    """A site's per-label figures under ``prefix`` (keyed by index on the wire), by label name."""
+    return {_label(labels, int(k.removeprefix(prefix))): float(v) for k, v in entry.items() if k.startswith(prefix)}
+
+
+def _label(labels: list[str], index: int) -> str:
     return str(labels[index]) if index < len(labels) else f"label {index}"
+
+
+def pooled_share_gaps(entries: list[dict[str, Any]], labels: list[str]) -> dict[str, Any] | None:
+    """Each label's predicted minus true share over the validation records of every site that reported it (the
+    sites' ``eval-share-gap-<index>`` weighted by their records: exactly the gap on their pooled records), in the
+    run's label order; None: no site reported one."""
+    reporting = [(_per_label(labels, e, EVAL_SHARE_GAP_PREFIX), int(e.get(NUM_EXAMPLES, 0))) for e in entries]
+    reporting = [(gaps, records) for gaps, records in reporting if gaps and records]
+    total = sum(records for _, records in reporting)
+    if not total:
+        return None
+    names = list(dict.fromkeys(label for gaps, _ in reporting for label in gaps))
+    pooled = {label: sum(gaps.get(label, 0.0) * records for gaps, records in reporting) / total for label in names}
+    return {"sites": len(reporting), "records": total, "gaps": pooled,
+            "largest": max(pooled, key=lambda label: abs(pooled[label]))}
 
 
 def _recall_gaps(sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -93,6 +118,13 @@ def _summary(section: dict[str, Any]) -> str:
         text += (f" The largest per-label gap is in the recall of `{largest['label']}`: {largest['worst']:.4f} at "
                  f"{largest['worst_site']} against {largest['best']:.4f} at {largest['best_site']} "
                  f"({largest['gap']:.4f}).")
+    pooled = section.get("label_share_gaps")
+    if pooled:
+        label = pooled["largest"]
+        gap = pooled["gaps"][label]
+        text += (f" Over the {pooled['records']} validation records of the {pooled['sites']} site(s) that shared "
+                 f"their label shares, the model predicts `{label}` for {abs(gap) * 100:.1f} points "
+                 f"{'more' if gap >= 0 else 'fewer'} of them than are `{label}` (its largest lean).")
     return text
 
 

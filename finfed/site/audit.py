@@ -38,7 +38,7 @@ from finfed.compat import secagg_names
 from finfed.config import from_run_config
 from finfed.privacy.disclosure import error_reason, reply_policy
 from finfed.site.guard import error_reply, secagg_stage
-from finfed.site.node_settings import share_train_loss
+from finfed.site.node_settings import share_label_shares, share_train_loss
 
 AUDIT_NODE_KEY = keys.NODE_AUDIT_LOG
 AUDIT_ENV = "FINFED_AUDIT_LOG"
@@ -157,11 +157,18 @@ def audit_mod(message: Message, context: Context, call_next) -> Message:
     return reply
 
 
+SHARE_GAP_ZERO = f"{keys.EVAL_SHARE_GAP_PREFIX}0"  # present in a policy exactly when the opt-in is
+
+
 def _policy_name(message: Message, context: Context) -> str:
     try:
-        share = share_train_loss(from_run_config(context.run_config), context.node_config)
+        config = from_run_config(context.run_config)
+        share_loss, share_shares = share_train_loss(config, context.node_config), \
+            share_label_shares(config, context.node_config)
     except Exception:  # an unreadable run config fails in the handler; the name is only informative here
-        share = False
-    policy = reply_policy(message.metadata.message_type, secagg_stage(message), share)
-    opted_in = any(keys.TRAIN_LOSS in allowed for allowed in policy.records.values())
-    return policy.name + (" (with train-loss: the site opted in)" if opted_in else "")
+        share_loss = share_shares = False
+    policy = reply_policy(message.metadata.message_type, secagg_stage(message), share_loss, share_shares)
+    allowed = set().union(*policy.records.values())
+    opted_in = [name for name, key in (("train-loss", keys.TRAIN_LOSS), ("label share gaps", SHARE_GAP_ZERO))
+                if key in allowed]
+    return policy.name + (f" (with {' and '.join(opted_in)}: the site opted in)" if opted_in else "")

@@ -27,7 +27,7 @@ from finfed.privacy.disclosure import (
     reply_policy,
 )
 from finfed.site.log_mod import routed_to_site_log
-from finfed.site.node_settings import share_train_loss, site_folder, site_id_of
+from finfed.site.node_settings import share_label_shares, share_train_loss, site_folder, site_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -43,15 +43,16 @@ def request_tensor_names(message: Message) -> list[str]:
     return list(arrays.keys()) if arrays is not None else []
 
 
-def _site_settings(context: Context) -> tuple[str | None, bool]:
-    """The site's folder and its train-loss opt-in (folder None if the run config cannot be read)."""
+def _site_settings(context: Context) -> tuple[str | None, bool, bool]:
+    """The site's folder and its opt-ins, train loss and label shares (folder None and no opt-in if the run
+    config cannot be read)."""
     try:
         config = from_run_config(context.run_config)
     except Exception:  # reported by the handler itself; here only the log's place is at stake
         folder = str(context.node_config.get(keys.NODE_SITE_DIR, "")) or None
-        return folder, False
-    return site_folder(config, context.node_config, site_id_of(context.node_config)), \
-        share_train_loss(config, context.node_config)
+        return folder, False, False
+    node = context.node_config
+    return site_folder(config, node, site_id_of(node)), share_train_loss(config, node), share_label_shares(config, node)
 
 
 def error_reply(message: Message, reason: str) -> Message:
@@ -59,7 +60,7 @@ def error_reply(message: Message, reason: str) -> Message:
 
 
 def checked_reply(reply: Message, message: Message, stage: str | None, share_loss: bool,
-                  tensor_names: list[str]) -> Message:
+                  tensor_names: list[str], share_shares: bool = False) -> Message:
     """``reply`` if the allow-list names everything it holds; otherwise an error reply in its place."""
     if reply.has_error():
         if any(reply.error.reason.startswith(f"{c}: ") for c in CATEGORIES):
@@ -67,7 +68,7 @@ def checked_reply(reply: Message, message: Message, stage: str | None, share_los
         logger.error("an error reply not in finfed's form was replaced: %s", reply.error.reason)
         return error_reply(message, f"{INTERNAL_ERROR}: an error outside finfed's handlers (details in the "
                                     "site's log)")
-    policy = reply_policy(message.metadata.message_type, stage, share_loss)
+    policy = reply_policy(message.metadata.message_type, stage, share_loss, share_shares)
     content = dict(reply.content.items())
     extra = disallowed_fields(content, policy, tensor_names)
     if not extra:
@@ -81,7 +82,7 @@ def checked_reply(reply: Message, message: Message, stage: str | None, share_los
 
 def disclosure_mod(message: Message, context: Context, call_next) -> Message:
     """Flower client mod: errors leave only as record-free reasons; replies only as the allow-list permits."""
-    folder, share_loss = _site_settings(context)
+    folder, share_loss, share_shares = _site_settings(context)
     stage = secagg_stage(message)  # read first: SecAgg+'s mod consumes it
     tensor_names = request_tensor_names(message)
     with routed_to_site_log(folder):
@@ -91,5 +92,5 @@ def disclosure_mod(message: Message, context: Context, call_next) -> Message:
             reason = error_reason(exc)
             logger.exception("%s failed (sent to the coordinator as %r)", message.metadata.message_type, reason)
             return error_reply(message, reason)
-        return checked_reply(reply, message, stage, share_loss, tensor_names)
+        return checked_reply(reply, message, stage, share_loss, tensor_names, share_shares)
 

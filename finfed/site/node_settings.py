@@ -44,7 +44,17 @@ def share_train_loss(config: ExperimentConfig, node_config: Mapping[str, Any]) -
     (a deployed site: off unless set). A simulated site (Flower gives it a ``partition-id``) without the
     key follows the run's ``privacy.share_train_loss``; the coordinator's settings never switch it on
     for a deployed site."""
-    value = node_config.get(keys.NODE_SHARE_TRAIN_LOSS)
+    return _opted_in(node_config, keys.NODE_SHARE_TRAIN_LOSS, config.privacy.share_train_loss)
+
+
+def share_label_shares(config: ExperimentConfig, node_config: Mapping[str, Any]) -> bool:
+    """Whether this site sends each label's predicted-minus-true share of its validation records
+    (``eval-share-gap-<index>``): node config ``share-label-shares``, decided as ``share_train_loss``."""
+    return _opted_in(node_config, keys.NODE_SHARE_LABEL_SHARES, config.privacy.share_label_shares)
+
+
+def _opted_in(node_config: Mapping[str, Any], key: str, simulated_default: bool) -> bool:
+    value = node_config.get(key)
     if value is None:
-        return keys.NODE_PARTITION_ID in node_config and bool(config.privacy.share_train_loss)
+        return keys.NODE_PARTITION_ID in node_config and bool(simulated_default)
     return value is True or str(value).strip().lower() in ("true", "1", "yes")

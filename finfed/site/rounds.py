@@ -292,7 +292,8 @@ def train_round(site: SiteContext, arrays: Mapping[str, np.ndarray], *, server_r
 
 def evaluate_round(site: SiteContext, arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
     """The global model's metrics on this site's local validation split, with each label's recall
-    (``eval-recall-<index>``: a disclosed, non-private statistic, allow-listed in finfed/privacy/disclosure.py)."""
+    (``eval-recall-<index>``: a disclosed, non-private statistic, allow-listed in finfed/privacy/disclosure.py)
+    and its predicted-minus-true share (``eval-share-gap-<index>``: sent only if the site opted in)."""
     model = _model_with(site, arrays, "")
     metrics = site.task.evaluate(model, site.validation_examples, per_label=True)
     out = {f"eval-{name.replace('_', '-')}": float(value) for name, value in metrics.items()}

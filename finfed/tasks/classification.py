@@ -32,6 +32,7 @@ from finfed.tasks.classification_metrics import (
     macro_f1,
     majority_accuracy,
     recall_per_label,
+    share_gap_per_label,
 )
 
 
@@ -51,6 +52,7 @@ def _collate_features(items: Sequence[dict]) -> dict[str, torch.Tensor]:
 
 
 RECALL_PREFIX = "recall_"  # a site reports it as constants.EVAL_RECALL_PREFIX + index (finfed/site/rounds.py)
+SHARE_GAP_PREFIX = "share_gap_"  # constants.EVAL_SHARE_GAP_PREFIX + index, sent only if the site opts in
 
 SENTENCES = RecordFormat(read_file=read_table, normalise=normalise_examples, generate=generate_news,
                          synthetic_name="synthetic financial news", synthetic_size=3000, labelled=True,
@@ -184,9 +186,10 @@ class ClassificationTask(Task):
         loss = nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), targets).item() if y_true else 0.0
         scores = {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, len(self.labels)),
                   "loss": loss}
-        if per_label:  # a site's validation split: each label's recall by index; labels absent there left out
-            labels = min(len(self.labels), MAX_SHARED_LABELS)
+        if per_label:  # a site's validation split, by label index: recall (labels absent there left out) and
+            labels = min(len(self.labels), MAX_SHARED_LABELS)  # the predicted minus the true share (every label)
             scores.update({f"{RECALL_PREFIX}{i}": r for i, r in recall_per_label(y_true, y_pred, labels).items()})
+            scores.update({f"{SHARE_GAP_PREFIX}{i}": g for i, g in share_gap_per_label(y_true, y_pred, labels).items()})
         return scores
 
     def baseline(self, examples: list[dict]) -> dict[str, float]:

@@ -30,6 +30,15 @@ def recall_per_label(y_true: Sequence[int], y_pred: Sequence[int], num_classes: 
     return {cls: hits[cls] / totals[cls] for cls in range(num_classes) if totals[cls]}
 
 
+def share_gap_per_label(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> dict[int, float]:
+    """Each label's share of the predictions minus its share of the true labels, for every label (0 when absent
+    from both): the model's lean towards (positive) or away from (negative) each label on these records."""
+    if not y_true:
+        return {}
+    total, truth, predicted = len(y_true), Counter(y_true), Counter(y_pred)
+    return {cls: (predicted[cls] - truth[cls]) / total for cls in range(num_classes)}
+
+
 def majority_accuracy(y_true: Sequence[int]) -> float:
     """Accuracy of always predicting the most frequent true label."""
     if not y_true:
