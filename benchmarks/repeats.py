@@ -24,6 +24,11 @@ def _figures(record: dict[str, Any]) -> dict[str, float]:
     last = (record.get("validation") or [{}])[-1]
     figures.update({f"validation.{k}": v for k, v in last.items()
                     if k not in ("round", "examples") and isinstance(v, (int, float))})
+    # The label-share goal's figure, per run: on the test split and on the sites' validation splits
+    test_gaps = {label: s["predicted"] - s["gold"] for label, s in (record.get("label_share") or {}).items()}
+    for key, gaps in (("label_share_gap", test_gaps), ("validation.largest_share_gap", last.get("share_gap"))):
+        if gaps:
+            figures[key] = round(max(abs(gap) for gap in gaps.values()), 4)
     return figures
 
 

@@ -131,6 +131,24 @@ def test_a_repeated_federation_keeps_every_runs_validation_figures_for_tuning():
     assert "validation.examples" not in record["spread"] and "validation.round" not in record["spread"]
 
 
+def test_the_label_share_goal_judges_a_repeated_case_on_the_median_of_each_runs_largest_gap():
+    from benchmarks.docs import goal_table
+    from benchmarks.repeats import combine
+
+    def run(wall: float, neutral_gap: float, validation_gap: float) -> dict:
+        shares = {"negative": {"predicted": 0.12 - neutral_gap, "gold": 0.12},
+                  "neutral": {"predicted": 0.6 + neutral_gap, "gold": 0.6}, "positive": {"predicted": 0.28, "gold": 0.28}}
+        return {**_speed_run(wall, 3000, 0.77), "label_share": shares, "validation": [
+            {"round": 6, "accuracy": 0.78, "share_gap": {"neutral": validation_gap, "negative": -validation_gap}}]}
+
+    record = combine([run(60.0, 0.112, 0.099), run(70.0, 0.04, 0.05), run(65.0, 0.06, -0.07)])
+    assert [r["label_share_gap"] for r in record["repeats"]] == [0.112, 0.04, 0.06]
+    assert record["spread"]["validation.largest_share_gap"]["median"] == 0.07  # a lean either way counts
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in goal_table({"phrasebank-warm": record}).splitlines()}
+    row = rows["the same, PhraseBank DP with the public warm start"]
+    assert "largest gap 6.0 points (median of 3 runs; 4.0 to 11.2) | missed by 1.0 points" in row
+
+
 def test_the_goals_judge_a_repeated_case_on_its_medians():
     from benchmarks.docs import case_section, goal_table
     from benchmarks.repeats import combine
