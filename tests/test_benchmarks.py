@@ -137,7 +137,8 @@ def test_the_label_share_goal_judges_a_repeated_case_on_the_median_of_each_runs_
 
     def run(wall: float, neutral_gap: float, validation_gap: float) -> dict:
         shares = {"negative": {"predicted": 0.12 - neutral_gap, "gold": 0.12},
-                  "neutral": {"predicted": 0.6 + neutral_gap, "gold": 0.6}, "positive": {"predicted": 0.28, "gold": 0.28}}
+                  "neutral": {"predicted": 0.6 + neutral_gap, "gold": 0.6},
+                  "positive": {"predicted": 0.28, "gold": 0.28}}
         return {**_speed_run(wall, 3000, 0.77), "label_share": shares, "validation": [
             {"round": 6, "accuracy": 0.78, "share_gap": {"neutral": validation_gap, "negative": -validation_gap}}]}
 
