@@ -115,7 +115,8 @@ NO_DP = ["privacy.enabled=false"]
 # (the from-scratch recipe's too): three runs each from one public source (2026-12-04), its validation median
 # 0.789 against 0.769 at rate 0.3 and 0.764 at 0.03 (single runs on 2026-12-03 had favoured 0.3). Its loss
 # weights are the YAML's (negative 2, positive 1.5): with the sites' label share gaps reported (2026-12-04), level
-# with negative 2 alone on the sites' validation accuracy and macro-F1 and leaning 4 points to neutral instead of 10.
+# with negative 2 alone on the sites' validation accuracy and macro-F1, its largest label-share gap there 4 points
+# instead of 10 (medians of three runs).
 # Without DP the head alone is the weaker model (0.697 test accuracy against FFA-LoRA's 0.781, 2026-12-03), so the
 # non-private cases, against which DP's cost is measured, keep the recipe that is best without DP.
 # Chosen without DP at 1 pass a round (as the central run trains); the DP recipe's 4 passes and loss weight were

@@ -92,7 +92,7 @@ def run_results(run_dir: Path) -> dict[str, Any]:
     status, privacy = read_status(run_dir), read_privacy(run_dir)
     config = load_config(run_dir / CONFIG)
     metrics = read_metrics(run_dir)
-    labels = federation_labels(config)  # none for QA
+    labels = [str(label) for label in status.get("labels") or []]  # the run's own list, as recorded; none for QA
     result: dict[str, Any] = {
         "state": status.get("state"),
         "rounds": [{"round": r["round"], **rounded(r["central"])} for r in metrics],

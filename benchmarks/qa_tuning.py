@@ -39,7 +39,7 @@ DESCRIPTION = ("The default QA run's DP tuning (`python -m benchmarks.qa_tuning`
 TOP_TWO_LAYERS = ("lora.target_modules=" + ",".join(f"encoder.layer.{layer}.attention.self.{name}"
                                                     for layer in (4, 5) for name in ("query", "value")))
 
-# The public QA source of the `tatqa-warm-*` settings (trained first, once): TAT-QA's dev questions on one site, no DP.
+# The public QA source of the `from-tatqa-*` settings (trained first, once): TAT-QA's dev questions on one site, no DP.
 TATQA_SOURCE = ("`finfed simulate --config simulations/tatqa.yaml --set data.path=.../dev.jsonl --set "
                 "data.test_path=.../test.jsonl --set privacy.enabled=false --set privacy.membership_audit=false "
                 "--set federation.num_sites=1 --set federation.rounds=4 --set data.validation_fraction=0.05 "
@@ -72,11 +72,14 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
     "size3600-r3": ("6 times the questions (1,200 per site) in 3 rounds, adapters in every layer (the default): "
                     "more records per DP step at about twice the default run's time",
                     ["data.synthetic_size=3600", "federation.rounds=3"]),
-    "tatqa-warm-head": ("a public warm start on other text than the sites' generator: the model of a non-private run "
-                        "on TAT-QA's public questions (" + TATQA_SOURCE + "), the span head alone trained under DP",
+    "defaults-simulate": ("the defaults as they stand, no override, with `finfed simulate` in the same hour as the "
+                          "`from-tatqa-*` runs: what they are compared with", []),
+    "from-tatqa-head": ("a public warm start on other text than the sites' generator: the model of a non-private run "
+                        "on TAT-QA's public questions (" + TATQA_SOURCE + "; it must exist before this setting runs), "
+                        "the span head alone trained under DP",
                         ["model.init_from=runs/tatqa-public", "lora.method=head"]),
-    "tatqa-warm-ffa": ("the same TAT-QA warm start, FFA-LoRA and the span head trained under DP (the default's "
-                       "tensors)", ["model.init_from=runs/tatqa-public"]),
+    "from-tatqa-ffa": ("the same TAT-QA warm start (runs/tatqa-public must exist), FFA-LoRA and the span head trained "
+                       "under DP (the default's tensors)", ["model.init_from=runs/tatqa-public"]),
 }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from finfed.reporting.fairness import largest_gap
+
 NOT_FIGURES = ("ok", "other_load", "error")  # what a run's summary holds beside its figures
 # Figures of a record compared across runs (those the record has): cost, then the final metrics.
 COST = ("wall_s", "peak_rss_mb", "train_step_s", "wall_over_train_step")
@@ -26,9 +28,9 @@ def _figures(record: dict[str, Any]) -> dict[str, float]:
                     if k not in ("round", "examples") and isinstance(v, (int, float))})
     # The label-share goal's figure, per run: on the test split and on the sites' validation splits
     test_gaps = {label: s["predicted"] - s["gold"] for label, s in (record.get("label_share") or {}).items()}
-    for key, gaps in (("label_share_gap", test_gaps), ("validation.largest_share_gap", last.get("share_gap"))):
+    for key, gaps in (("largest_share_gap", test_gaps), ("validation.largest_share_gap", last.get("share_gap"))):
         if gaps:
-            figures[key] = round(max(abs(gap) for gap in gaps.values()), 4)
+            figures[key] = round(abs(largest_gap(gaps)[1]), 4)
     return figures
 
 

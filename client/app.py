@@ -1,7 +1,7 @@
 """Flower ClientApp: one institution trains the global adapter on its own data.
 
 Replies carry only the trained tensors and the numbers ``finfed/privacy/disclosure.py`` allows (example
-count, epsilon; the training loss only if the site opted in); under
+count, epsilon, validation metrics; the training loss and the label share gaps only if the site opted in); under
 SecAgg+ (``federation.secure_aggregation``) the tensors leave only masked (``finfed/site/secure.py``).
 The site's accountant history lives in ``context.state`` (and in its ledger, if it keeps
 one) so epsilon is cumulative.

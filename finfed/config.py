@@ -187,7 +187,8 @@ class PrivacySettings:
     share_label_shares: bool = _opt(True, "simulation, classification: sites send, per label, the share of their "
                                           "validation records the global model predicts as it minus the label's "
                                           "share of them (non-private; with the other validation metrics it can "
-                                          "reveal the split's label mix); a deployed site sends it only if its own "
+                                          "give away the split's label counts); a deployed site sends it only if its "
+                                          "own "
                                           "site.toml sets [privacy] share_label_shares = true")
 
 

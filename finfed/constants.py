@@ -31,7 +31,8 @@ EVAL_EXACT_MATCH = "eval-exact-match"  # QA
 EVAL_RECALL_PREFIX = "eval-recall-"
 MAX_SHARED_LABELS = 256
 # Classification, opt-in (node config `share-label-shares`): the share of a site's validation records the global
-# model assigns to label i minus that label's share of them, `eval-share-gap-<i>` (by index), for every label. Its
+# model assigns to label i minus that label's share of them, `eval-share-gap-<i>` (by index), for every label among
+# the first MAX_SHARED_LABELS (a run with more labels shares no gap for the rest). Its
 # example-weighted mean over the sites is the pooled gap: how far the model leans to or away from each label.
 EVAL_SHARE_GAP_PREFIX = "eval-share-gap-"
 

@@ -74,6 +74,22 @@ def test_each_site_logs_every_message_and_what_left(tiny_config, tmp_path, secur
                                                                            "eval-share-gap-2"}
 
 
+def test_label_share_gaps_leave_only_the_sites_that_opted_in(tiny_config, tmp_path):
+    """Site 0 says no in its own node config; site 1 follows the simulated run's default (on). The run goes on with
+    both sites' evaluations, and only site 1's carry the gaps (and its audit log names the opt-in)."""
+    config = tiny_config("federation.rounds=1", "privacy.membership_audit=false")
+    logs = [tmp_path / f"audit-{site}.jsonl" for site in (0, 1)]
+    nodes = [{"audit-log": str(logs[0]), "share-label-shares": False}, {"audit-log": str(logs[1])}]
+    serve(config, InProcessGrid(client_app.app, config, nodes))
+    evaluations = {e["site"]: e for e in read_metrics(config.resolved_run_dir)[1]["evaluation"]}
+    assert set(evaluations) == {0, 1} and all("eval-accuracy" in e for e in evaluations.values())
+    gaps = {site: sorted(k for k in e if k.startswith("eval-share-gap-")) for site, e in evaluations.items()}
+    assert gaps == {0: [], 1: ["eval-share-gap-0", "eval-share-gap-1", "eval-share-gap-2"]}
+    allowed = [next(json.loads(line)["allowed_by"] for line in path.read_text().splitlines()
+                    if json.loads(line)["message_type"] == "evaluate") for path in logs]
+    assert allowed == ["evaluate", "evaluate (with label share gaps: the site opted in)"]
+
+
 @pytest.fixture
 def message(monkeypatch):
     for name, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 1)):

@@ -143,7 +143,7 @@ def test_the_label_share_goal_judges_a_repeated_case_on_the_median_of_each_runs_
             {"round": 6, "accuracy": 0.78, "share_gap": {"neutral": validation_gap, "negative": -validation_gap}}]}
 
     record = combine([run(60.0, 0.112, 0.099), run(70.0, 0.04, 0.05), run(65.0, 0.06, -0.07)])
-    assert [r["label_share_gap"] for r in record["repeats"]] == [0.112, 0.04, 0.06]
+    assert [r["largest_share_gap"] for r in record["repeats"]] == [0.112, 0.04, 0.06]
     assert record["spread"]["validation.largest_share_gap"]["median"] == 0.07  # a lean either way counts
     rows = {line.split(" | ")[0].lstrip("| "): line for line in goal_table({"phrasebank-warm": record}).splitlines()}
     row = rows["the same, PhraseBank DP with the public warm start"]

@@ -166,6 +166,9 @@ def test_label_share_gaps_leave_a_site_only_with_its_opt_in():
     assert not share_label_shares(load_config(None, ["privacy.share_label_shares=false"]), {keys.NODE_PARTITION_ID: 0})
     assert not share_label_shares(config, {keys.NODE_SITE_ID: 3})  # deployed: off unless the site says so
     assert share_label_shares(config, {keys.NODE_SITE_ID: 3, keys.NODE_SHARE_LABEL_SHARES: "true"})
+    # a SuperNode started by hand with its own data and a partition-id is deployed too: the run cannot opt it in
+    by_hand = {keys.NODE_PARTITION_ID: 0, keys.NODE_DATA_PATH: "bank.csv"}
+    assert not share_label_shares(config, by_hand) and not share_train_loss(config, by_hand)
 
 
 def test_the_whole_allow_list_names_train_loss_only_with_the_opt_in():

@@ -73,7 +73,8 @@ class SitePrivacySection:
                                             "site's records that DP does not protect")
     share_label_shares: bool = setting(False, "true: also send, per label, how far the global model's predicted "
                                               "share of the site's validation records is from the label's true "
-                                              "share (not DP-protected; can reveal the validation label mix)")
+                                              "share (not DP-protected; with the other validation metrics it "
+                                              "can give away the validation split's label counts)")
 
 
 @dataclass(frozen=True)

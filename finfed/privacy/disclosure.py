@@ -77,7 +77,7 @@ LABEL_RECALL_METRICS = frozenset(f"{keys.EVAL_RECALL_PREFIX}{i}" for i in range(
 EVALUATE_METRICS = frozenset({keys.NUM_EXAMPLES, keys.SITE_ID, keys.EVAL_LOSS, keys.EVAL_ACCURACY,
                               keys.EVAL_MACRO_F1, keys.EVAL_EXACT_MATCH, keys.EVAL_F1}) | LABEL_RECALL_METRICS
 # Opt-in (node config `share-label-shares`): each label's predicted minus true share of the site's validation
-# records, `eval-share-gap-<index>`. With the other validation metrics it can reveal the split's label mix, so a
+# records, `eval-share-gap-<index>`. With the other validation metrics it can give away the split's label counts, so a
 # deployed site sends it only if its own site.toml says so (docs/privacy.md).
 OPT_IN_EVALUATE_METRICS = frozenset(f"{keys.EVAL_SHARE_GAP_PREFIX}{i}" for i in range(keys.MAX_SHARED_LABELS))
 

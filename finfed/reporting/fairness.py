@@ -10,7 +10,7 @@ sites' validation records: no noise, not covered by any epsilon.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from finfed.constants import EVAL_RECALL_PREFIX, EVAL_SHARE_GAP_PREFIX, NUM_EXAMPLES
@@ -78,19 +78,26 @@ def _label(labels: list[str], index: int) -> str:
     return str(labels[index]) if index < len(labels) else f"label {index}"
 
 
+def largest_gap(gaps: Mapping[str, float]) -> tuple[str, float]:
+    """The label whose predicted share is furthest from its true share (either way), with its signed gap."""
+    label = max(gaps, key=lambda name: abs(gaps[name]))
+    return label, gaps[label]
+
+
 def pooled_share_gaps(entries: list[dict[str, Any]], labels: list[str]) -> dict[str, Any] | None:
     """Each label's predicted minus true share over the validation records of every site that reported it (the
     sites' ``eval-share-gap-<index>`` weighted by their records: exactly the gap on their pooled records), in the
-    run's label order; None: no site reported one."""
-    reporting = [(_per_label(labels, e, EVAL_SHARE_GAP_PREFIX), int(e.get(NUM_EXAMPLES, 0))) for e in entries]
+    order of the label indices; None: no site reported one."""
+    reporting = [({int(k.removeprefix(EVAL_SHARE_GAP_PREFIX)): float(v) for k, v in e.items()
+                   if k.startswith(EVAL_SHARE_GAP_PREFIX)}, int(e.get(NUM_EXAMPLES, 0))) for e in entries]
     reporting = [(gaps, records) for gaps, records in reporting if gaps and records]
     total = sum(records for _, records in reporting)
     if not total:
         return None
-    names = list(dict.fromkeys(label for gaps, _ in reporting for label in gaps))
-    pooled = {label: sum(gaps.get(label, 0.0) * records for gaps, records in reporting) / total for label in names}
-    return {"sites": len(reporting), "records": total, "gaps": pooled,
-            "largest": max(pooled, key=lambda label: abs(pooled[label]))}
+    indices = sorted({index for gaps, _ in reporting for index in gaps})
+    pooled = {_label(labels, i): sum(gaps.get(i, 0.0) * records for gaps, records in reporting) / total
+              for i in indices}
+    return {"sites": len(reporting), "records": total, "gaps": pooled, "largest": largest_gap(pooled)[0]}
 
 
 def _recall_gaps(sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -119,7 +126,7 @@ def _summary(section: dict[str, Any]) -> str:
                  f"{largest['worst_site']} against {largest['best']:.4f} at {largest['best_site']} "
                  f"({largest['gap']:.4f}).")
     pooled = section.get("label_share_gaps")
-    if pooled:
+    if pooled and abs(pooled["gaps"][pooled["largest"]]) >= 0.0005:  # no lean worth a sentence under 0.05 points
         label = pooled["largest"]
         gap = pooled["gaps"][label]
         text += (f" Over the {pooled['records']} validation records of the {pooled['sites']} site(s) that shared "

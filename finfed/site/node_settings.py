@@ -10,6 +10,13 @@ from finfed import constants as keys
 from finfed.config import ExperimentConfig
 
 
+def is_deployed(node_config: Mapping[str, Any]) -> bool:
+    """A site with its own data (`data-path`, as `finfed deploy` sets), or any node without the
+    `partition-id` Flower's simulation gives every simulated site. A SuperNode started by hand with
+    a `partition-id` and no `data-path` trains on the run's own dataset, held by the coordinator too."""
+    return keys.NODE_DATA_PATH in node_config or keys.NODE_PARTITION_ID not in node_config
+
+
 def site_id_of(node_config: Mapping[str, Any]) -> int:
     """The site's number: partition id in simulation, node config ``site-id`` in deployment."""
     return int(node_config.get(keys.NODE_PARTITION_ID, node_config.get(keys.NODE_SITE_ID, 0)))
@@ -41,9 +48,8 @@ def with_site_device(config: ExperimentConfig, node_config: Mapping[str, Any]) -
 
 def share_train_loss(config: ExperimentConfig, node_config: Mapping[str, Any]) -> bool:
     """Whether this site sends its training loss. The site decides: node config ``share-train-loss``
-    (a deployed site: off unless set). A simulated site (Flower gives it a ``partition-id``) without the
-    key follows the run's ``privacy.share_train_loss``; the coordinator's settings never switch it on
-    for a deployed site."""
+    (a deployed site, ``is_deployed``: off unless set). A simulated site without the key follows the run's
+    ``privacy.share_train_loss``; the coordinator's settings never switch it on for a deployed site."""
     return _opted_in(node_config, keys.NODE_SHARE_TRAIN_LOSS, config.privacy.share_train_loss)
 
 
@@ -55,6 +61,6 @@ def share_label_shares(config: ExperimentConfig, node_config: Mapping[str, Any])
 
 def _opted_in(node_config: Mapping[str, Any], key: str, simulated_default: bool) -> bool:
     value = node_config.get(key)
-    if value is None:
-        return keys.NODE_PARTITION_ID in node_config and bool(simulated_default)
+    if value is None:  # a node with its own data decides alone, even with a partition-id
+        return not is_deployed(node_config) and bool(simulated_default)
     return value is True or str(value).strip().lower() in ("true", "1", "yes")

@@ -43,6 +43,7 @@ from finfed.privacy.site_budget import SiteBudget, SitePolicy
 from finfed.runs.stop import stop_path
 from finfed.site.log import site_log
 from finfed.site.node_settings import (
+    is_deployed,
     site_folder,  # noqa: F401  (re-exported: it lived here)
     with_site_device,
 )
@@ -146,13 +147,6 @@ def site_context(config: ExperimentConfig, node_config: Mapping[str, Any]) -> Si
     if keys.NODE_PARTITION_ID in node_config:  # Flower sets it in simulation only
         site = replace(site, stop_request=str(stop_path(config.resolved_run_dir)))
     return site
-
-
-def is_deployed(node_config: Mapping[str, Any]) -> bool:
-    """A site with its own data (`data-path`, as `finfed deploy` sets), or any node without the
-    `partition-id` Flower's simulation gives every simulated site. A SuperNode started by hand with
-    a `partition-id` and no `data-path` trains on the run's own dataset, held by the coordinator too."""
-    return keys.NODE_DATA_PATH in node_config or keys.NODE_PARTITION_ID not in node_config
 
 
 def refuse_reproducible_when_deployed(config: ExperimentConfig, node_config: Mapping[str, Any],
