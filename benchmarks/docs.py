@@ -231,7 +231,7 @@ def tuning_table(results_dir: Path) -> str:
     lines = ["| date | run | DP | warm start | settings (the run's own; older runs: overrides of the recipe then) "
              "| sites' validation accuracy | validation macro-F1 | validation's largest label-share gap (points; "
              "a repeated run: the median of each run's largest, whatever its label) "
-             "| test accuracy / macro-F1 (not used to choose) | kept? |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| test accuracy / macro-F1 (not used to choose; a repeated run: medians) | kept? |", "|---|---|---|---|---|---|---|---|---|---|"]
     kept = {record.get("tuning_run"): name for name, record in load_results(results_dir).items()}
     for label, record in tuning_records(results_dir):
         training = record.get("training") or {}
@@ -242,12 +242,12 @@ def tuning_table(results_dir: Path) -> str:
         warm = "yes" if record.get("warm_start_source") else "no"
         note = f" (note: {_value(record['note'])})" if record.get("note") else ""
         accuracy, macro_f1, share_gap = _validation(record)
-        final = record.get("final") or {}
+        test = " / ".join(_number(median(record, f"final.{m}")) for m in ("accuracy", "macro_f1"))  # repeated: medians
         lines.append(f"| {record.get('date', '-')} | {label} (`{record.get('case')}`) "
                      f"| {'yes' if record.get('dp', True) else 'no'} | {warm} "
                      f"| {' '.join(f'`{o}`' for o in settings) or 'the recipe as it was then'}{note} "
                      f"| {accuracy} | {macro_f1} | {share_gap} "
-                     f"| {_number(final.get('accuracy'))} / {_number(final.get('macro_f1'))} "
+                     f"| {test} "
                      f"| {f'yes: the `{kept[label]}` result' if label in kept else '-'} |")
     return "\n".join(lines)
 
