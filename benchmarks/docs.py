@@ -231,7 +231,8 @@ def tuning_table(results_dir: Path) -> str:
     lines = ["| date | run | DP | warm start | settings (the run's own; older runs: overrides of the recipe then) "
              "| sites' validation accuracy | validation macro-F1 | validation's largest label-share gap (points; "
              "a repeated run: the median of each run's largest, whatever its label) "
-             "| test accuracy / macro-F1 (not used to choose; a repeated run: medians) | kept? |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| test accuracy / macro-F1 (not used to choose; a repeated run: medians) | kept? |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     kept = {record.get("tuning_run"): name for name, record in load_results(results_dir).items()}
     for label, record in tuning_records(results_dir):
         training = record.get("training") or {}
