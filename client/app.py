@@ -17,11 +17,11 @@ from flwr.clientapp import ClientApp
 from finfed import constants as keys
 from finfed.config import from_run_config
 from finfed.errors import BudgetExhausted
-from finfed.privacy.disclosure import outgoing_evaluate_metrics, outgoing_train_metrics
+from finfed.privacy.disclosure import outgoing_metrics
 from finfed.records import from_array_record
 from finfed.site.audit import audit_mod
 from finfed.site.guard import disclosure_mod
-from finfed.site.node_settings import share_label_shares, share_train_loss
+from finfed.site.node_settings import site_opt_ins
 from finfed.site.run_state import keep_accountant_state, stored_accountant_state
 from finfed.site.secure import (
     check_secure_range,
@@ -69,7 +69,7 @@ def train(message: Message, context: Context) -> Message:
     keep_accountant_state(context, update.accountant_state)
     if request.secure:
         check_secure_range(update.arrays, federation, site.data.site_id)
-    metrics = outgoing_train_metrics(update.metrics, share_train_loss(site.config, context.node_config))
+    metrics = outgoing_metrics(update.metrics, site_opt_ins(site.config, context.node_config))
     return train_reply(message, request, update.arrays, metrics, weight=int(update.metrics[keys.NUM_EXAMPLES]),
                        site_name=site.name)
 
@@ -80,5 +80,5 @@ def evaluate(message: Message, context: Context) -> Message:
 
     site = site_context(from_run_config(context.run_config), context.node_config)
     metrics = evaluate_round(site, from_array_record(message.content[keys.ARRAYS]))
-    metrics = outgoing_evaluate_metrics(metrics, share_label_shares(site.config, context.node_config))
+    metrics = outgoing_metrics(metrics, site_opt_ins(site.config, context.node_config))
     return evaluate_reply(message, metrics, site.name)

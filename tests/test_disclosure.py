@@ -37,11 +37,11 @@ from finfed.flower_app.client import app as client_app
 from finfed.privacy.disclosure import (
     EVALUATE_METRICS,
     TRAIN_METRICS,
+    OptIns,
     allow_list,
     disallowed_fields,
     error_reason,
-    outgoing_evaluate_metrics,
-    outgoing_train_metrics,
+    outgoing_metrics,
     reply_policy,
     shown_reason,
 )
@@ -134,33 +134,38 @@ def test_the_coordinator_keeps_only_reasons_in_finfeds_form():
 # ---------------------------------------------------------------------------- the allow-list
 
 def test_the_allow_list_rejects_an_unknown_metric_key_and_train_loss_without_opt_in():
-    plain = reply_policy("train", None, share_train_loss=False)
+    plain = reply_policy("train", None)
     metrics = dict.fromkeys(TRAIN_METRICS, 1.0)
     assert disallowed_fields({keys.METRICS: metrics}, plain) == []
     assert disallowed_fields({keys.METRICS: {**metrics, f"eval-{CANARY}": 1.0}}, plain) == [f"metrics.eval-{CANARY}"]
     assert disallowed_fields({keys.METRICS: {keys.TRAIN_LOSS: 0.3}}, plain) == ["metrics.train-loss"]
-    assert disallowed_fields({keys.METRICS: {keys.TRAIN_LOSS: 0.3}}, reply_policy("train", None, True)) == []
+    with_loss = reply_policy("train", None, OptIns(train_loss=True))
+    assert disallowed_fields({keys.METRICS: {keys.TRAIN_LOSS: 0.3}}, with_loss) == []
+    assert with_loss.opted_in == ("train-loss",) and plain.opted_in == ()
     assert disallowed_fields({"notes": {}}, plain) == ["notes"]
     assert disallowed_fields({keys.ARRAYS: {"lora_B": 0, "extra": 0}}, plain, ["lora_B"]) == ["arrays.extra"]
-    evaluate = reply_policy("evaluate", None, True)
+    evaluate = reply_policy("evaluate", None, OptIns(train_loss=True))
     assert disallowed_fields({keys.METRICS: dict.fromkeys(EVALUATE_METRICS, 0.0)}, evaluate) == []
     assert disallowed_fields({keys.METRICS: {keys.EPSILON: 1.0}}, evaluate) == ["metrics.epsilon"]
-    collect = reply_policy("train", "collect_masked_vectors", False)
+    collect = reply_policy("train", "collect_masked_vectors")
     assert disallowed_fields({"fitres.metrics": {keys.TRAIN_LOSS: 0.1}}, collect) == ["fitres.metrics.train-loss"]
     assert disallowed_fields({"secaggplus_configs": {"pk1": b"", "pk2": b""}},
-                             reply_policy("train", "setup", False)) == []
-    assert outgoing_train_metrics({keys.TRAIN_LOSS: 0.2, keys.STEPS: 3}, False) == {keys.STEPS: 3}
+                             reply_policy("train", "setup")) == []
+    assert outgoing_metrics({keys.TRAIN_LOSS: 0.2, keys.STEPS: 3}, OptIns()) == {keys.STEPS: 3}
 
 
 def test_label_share_gaps_leave_a_site_only_with_its_opt_in():
     gap = f"{keys.EVAL_SHARE_GAP_PREFIX}1"
     metrics = {keys.EVAL_ACCURACY: 0.8, f"{keys.EVAL_RECALL_PREFIX}1": 0.7, gap: 0.12}
-    assert disallowed_fields({keys.METRICS: metrics}, reply_policy("evaluate", None, True)) == [f"metrics.{gap}"]
-    assert disallowed_fields({keys.METRICS: metrics}, reply_policy("evaluate", None, False, True)) == []
-    assert outgoing_evaluate_metrics(metrics, False) == {keys.EVAL_ACCURACY: 0.8, f"{keys.EVAL_RECALL_PREFIX}1": 0.7}
-    assert outgoing_evaluate_metrics(metrics, True) == metrics
-    listing = allow_list(False, True)
-    assert gap in listing["evaluate"][keys.METRICS] and gap not in allow_list(False)["evaluate"][keys.METRICS]
+    without, shared = OptIns(train_loss=True), OptIns(label_shares=True)  # an opt-in for one thing is not for another
+    assert disallowed_fields({keys.METRICS: metrics}, reply_policy("evaluate", None, without)) == [f"metrics.{gap}"]
+    assert disallowed_fields({keys.METRICS: metrics}, reply_policy("evaluate", None, shared)) == []
+    assert reply_policy("evaluate", None, shared).opted_in == ("label share gaps",)
+    assert reply_policy("train", None, shared).opted_in == ()
+    assert outgoing_metrics(metrics, without) == {keys.EVAL_ACCURACY: 0.8, f"{keys.EVAL_RECALL_PREFIX}1": 0.7}
+    assert outgoing_metrics(metrics, OptIns(label_shares=True)) == metrics
+    listing = allow_list(OptIns(label_shares=True))
+    assert gap in listing["evaluate"][keys.METRICS] and gap not in allow_list()["evaluate"][keys.METRICS]
     config = load_config(None, [])
     assert share_label_shares(config, {keys.NODE_PARTITION_ID: 0})  # simulation: the run's setting (on)
     assert not share_label_shares(load_config(None, ["privacy.share_label_shares=false"]), {keys.NODE_PARTITION_ID: 0})
@@ -175,8 +180,9 @@ def test_the_whole_allow_list_names_train_loss_only_with_the_opt_in():
     def with_loss(listing):
         return sorted(f"{kind}/{record}" for kind, records in listing.items()
                       for record, allowed in records.items() if keys.TRAIN_LOSS in allowed)
-    assert with_loss(allow_list(False)) == []
-    assert with_loss(allow_list(True)) == ["train/metrics", "train/secagg+:collect_masked_vectors/fitres.metrics"]
+    assert with_loss(allow_list()) == []
+    assert with_loss(allow_list(OptIns(train_loss=True))) == ["train/metrics",
+                                                           "train/secagg+:collect_masked_vectors/fitres.metrics"]
 
 
 def test_train_loss_is_the_sites_choice_never_the_coordinators():
@@ -216,7 +222,7 @@ def test_a_reply_with_a_key_off_the_allow_list_is_not_sent(request_message, capl
     reply = Message(content=RecordDict({keys.METRICS: MetricRecord({f"eval-{CANARY}": 1.0})}),
                     reply_to=request_message)
     with caplog.at_level(logging.ERROR):
-        checked = checked_reply(reply, request_message, None, False, [])
+        checked = checked_reply(reply, request_message, None, OptIns(), [])
     assert checked.has_error() and CANARY not in checked.error.reason
     assert checked.error.reason.startswith("internal error: the reply held a field not on the site's allow-list")
     assert CANARY in caplog.text  # named in the site's log, for its own people
@@ -272,8 +278,11 @@ def _news_file(path: Path, seed: int, rows: int = 120):
     return frame
 
 
-def _serve_sites(config, data_paths, before_send=None) -> InProcessGrid:
-    grid = InProcessGrid(client_app.app, config, [{keys.NODE_DATA_PATH: str(p)} for p in data_paths])
+def _serve_sites(config, data_paths, before_send=None, share_loss: bool = True) -> InProcessGrid:
+    """Sites with their own data files: deployed sites, whose opt-ins are theirs (here: train loss, unless not)."""
+    nodes = [{keys.NODE_DATA_PATH: str(p), **({keys.NODE_SHARE_TRAIN_LOSS: True} if share_loss else {})}
+             for p in data_paths]
+    grid = InProcessGrid(client_app.app, config, nodes)
     if before_send is not None:
         grid.before_send = before_send
     serve(config, grid)
@@ -303,7 +312,7 @@ def test_canary_label_at_one_site_stays_at_that_site(tiny_config, tmp_path, capf
                                       for f in failures), failures
     assert_no_canary_at_the_coordinator(run_dir, grid, "".join(capfd.readouterr()))
     assert CANARY in site_log(run_dir, 1) and CANARY not in site_log(run_dir, 0)
-    # simulation's default: sites share their loss, and the run says so as a disclosure outside epsilon
+    # the sites opted in to sharing their loss, and the run says so as a disclosure outside epsilon
     assert read_privacy(run_dir)["non_private_statistics"][keys.TRAIN_LOSS]["sites"] == [0]
     assert "Disclosed outside ε" in (run_dir / "report.md").read_text(encoding="utf-8")
 
@@ -332,14 +341,15 @@ def test_canary_in_a_qa_answer_at_a_wrong_offset_stays_at_the_site(tiny_config, 
 
 @pytest.mark.slow
 def test_canary_in_an_ordinary_training_record_and_train_loss_without_opt_in(tiny_config, tmp_path, capfd):
-    """Site 0 trains on a record holding the canary; the site did not opt in to sending its loss."""
-    config = tiny_config(*SERVE, "privacy.share_train_loss=false")
+    """Site 0 trains on a record holding the canary; the sites did not opt in to sending their loss, though the
+    run's settings ask for it: sites with their own data decide alone."""
+    config = tiny_config(*SERVE, "privacy.share_train_loss=true")
     paths = [tmp_path / "bank-0" / "data.csv", tmp_path / "bank-1" / "data.csv"]
     frame = _news_file(paths[0], seed=1)
     frame["text"] = frame["text"] + f" Client {CANARY}."  # every record, so the training split holds it
     frame.to_csv(paths[0], index=False)
     _news_file(paths[1], seed=2)
-    grid = _serve_sites(config, paths)
+    grid = _serve_sites(config, paths, share_loss=False)
     run_dir = config.resolved_run_dir
     assert read_status(run_dir)["state"] == "complete" and not _failures(run_dir)
     sites = [s for record in read_metrics(run_dir)[1:] for s in record["sites"]]

@@ -59,11 +59,11 @@ def test_a_reply_carries_the_name_in_its_own_record_and_the_coordinator_reads_it
 
 def test_the_allow_list_names_the_site_record_and_nothing_else_in_it():
     for kind in ("train", "evaluate"):
-        policy = reply_policy(kind, None, share_train_loss=False)
+        policy = reply_policy(kind, None)
         assert disallowed_fields(site_record("Alder Bank"), policy) == []
         extra = {keys.SITE_RECORD: ConfigRecord({keys.SITE_NAME: "Alder Bank", "text": "a record's text"})}
         assert disallowed_fields(extra, policy) == ["site.text"]
-    secure = reply_policy("train", "collect_masked_vectors", share_train_loss=False)
+    secure = reply_policy("train", "collect_masked_vectors")
     assert keys.SITE_NAME in secure.records["fitres.metrics"]  # SecAgg+: the FitRes keeps no other record
 
 

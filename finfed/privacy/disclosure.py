@@ -101,55 +101,59 @@ class DisclosureError(FinfedError):
 
 
 @dataclass(frozen=True)
+class OptIns:
+    """The statistics a site chose to send beyond the fixed allow-list. The site decides
+    (``finfed.site.node_settings.site_opt_ins``); nothing is opted in unless it says so."""
+
+    train_loss: bool = False  # `train-loss` in train replies
+    label_shares: bool = False  # `eval-share-gap-<index>` in evaluate replies
+
+
+@dataclass(frozen=True)
 class ReplyPolicy:
-    """The records a reply may hold: record name -> allowed keys (``ANY_TENSOR``: the request's tensors)."""
+    """The records a reply may hold: record name -> allowed keys (``ANY_TENSOR``: the request's tensors), and the
+    opt-ins that widened it (their names, for the audit log's ``allowed_by``)."""
 
     name: str
     records: Mapping[str, frozenset[str]]
+    opted_in: tuple[str, ...] = ()
 
 
-def train_metrics(share_train_loss: bool) -> frozenset[str]:
-    return TRAIN_METRICS | (OPT_IN_TRAIN_METRICS if share_train_loss else frozenset())
+def outgoing_metrics(metrics: Mapping[str, Any], opt_ins: OptIns) -> dict[str, Any]:
+    """A reply's metrics without the opt-in statistics the site did not opt in to."""
+    dropped = (frozenset() if opt_ins.train_loss else OPT_IN_TRAIN_METRICS) | \
+        (frozenset() if opt_ins.label_shares else OPT_IN_EVALUATE_METRICS)
+    return {k: v for k, v in metrics.items() if k not in dropped}
 
 
-def evaluate_metrics(share_label_shares: bool) -> frozenset[str]:
-    return EVALUATE_METRICS | (OPT_IN_EVALUATE_METRICS if share_label_shares else frozenset())
-
-
-def outgoing_evaluate_metrics(metrics: Mapping[str, Any], share_label_shares: bool) -> dict[str, Any]:
-    """An evaluate reply's metrics without the opt-in statistics the site did not opt in to."""
-    return {k: v for k, v in metrics.items() if share_label_shares or k not in OPT_IN_EVALUATE_METRICS}
-
-
-def outgoing_train_metrics(metrics: Mapping[str, Any], share_train_loss: bool) -> dict[str, Any]:
-    """A train reply's metrics without the opt-in statistics the site did not opt in to."""
-    return {k: v for k, v in metrics.items() if share_train_loss or k not in OPT_IN_TRAIN_METRICS}
-
-
-def reply_policy(message_type: str, secagg_stage: str | None, share_train_loss: bool,
-                 share_label_shares: bool = False) -> ReplyPolicy:
+def reply_policy(message_type: str, secagg_stage: str | None, opt_ins: OptIns = OptIns()) -> ReplyPolicy:
     """The allow-list for one reply: by message type and, under SecAgg+, by protocol stage; the opt-in
     statistics only where the site opted in to them."""
     kind = message_type.split(".")[0]
     if kind == "evaluate":
-        return ReplyPolicy("evaluate", {keys.METRICS: evaluate_metrics(share_label_shares), **SITE_RECORD})
+        if opt_ins.label_shares:
+            return ReplyPolicy("evaluate", {keys.METRICS: EVALUATE_METRICS | OPT_IN_EVALUATE_METRICS, **SITE_RECORD},
+                               ("label share gaps",))
+        return ReplyPolicy("evaluate", {keys.METRICS: EVALUATE_METRICS, **SITE_RECORD})
     if kind != "train":
         return ReplyPolicy(kind, {})  # finfed answers train and evaluate only
-    metrics = train_metrics(share_train_loss)
+    opted = ("train-loss",) if opt_ins.train_loss else ()
+    metrics = TRAIN_METRICS | (OPT_IN_TRAIN_METRICS if opt_ins.train_loss else frozenset())
     if secagg_stage is None:
-        return ReplyPolicy("train", {keys.ARRAYS: frozenset({ANY_TENSOR}), keys.METRICS: metrics, **SITE_RECORD})
+        return ReplyPolicy("train", {keys.ARRAYS: frozenset({ANY_TENSOR}), keys.METRICS: metrics, **SITE_RECORD},
+                           opted)
     records = {SECAGG_RECORD: SECAGG_STAGE_KEYS.get(secagg_stage, frozenset())}
-    if secagg_stage == "collect_masked_vectors":
-        records.update({FITRES_PARAMETERS: frozenset(), FITRES_NUM_EXAMPLES: frozenset({"num_examples"}),
-                        FITRES_METRICS: metrics | SITE_NAME_METRIC, FITRES_STATUS: frozenset({"code", "message"})})
-    return ReplyPolicy(f"train/secagg+:{secagg_stage}", records)
+    if secagg_stage != "collect_masked_vectors":
+        return ReplyPolicy(f"train/secagg+:{secagg_stage}", records)
+    records.update({FITRES_PARAMETERS: frozenset(), FITRES_NUM_EXAMPLES: frozenset({"num_examples"}),
+                    FITRES_METRICS: metrics | SITE_NAME_METRIC, FITRES_STATUS: frozenset({"code", "message"})})
+    return ReplyPolicy(f"train/secagg+:{secagg_stage}", records, opted)
 
 
-def allow_list(share_train_loss: bool, share_label_shares: bool = False) -> dict[str, dict[str, list[str]]]:
+def allow_list(opt_ins: OptIns = OptIns()) -> dict[str, dict[str, list[str]]]:
     """The whole allow-list as plain JSON, one entry per reply kind (the names audit lines cite in ``allowed_by``)."""
-    policies = [reply_policy("train", None, share_train_loss),
-                reply_policy("evaluate", None, share_train_loss, share_label_shares),
-                *(reply_policy("train", stage, share_train_loss) for stage in SECAGG_STAGE_KEYS)]
+    policies = [reply_policy("train", None, opt_ins), reply_policy("evaluate", None, opt_ins),
+                *(reply_policy("train", stage, opt_ins) for stage in SECAGG_STAGE_KEYS)]
     return {p.name: {record: sorted(allowed) for record, allowed in p.records.items()} for p in policies}
 
 

@@ -36,9 +36,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from finfed import constants as keys
 from finfed.compat import secagg_names
 from finfed.config import from_run_config
-from finfed.privacy.disclosure import error_reason, reply_policy
+from finfed.privacy.disclosure import OptIns, error_reason, reply_policy
 from finfed.site.guard import error_reply, secagg_stage
-from finfed.site.node_settings import share_label_shares, share_train_loss
+from finfed.site.node_settings import site_opt_ins
 
 AUDIT_NODE_KEY = keys.NODE_AUDIT_LOG
 AUDIT_ENV = "FINFED_AUDIT_LOG"
@@ -157,18 +157,11 @@ def audit_mod(message: Message, context: Context, call_next) -> Message:
     return reply
 
 
-SHARE_GAP_ZERO = f"{keys.EVAL_SHARE_GAP_PREFIX}0"  # present in a policy exactly when the opt-in is
-
-
 def _policy_name(message: Message, context: Context) -> str:
     try:
-        config = from_run_config(context.run_config)
-        share_loss, share_shares = share_train_loss(config, context.node_config), \
-            share_label_shares(config, context.node_config)
+        opt_ins = site_opt_ins(from_run_config(context.run_config), context.node_config)
     except Exception:  # an unreadable run config fails in the handler; the name is only informative here
-        share_loss = share_shares = False
-    policy = reply_policy(message.metadata.message_type, secagg_stage(message), share_loss, share_shares)
-    allowed = set().union(*policy.records.values())
-    opted_in = [name for name, key in (("train-loss", keys.TRAIN_LOSS), ("label share gaps", SHARE_GAP_ZERO))
-                if key in allowed]
-    return policy.name + (f" (with {' and '.join(opted_in)}: the site opted in)" if opted_in else "")
+        opt_ins = OptIns()
+    policy = reply_policy(message.metadata.message_type, secagg_stage(message), opt_ins)
+    opted = policy.opted_in
+    return policy.name + (f" (with {' and '.join(opted)}: the site opted in)" if opted else "")

@@ -22,12 +22,13 @@ from finfed.privacy.disclosure import (
     CATEGORIES,
     INTERNAL_ERROR,
     DisclosureError,
+    OptIns,
     disallowed_fields,
     error_reason,
     reply_policy,
 )
 from finfed.site.log_mod import routed_to_site_log
-from finfed.site.node_settings import share_label_shares, share_train_loss, site_folder, site_id_of
+from finfed.site.node_settings import site_folder, site_id_of, site_opt_ins
 
 logger = logging.getLogger(__name__)
 
@@ -43,24 +44,23 @@ def request_tensor_names(message: Message) -> list[str]:
     return list(arrays.keys()) if arrays is not None else []
 
 
-def _site_settings(context: Context) -> tuple[str | None, bool, bool]:
-    """The site's folder and its opt-ins, train loss and label shares (folder None and no opt-in if the run
-    config cannot be read)."""
+def _site_settings(context: Context) -> tuple[str | None, OptIns]:
+    """The site's folder and its opt-ins (folder None and no opt-in if the run config cannot be read)."""
     try:
         config = from_run_config(context.run_config)
     except Exception:  # reported by the handler itself; here only the log's place is at stake
         folder = str(context.node_config.get(keys.NODE_SITE_DIR, "")) or None
-        return folder, False, False
+        return folder, OptIns()
     node = context.node_config
-    return site_folder(config, node, site_id_of(node)), share_train_loss(config, node), share_label_shares(config, node)
+    return site_folder(config, node, site_id_of(node)), site_opt_ins(config, node)
 
 
 def error_reply(message: Message, reason: str) -> Message:
     return Message(Error(code=client_app_error_code(), reason=reason), reply_to=message)
 
 
-def checked_reply(reply: Message, message: Message, stage: str | None, share_loss: bool,
-                  tensor_names: list[str], share_shares: bool = False) -> Message:
+def checked_reply(reply: Message, message: Message, stage: str | None, opt_ins: OptIns,
+                  tensor_names: list[str]) -> Message:
     """``reply`` if the allow-list names everything it holds; otherwise an error reply in its place."""
     if reply.has_error():
         if any(reply.error.reason.startswith(f"{c}: ") for c in CATEGORIES):
@@ -68,7 +68,7 @@ def checked_reply(reply: Message, message: Message, stage: str | None, share_los
         logger.error("an error reply not in finfed's form was replaced: %s", reply.error.reason)
         return error_reply(message, f"{INTERNAL_ERROR}: an error outside finfed's handlers (details in the "
                                     "site's log)")
-    policy = reply_policy(message.metadata.message_type, stage, share_loss, share_shares)
+    policy = reply_policy(message.metadata.message_type, stage, opt_ins)
     content = dict(reply.content.items())
     extra = disallowed_fields(content, policy, tensor_names)
     if not extra:
@@ -82,7 +82,7 @@ def checked_reply(reply: Message, message: Message, stage: str | None, share_los
 
 def disclosure_mod(message: Message, context: Context, call_next) -> Message:
     """Flower client mod: errors leave only as record-free reasons; replies only as the allow-list permits."""
-    folder, share_loss, share_shares = _site_settings(context)
+    folder, opt_ins = _site_settings(context)
     stage = secagg_stage(message)  # read first: SecAgg+'s mod consumes it
     tensor_names = request_tensor_names(message)
     with routed_to_site_log(folder):
@@ -92,5 +92,5 @@ def disclosure_mod(message: Message, context: Context, call_next) -> Message:
             reason = error_reason(exc)
             logger.exception("%s failed (sent to the coordinator as %r)", message.metadata.message_type, reason)
             return error_reply(message, reason)
-        return checked_reply(reply, message, stage, share_loss, tensor_names, share_shares)
+        return checked_reply(reply, message, stage, opt_ins, tensor_names)
 

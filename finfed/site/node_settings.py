@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from finfed import constants as keys
 from finfed.config import ExperimentConfig
+from finfed.privacy.disclosure import OptIns
 
 
 def is_deployed(node_config: Mapping[str, Any]) -> bool:
@@ -44,6 +45,12 @@ def with_site_device(config: ExperimentConfig, node_config: Mapping[str, Any]) -
     if value == config.model.device:
         return config
     return replace(config, model=replace(config.model, device=value))
+
+
+def site_opt_ins(config: ExperimentConfig, node_config: Mapping[str, Any]) -> OptIns:
+    """What this site sends beyond the fixed allow-list: each opt-in decided as ``share_train_loss`` says."""
+    return OptIns(train_loss=share_train_loss(config, node_config),
+                  label_shares=share_label_shares(config, node_config))
 
 
 def share_train_loss(config: ExperimentConfig, node_config: Mapping[str, Any]) -> bool:
