@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from benchmarks.cases import ROOT
 from benchmarks.registry import CASES
-from benchmarks.repeats import median, range_text
+from benchmarks.repeats import median, range_text, test_share_gaps
 from finfed.reporting.fairness import largest_gap
 
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -87,7 +87,7 @@ def _label_share(case: str, limit: float) -> Callable[[Results], tuple[str, str]
             worst = median(record, "largest_share_gap")
             text = f"largest gap {worst * 100:.1f} points" + range_text(record, "largest_share_gap", scale=100)
         else:
-            worst_label, gap = largest_gap({label: s["predicted"] - s["gold"] for label, s in shares.items()})
+            worst_label, gap = largest_gap(test_share_gaps(record))
             worst = abs(gap)
             text = f"largest gap {worst * 100:.1f} points ({worst_label})"
         return text, "met" if worst <= limit else f"missed by {(worst - limit) * 100:.1f} points"

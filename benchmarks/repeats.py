@@ -27,11 +27,16 @@ def _figures(record: dict[str, Any]) -> dict[str, float]:
     figures.update({f"validation.{k}": v for k, v in last.items()
                     if k not in ("round", "examples") and isinstance(v, (int, float))})
     # The label-share goal's figure, per run: on the test split and on the sites' validation splits
-    test_gaps = {label: s["predicted"] - s["gold"] for label, s in (record.get("label_share") or {}).items()}
-    for key, gaps in (("largest_share_gap", test_gaps), ("validation.largest_share_gap", last.get("share_gap"))):
+    for key, gaps in (("largest_share_gap", test_share_gaps(record)),
+                      ("validation.largest_share_gap", last.get("share_gap"))):
         if gaps:
             figures[key] = round(abs(largest_gap(gaps)[1]), 4)
     return figures
+
+
+def test_share_gaps(record: dict[str, Any]) -> dict[str, float]:
+    """Each label's predicted minus gold share on the test split (the record's ``label_share``)."""
+    return {label: s["predicted"] - s["gold"] for label, s in (record.get("label_share") or {}).items()}
 
 
 def combine(records: list[dict[str, Any]]) -> dict[str, Any]:

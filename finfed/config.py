@@ -188,8 +188,7 @@ class PrivacySettings:
                                           "validation records the global model predicts as it minus the label's "
                                           "share of them (non-private; with the other validation metrics it can "
                                           "give away the split's label counts); a deployed site sends it only if its "
-                                          "own "
-                                          "site.toml sets [privacy] share_label_shares = true")
+                                          "own site.toml sets [privacy] share_label_shares = true")
 
 
 @dataclass(frozen=True)
