@@ -3,6 +3,7 @@
     python -m benchmarks                      # every case, full size (hours on a 2-core CPU)
     python -m benchmarks --case phrasebank-dp # one case (repeat --case for more)
     python -m benchmarks --case default-speed --repeat 3   # 3 runs: the median run, with every run's figures
+    python -m benchmarks --case phrasebank-nodp --seeds 0,1,2   # one run per training seed, kept the same way
     python -m benchmarks --quick              # every case on a tiny model and small data (CI, < 3 min)
     python -m benchmarks --list               # the cases, and which are available
     python -m benchmarks --write-docs         # docs/benchmarks.md from benchmarks/results/*.json
@@ -31,7 +32,7 @@ from typing import Any, Callable
 from benchmarks.cases import DATA_ROOT, ROOT, Bench
 from benchmarks.engine import Meter
 from benchmarks.registry import CASES
-from benchmarks.repeats import combine
+from benchmarks.repeats import SEED, combine
 from finfed.runs.stop import EXIT_INTERRUPTED, sigterm_interrupts
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -94,13 +95,25 @@ def keep_previous_tuning_row(results: Path, name: str) -> None:
     previous.replace(folder / previous.name)
 
 
-def _fresh(bench: Bench, repeat: int) -> Bench:
-    """The suite's Bench, with a run folder of its own for each repeat (a run folder is never overwritten)."""
+def _fresh(bench: Bench, repeat: int, seed: int | None = None) -> Bench:
+    """The suite's Bench, with a run folder of its own for each repeat (a run folder is never overwritten),
+    and the repeat's own ``seed=`` with ``--seeds``."""
+    extra = bench.extra if seed is None else [*bench.extra, f"{SEED}{seed}"]
     if repeat == 0:
-        return bench
+        return dataclasses.replace(bench, extra=extra)
     work = bench.work / f"repeat-{repeat}"
     work.mkdir()
-    return dataclasses.replace(bench, work=work)
+    return dataclasses.replace(bench, work=work, extra=extra)
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes whole numbers separated by commas, got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"--seeds names a seed twice: {text!r}")
+    return seeds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,6 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="run each case N times and keep the median run with every run's figures "
                              "(benchmarks/repeats.py); for figures inside the machine's run-to-run spread")
+    parser.add_argument("--seeds", type=_seeds, metavar="K,K,...",
+                        help="run each case once per training seed (`seed=K`) and keep the median run with every "
+                             "run's figures, as --repeat does; for runs whose only randomness is their seed")
     parser.add_argument("--set", dest="extra", action="append", default=[],
                         help="an extra `section.key=value` for every federation of this run")
     parser.add_argument("--warm-from", default="", help="the warm cases (phrasebank-warm, tatqa-warm): start "
@@ -140,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.repeat < 1:
         print(f"--repeat must be at least 1, got {args.repeat}", file=sys.stderr)
+        return 2
+    if args.seeds and (args.repeat > 1 or any(o.startswith(SEED) for o in args.extra)):
+        print("--seeds gives each run its seed: it goes with neither --repeat nor --set seed=", file=sys.stderr)
         return 2
     unknown = [name for name in args.case if name not in CASES]
     if unknown:
@@ -183,7 +202,8 @@ def run_cases(args: argparse.Namespace, functions: dict[str, Callable[[Bench], d
                 print(f"[bench] {name}: unavailable ({CASES[name]} not found), skipped", file=sys.stderr)
                 continue
             print(f"[bench] {name}: running ({bench.engine}{', quick' if args.quick else ''})", file=sys.stderr)
-            record = combine([run_case(name, function, _fresh(bench, i)) for i in range(args.repeat)])
+            seeds = args.seeds or [None] * args.repeat
+            record = combine([run_case(name, function, _fresh(bench, i, seed)) for i, seed in enumerate(seeds)])
             keep_previous_tuning_row(results, name)
             (results / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             print(f"[bench] {name}: {'ok' if record['ok'] else 'FAILED: ' + record['error']} "

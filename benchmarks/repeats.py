@@ -5,6 +5,10 @@ varies), and a DP run's accuracy varies with its secret noise. A goal that sits 
 cannot be judged from one run. A repeated case keeps the run whose wall time is the median as its
 record (its rounds, settings and figures), adds ``repeats`` (each run's main figures) and ``spread``
 (minimum, median and maximum of each figure over the runs); the docs' goal table judges on the medians.
+
+``--seeds 0,1,2`` repeats a case once per training seed instead (``seed=``: dropout, the shuffling of the
+batches, the audit's draws; not the test split nor the sites' shares, which ``data.split_seed`` fixes). A run
+without DP is the same run each time with one seed, so only other seeds show how far its figures move.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import Any
 
 from finfed.reporting.fairness import largest_gap
 
-NOT_FIGURES = ("ok", "other_load", "error")  # what a run's summary holds beside its figures
+NOT_FIGURES = ("ok", "other_load", "error", "seed")  # what a run's summary holds beside its figures
 # Figures of a record compared across runs (those the record has): cost, then the final metrics.
 COST = ("wall_s", "peak_rss_mb", "train_step_s", "wall_over_train_step")
+SEED = "seed="  # the override `--seeds` gives each run
 
 
 def _figures(record: dict[str, Any]) -> dict[str, float]:
@@ -46,10 +51,10 @@ def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
     the spread is over every run, and the record shown is the given one nearest the median wall time."""
     if len(records) == 1:
         return records[0]
-    for key in ("case", "overrides"):
-        if len({repr(record.get(key)) for record in records}) > 1:
+    for key, read in (("case", lambda r: r.get("case")), ("overrides", lambda r: _without_seed(r.get("overrides")))):
+        if len({repr(read(record)) for record in records}) > 1:
             raise ValueError(f"records of different runs cannot be combined: their {key} differ "
-                             f"({', '.join(sorted({repr(record.get(key)) for record in records}))})")
+                             f"({', '.join(sorted({repr(read(record)) for record in records}))})")
     runs = [run for record in records for run in (record.get("repeats") or [_summary(record)])]
     crashed = [r for r in records if not r.get("ok")]
     if crashed:
@@ -64,13 +69,25 @@ def combine(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {**chosen, "repeats": runs, "spread": spread}
 
 
+def _without_seed(overrides: list[str] | None) -> list[str] | None:
+    """A run's settings less its ``seed=``: runs of one setting with other seeds (``--seeds``) combine."""
+    return None if overrides is None else [o for o in overrides if not o.startswith(SEED)]
+
+
+def run_seed(record: dict[str, Any]) -> int | None:
+    """The ``seed=`` a run was given (``--seeds``), if any."""
+    given = [o.removeprefix(SEED) for o in record.get("overrides") or [] if o.startswith(SEED)]
+    return int(given[-1]) if given else None
+
+
 def _is_figure(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     load = (record.get("measured") or {}).get("other_share_of_machine")
-    return {"ok": record.get("ok"), **_figures(record),
+    seed = run_seed(record)
+    return {"ok": record.get("ok"), **({"seed": seed} if seed is not None else {}), **_figures(record),
             **({"other_load": load} if load is not None else {}), **({"error": record["error"]}
                                                                      if record.get("error") else {})}
 
@@ -91,5 +108,6 @@ def range_text(record: dict[str, Any], key: str, digits: int = 1, scale: float =
     spread = (record.get("spread") or {}).get(key)
     if not spread:
         return ""
-    return (f" (median of {len(record['repeats'])} runs; {spread['min'] * scale:.{digits}f} to "
-            f"{spread['max'] * scale:.{digits}f})")
+    seeds = [run["seed"] for run in record["repeats"] if "seed" in run]
+    runs = f"{len(record['repeats'])} runs" + (f", seeds {', '.join(map(str, seeds))}" if seeds else "")
+    return f" (median of {runs}; {spread['min'] * scale:.{digits}f} to {spread['max'] * scale:.{digits}f})"

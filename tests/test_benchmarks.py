@@ -258,6 +258,35 @@ def test_repeat_runs_a_case_in_fresh_run_folders_and_keeps_every_run(tmp_path):
     assert record["spread"]["final.accuracy"]["min"] <= record["spread"]["final.accuracy"]["max"]
 
 
+def test_seeds_run_a_case_once_per_training_seed_and_keep_every_run(tmp_path, capsys):
+    """`--seeds 3,5`: a run per seed (a run without DP repeats itself with one seed), combined as `--repeat`
+    combines; the seed travels with each run's figures and into the docs' ranges."""
+    from benchmarks.repeats import range_text
+
+    assert main(["--quick", "--case", "default-classification", "--seeds", "3,5", "--results", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "default-classification.json").read_text(encoding="utf-8"))
+    assert record["ok"] and [r["seed"] for r in record["repeats"]] == [3, 5]
+    assert record["overrides"][-1] in ("seed=3", "seed=5")  # the median run's own settings
+    assert "seeds 3, 5;" in range_text(record, "final.accuracy", digits=3)
+    assert main(["--quick", "--case", "default-classification", "--seeds", "3", "--repeat", "2"]) == 2
+    assert "--seeds gives each run its seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--seeds", "1,1"])
+
+
+def test_runs_with_other_seeds_combine_and_runs_with_other_settings_do_not():
+    from benchmarks.repeats import combine
+
+    runs = [{**_speed_run(wall, 3000, accuracy), "overrides": ["privacy.enabled=false", f"seed={seed}"]}
+            for wall, accuracy, seed in ((90.0, 0.78, 0), (95.0, 0.80, 1), (85.0, 0.79, 2))]
+    record = combine(runs)
+    assert [r["seed"] for r in record["repeats"]] == [0, 1, 2] and record["overrides"][-1] == "seed=0"
+    assert record["spread"]["final.accuracy"]["median"] == 0.79 and "seed" not in record["spread"]
+    other = {**runs[0], "overrides": ["privacy.enabled=true", "seed=3"]}
+    with pytest.raises(ValueError, match="their overrides differ"):
+        combine([*runs, other])
+
+
 def _stopping_engine(calls: list, stop):
     def engine(config_file, overrides):
         calls.append(overrides)
