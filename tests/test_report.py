@@ -237,13 +237,18 @@ def test_the_fairness_section_names_the_worst_site_and_the_largest_gaps_as_discl
     assert pooled["sites"] == 2 and pooled["records"] == 100 and pooled["largest"] == "neutral"
     assert pooled["gaps"] == pytest.approx({"negative": -0.07, "neutral": 0.16, "positive": -0.09})
     assert "predicts `neutral` for 16.0 points more of them than are `neutral`" in fairness["summary"]
+    by_round = fairness["label_share_gaps_by_round"]  # every round the sites shared them, not only the last
+    assert [entry["round"] for entry in by_round] == [1, 2, 3] and by_round[-1]["gaps"] == pooled["gaps"]
+    assert by_round[0]["gaps"]["neutral"] == pytest.approx(0.32)
+    assert "The largest gap of any label was 32.0 points after round 1 and 16.0 after round 3." in fairness["summary"]
     markdown, html = render_markdown(report), render_html(report)
-    assert "| neutral | +16.0 |" in markdown and "| positive | -9.0 |" in markdown
+    assert "| round | negative | neutral | positive | sites (records) |" in markdown
+    assert "| 1 | -14.0 | +32.0 | -18.0 | 2 (100) |" in markdown and "| 3 | -7.0 | +16.0 | -9.0 | 2 (100) |" in markdown
     assert "## Per-site fairness" in markdown and "disclosed, non-private statistics" in markdown
     assert "| site 1 | 40 | 0.5000 | 0.4500 | 1.1000 | negative 0.7500, neutral 0.5500, positive 0.2000 |" in markdown
     text = page_text(html)
     assert "Per-site fairness" in text and "site 1 (worst)" in text and "disclosed, non-private statistics" in text
-    assert 'id="label-share-table"' in html and "+16.0" in text
+    assert 'id="label-share-table"' in html and "+16.0" in text and "+32.0" in text
     drawn = plot_data(html, "fairness-plot")
     assert drawn["groups"] == ["site 0", "site 1"]
     assert drawn["series"]["accuracy"] == {"site 0": 0.7, "site 1": 0.5}

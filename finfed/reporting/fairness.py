@@ -3,8 +3,8 @@
 Fairness comes from what each site sent after evaluating the global model on its own validation
 split in the last round it evaluated (metrics.jsonl ``evaluation``): its metrics and, for
 classification, each label's recall (``eval-recall-<index>``) and, from the sites that opted in, each label's
-predicted minus true share (``eval-share-gap-<index>``). These are disclosed, non-private statistics of the
-sites' validation records: no noise, not covered by any epsilon.
+predicted minus true share (``eval-share-gap-<index>``), pooled for every round they were sent in. These are
+disclosed, non-private statistics of the sites' validation records: no noise, not covered by any epsilon.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def fairness_section(rounds: list[dict[str, Any]], labels: list[str],
                        gap=best["metrics"][metric] - worst["metrics"][metric])
     section["recall_gaps"] = _recall_gaps(sites)
     section["label_share_gaps"] = pooled_share_gaps(entries, labels)
+    section["label_share_gaps_by_round"] = share_gaps_by_round(rounds, labels)
+    section["label_share_columns"] = _share_gap_labels(section["label_share_gaps_by_round"])
     section["largest_recall_gap"] = max(section["recall_gaps"], key=lambda g: g["gap"], default=None)
     section["summary"] = _summary(section)
     return section
@@ -100,6 +102,18 @@ def pooled_share_gaps(entries: list[dict[str, Any]], labels: list[str]) -> dict[
     return {"sites": len(reporting), "records": total, "gaps": pooled, "largest": largest_gap(pooled)[0]}
 
 
+def share_gaps_by_round(rounds: list[dict[str, Any]], labels: list[str]) -> list[dict[str, Any]]:
+    """The pooled label share gaps after every round in which a site shared them (``pooled_share_gaps``, with the
+    round): whether the model's lean shrinks as training goes on."""
+    return [{"round": int(record["round"]), **pooled} for record in rounds
+            if (pooled := pooled_share_gaps(record.get("evaluation") or [], labels))]
+
+
+def _share_gap_labels(by_round: list[dict[str, Any]]) -> list[str]:
+    """The labels of the per-round table's columns, in the order the rounds list them."""
+    return list(dict.fromkeys(label for entry in by_round for label in entry["gaps"]))
+
+
 def _recall_gaps(sites: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per label: the site with the lowest recall and the spread between sites (labels seen at two sites or more)."""
     gaps = []
@@ -132,7 +146,16 @@ def _summary(section: dict[str, Any]) -> str:
         text += (f" Over the {pooled['records']} validation records of the {pooled['sites']} site(s) that shared "
                  f"their label shares, the model predicts `{label}` for {abs(gap) * 100:.1f} points "
                  f"{'more' if gap >= 0 else 'fewer'} of them than are `{label}` (its largest lean).")
+    by_round = section.get("label_share_gaps_by_round") or []
+    if len(by_round) > 1:
+        first, last = by_round[0], by_round[-1]
+        text += (f" The largest gap of any label was {_largest_points(first):.1f} points after round "
+                 f"{first['round']} and {_largest_points(last):.1f} after round {last['round']}.")
     return text
+
+
+def _largest_points(pooled: dict[str, Any]) -> float:
+    return abs(pooled["gaps"][pooled["largest"]]) * 100
 
 
 def fairness_plot(section: dict[str, Any] | None) -> dict[str, Any]:
