@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -31,33 +29,6 @@ from finfed.runtime.processes import stop_process_tree
 
 LABELS = "negative,neutral,positive"
 SITE_BUDGET = 10.0
-LOWEST_PORT = 20000  # deployment ports are drawn from here up to the kernel's ephemeral range
-
-
-def _ephemeral_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def deployment_port() -> int:
-    """A free 127.0.0.1 port below the kernel's ephemeral range.
-
-    The coordinator and the sites bind their port seconds after it is chosen. A port the kernel handed out
-    (``free_port``'s bind to port 0) can meanwhile go to any other process's port-0 bind or outgoing
-    connection (Ray's workers, gRPC channels, the other pytest worker's runs); a port below that range is
-    only ever taken by an explicit bind, so the gap is safe in practice."""
-    top, draw = _ephemeral_start(), random.SystemRandom()
-    for _ in range(50):
-        port = draw.randrange(LOWEST_PORT, top) if top > LOWEST_PORT else 0
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    return free_port()
 
 
 def finfed_command(*args: str) -> list[str]:
@@ -125,7 +96,7 @@ def make_consortium(folder: Path, num_sites: int = 3) -> Consortium:
     """`finfed deploy init` on 127.0.0.1 with a free port."""
     return init_consortium(folder / "consortium", hosts=["127.0.0.1"],
                            sites=[f"bank-{chr(ord('a') + i)}" for i in range(num_sites)],
-                           port=deployment_port(), bind="127.0.0.1")
+                           port=free_port(), bind="127.0.0.1")
 
 
 def site_data(folder: Path, num_sites: int, rows_per_site: int = 200) -> list[Path]:
@@ -143,7 +114,7 @@ def fill_site(consortium: Consortium, site: SiteEntry, data_path: Path, **extra)
     """What a bank does with its site.toml template: its data path, its budget (a free local port here)."""
     path = consortium.site_dir(site.name) / "site.toml"
     path.write_text(site_template(site, consortium.address, data_path=str(data_path), budget_epsilon=SITE_BUDGET,
-                                  runtime_port=deployment_port(), **extra), encoding="utf-8")
+                                  runtime_port=free_port(), **extra), encoding="utf-8")
     return path
 
 

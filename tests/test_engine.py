@@ -124,6 +124,22 @@ def test_a_run_flower_did_not_start_is_a_finfed_error_quoting_flowers_last_lines
     assert str(tmp_path / "flower.log") in message
 
 
+def test_free_ports_come_from_below_the_kernels_ephemeral_range_and_skip_taken_ones(monkeypatch):
+    from finfed.runtime import local_engine
+
+    top = local_engine._ephemeral_start()
+    ports = [local_engine.free_port() for _ in range(20)]
+    assert all(local_engine.LOWEST_PORT <= port < top for port in ports) and len(set(ports)) > 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports[0]))
+        taken.listen()
+        draws = iter([ports[0], ports[1]])  # the first draw is a port in use: the next one is given
+        monkeypatch.setattr(local_engine.random.SystemRandom, "randrange", lambda self, lo, hi: next(draws))
+        assert local_engine.free_port() == ports[1]
+    monkeypatch.setattr(local_engine, "_ephemeral_start", lambda: 1024)  # no range below it: the kernel's pick
+    assert local_engine.free_port() > 0
+
+
 def test_a_superlink_whose_port_another_process_took_starts_on_another_port(tmp_path, monkeypatch):
     """Between choosing a free port and the SuperLink binding it, another process (on a busy machine, another
     run's SuperLink) may take it and answer the health check: that answer is not taken for the SuperLink's."""

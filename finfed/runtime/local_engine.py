@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -69,7 +70,32 @@ class FlowerRunResult:
         return self.status in (FLOWER_RUN_COMPLETED, RECORDED_BY_SERVERAPP)
 
 
+LOWEST_PORT = 20000  # free ports are drawn from here up to the kernel's ephemeral range
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
+    """A free 127.0.0.1 port below the kernel's ephemeral range, for a server finfed starts.
+
+    The server binds it a second or more after it is chosen. A port the kernel handed out (a bind to port 0)
+    can meanwhile go to any other process's port-0 bind or outgoing connection (Ray's workers, gRPC channels,
+    another run); a port below that range is only ever taken by an explicit bind. Drawn at random, so two
+    runs started together do not try the same one. Where no such range exists, the kernel's choice."""
+    top, draw = _ephemeral_start(), random.SystemRandom()
+    for _ in range(50):
+        port = draw.randrange(LOWEST_PORT, top) if top > LOWEST_PORT else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
