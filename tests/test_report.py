@@ -258,6 +258,24 @@ def test_the_fairness_section_names_the_worst_site_and_the_largest_gaps_as_discl
     assert "Aggregation: FedAvg" in markdown and "No site update was rejected" in markdown
 
 
+def test_with_many_labels_the_label_share_table_shows_each_rounds_largest_gap_and_the_last_round_per_label(tmp_path):
+    from finfed.reporting.fairness import MAX_LABEL_COLUMNS, fairness_section
+
+    labels = [f"intent-{i}" for i in range(MAX_LABEL_COLUMNS + 2)]
+    def evaluation(scale):
+        gaps = {f"eval-share-gap-{i}": scale * (0.01 * i - 0.04) for i in range(len(labels))}
+        return [{"site": 0, "num-examples": 50, "eval-accuracy": 0.6, **gaps}]
+    rounds = [{"round": r, "evaluation": evaluation(scale)} for r, scale in ((1, 2.0), (2, 1.0))]
+    report = build_report(finished_run(tmp_path))
+    report["fairness"] = fairness_section(rounds, labels, lambda site: f"site {site}")
+    assert report["fairness"]["label_share_columns"] == []
+    markdown, html = render_markdown(report), render_html(report)
+    assert "| round | largest gap (label) | sites (records) |" in markdown
+    assert "| 1 | +10.0 (intent-9) | 1 (50) |" in markdown and "| 2 | +5.0 (intent-9) | 1 (50) |" in markdown
+    assert "| intent-0 | -4.0 |" in markdown and "| intent-0 | -8.0 |" not in markdown  # per label: the last round
+    assert 'id="label-share-last-table"' in html and "+10.0 (intent-9)" in page_text(html)
+
+
 def test_label_share_gaps_pool_only_the_sites_that_shared_them():
     from finfed.reporting.fairness import pooled_share_gaps
 

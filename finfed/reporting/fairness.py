@@ -24,6 +24,7 @@ DISCLOSURE = ("These are **disclosed, non-private statistics**: each site comput
               "in) how far the share of its validation records predicted as each label is from that label's "
               "true share.")
 PER_LABEL = (EVAL_RECALL_PREFIX, EVAL_SHARE_GAP_PREFIX)
+MAX_LABEL_COLUMNS = 8  # the per-round label share table's columns, one per label, up to this many labels
 
 
 def _metric_name(key: str) -> str:
@@ -65,7 +66,9 @@ def fairness_section(rounds: list[dict[str, Any]], labels: list[str],
     section["recall_gaps"] = _recall_gaps(sites)
     section["label_share_gaps"] = pooled_share_gaps(entries, labels)
     section["label_share_gaps_by_round"] = share_gaps_by_round(rounds, labels)
-    section["label_share_columns"] = _share_gap_labels(section["label_share_gaps_by_round"])
+    columns = _share_gap_labels(section["label_share_gaps_by_round"])
+    # A column per label while they fit on a page; beyond that, each round's largest gap and the last round per label
+    section["label_share_columns"] = columns if len(columns) <= MAX_LABEL_COLUMNS else []
     section["largest_recall_gap"] = max(section["recall_gaps"], key=lambda g: g["gap"], default=None)
     section["summary"] = _summary(section)
     return section
