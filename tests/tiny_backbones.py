@@ -28,6 +28,7 @@ ENCODERS = {
     "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64, "max_position_embeddings": 256,
                    "pad_token_id": 0},
     "electra": {**SMALL, "embedding_size": 32},
+    "mpnet": {**SMALL, "pad_token_id": 0, "max_position_embeddings": 260},
     "modernbert": {**SMALL, "pad_token_id": 0, "local_attention": 64, "global_attn_every_n_layers": 2,
                    "bos_token_id": 2, "eos_token_id": 3, "cls_token_id": 2, "sep_token_id": 3},
 }

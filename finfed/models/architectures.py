@@ -1,7 +1,7 @@
 """What finfed needs to know about a backbone's architecture: encoder or decoder, pooling, LoRA targets.
 
 Classification runs on any ``AutoModel`` backbone: encoders (BERT, RoBERTa, DeBERTa-v2,
-DistilBERT, ELECTRA, XLM-RoBERTa, ModernBERT, ...) and decoder-only models (GPT-2, Llama,
+DistilBERT, ELECTRA, XLM-RoBERTa, ModernBERT, MPNet, ...) and decoder-only models (GPT-2, Llama,
 Qwen2, Mistral, ...). LoRA's default targets come from peft's own table of attention
 projections per architecture, with the few it lacks added here.
 """
@@ -16,7 +16,7 @@ from finfed.errors import ConfigError
 
 AUTO = "auto"
 #: architectures peft's table lacks: their attention query and value (or fused qkv) projections
-EXTRA_LORA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "modernbert": ["Wqkv"]}
+EXTRA_LORA_TARGETS = {"distilbert": ["q_lin", "v_lin"], "modernbert": ["Wqkv"], "mpnet": ["q", "v"]}
 
 
 def backbone_type(model: nn.Module) -> str:
