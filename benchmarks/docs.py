@@ -73,7 +73,10 @@ def _gap(better: str, worse: str, limit: float) -> Callable[[Results], tuple[str
         if high is None or low is None:
             return "not measured", "-"
         gap = high - low
-        return _pts(-gap) + " accuracy", "met" if gap <= limit else f"missed by {(gap - limit) * 100:.1f} points"
+        sides = "; ".join(f"`{case}` {value:.3f}{range_text(results[case], 'final.accuracy', digits=3)}"
+                          for case, value in ((worse, low), (better, high)))
+        return (_pts(-gap) + f" accuracy ({sides})",
+                "met" if gap <= limit else f"missed by {(gap - limit) * 100:.1f} points")
     return measure
 
 
