@@ -93,3 +93,28 @@ def test_extractive_qa_on_every_encoder(model_type, tmp_path):
     context = "Cedar Foods raised its outlook for the full year."
     answer = pipe(question="Who raised its outlook?", context=context)
     assert answer["answer"] == context[answer["start"]:answer["end"]]
+
+
+@pytest.mark.parametrize("model_type", ARCHITECTURES)
+def test_lora_targets_are_checked_before_a_run_from_the_backbones_config_alone(model_type, tmp_path):
+    """`auto` resolves for every supported architecture, and a name no module has is refused, naming the
+    backbone's linear layers: before the engine starts (finfed.runtime.preflight), with no weights loaded."""
+    from finfed.errors import ConfigError
+    from finfed.models.backbone import check_adapter_targets
+
+    backbone = str(write_tiny_backbone(tmp_path, model_type))
+    (tmp_path / "model.safetensors").unlink()  # the check reads the config only
+    check_adapter_targets(backbone, ("auto",))
+    with pytest.raises(ConfigError, match=r"names \['no_such_module'\].*its linear layers are named: "):
+        check_adapter_targets(backbone, ("no_such_module",))
+
+
+def test_auto_lora_targets_on_an_architecture_peft_has_no_default_for_are_refused(tmp_path, monkeypatch):
+    from finfed.errors import ConfigError
+    from finfed.models import architectures
+    from finfed.models.backbone import check_adapter_targets
+
+    backbone = str(write_tiny_backbone(tmp_path, "bert"))
+    monkeypatch.setattr(architectures, "default_lora_targets", lambda model_type: None)
+    with pytest.raises(ConfigError, match="peft knows no default targets for backbone type 'bert'; name them"):
+        check_adapter_targets(backbone, ("auto",))

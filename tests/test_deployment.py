@@ -252,6 +252,8 @@ def test_run_config_takes_the_consortiums_sites_and_requires_labels(consortium):
         deployment_config(consortium, None, [])
     with pytest.raises(ConfigError, match="consortium has 3 site"):
         deployment_config(consortium, None, ["data.labels=a,b", "federation.num_sites=4"])
+    with pytest.raises(ConfigError, match=r"names \['qv'\], which backbone bundled"):  # LoRA's targets, from the config
+        deployment_config(consortium, None, ["data.labels=a,b", "lora.target_modules=query,qv"])
 
 
 @pytest.mark.skipif(not RESUME, reason="resume (`resume_from`) not available")

@@ -1,6 +1,7 @@
 """End to end through Flower's simulation engine (`finfed simulate` -> SuperLink -> `flwr run`)."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -98,9 +99,14 @@ def test_tiny_dp_simulation_leaves_a_complete_run_and_sends_only_adapter_tensors
 
 
 @pytest.mark.slow  # Flower's engine starts, then the ServerApp fails (~25 s on 2 cores)
-def test_a_run_that_fails_inside_flower_exits_non_zero(tiny_simulate, tmp_path, capsys):
-    # Valid for preflight, but the model cannot get adapters: the ServerApp raises inside Flower.
-    code = tiny_simulate("lora.target_modules=no_such_module", "federation.rounds=1")
+def test_a_run_that_fails_inside_flower_exits_non_zero(tiny_simulate, tiny_backbone, tmp_path, capsys):
+    # Valid for preflight (it reads the backbone's config and tokenizer, not its weights), but the weights file is
+    # damaged: the ServerApp raises inside Flower when it loads the model.
+    damaged = tmp_path / "damaged-backbone"
+    shutil.copytree(tiny_backbone, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    code = tiny_simulate(f"model.backbone={damaged}", "federation.rounds=1")
     assert code == 1
     assert "FAILED" in capsys.readouterr().err
     assert read_status(tmp_path / "run")["state"] != "complete"
@@ -123,6 +129,9 @@ def test_bad_input_fails_before_any_output(tiny_simulate, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
     assert main(["simulate", "--set", "privacy.target_epsilon=-2"]) == 2
     assert "`privacy.target_epsilon` must be > 0.0" in capsys.readouterr().err
+    assert tiny_simulate("lora.target_modules=no_such_module") == 2  # before the engine, from the backbone's config
+    assert "names ['no_such_module'], which backbone" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow

@@ -364,7 +364,10 @@ def deployment_config(consortium: Consortium, path: Path | None, overrides: list
     if config.federation.num_sites > len(consortium.sites):
         raise ConfigError(f"`federation.num_sites` is {config.federation.num_sites}, but the consortium has "
                           f"{len(consortium.sites)} site(s); the run would wait for sites that do not exist")
+    from finfed.models.backbone import check_adapter_targets
+
     config = with_absolute_paths(config)
+    check_adapter_targets(config.model.backbone, config.lora.target_modules)  # before the sites are asked to train
     if not resume:
         return config
     config = replace(config, resume_from=config.run_dir)

@@ -15,7 +15,7 @@ from transformers import (
 )
 
 from finfed.errors import ConfigError
-from finfed.models.architectures import prepare_tokenizer
+from finfed.models.architectures import linear_layer_names, lora_targets, prepare_tokenizer
 
 BUNDLED = "bundled"
 
@@ -65,6 +65,35 @@ def load_qa_model(name: str) -> PreTrainedModel:
     """The backbone with a (new, randomly initialised) span start/end head, see :func:`qa_head_name`."""
     location = resolve_backbone(name)
     return AutoModelForQuestionAnswering.from_pretrained(location, **_offline_kwargs(location))
+
+
+def check_adapter_targets(name: str, setting: tuple[str, ...] | list[str]) -> None:
+    """Refuse ``lora.target_modules`` the backbone cannot take, from its config alone (no weights, no engine).
+
+    Built on PyTorch's meta device, the backbone costs no memory; ``auto`` must have a default for its
+    architecture and every named target must be the last part of one of its module names, as peft matches
+    them (peft would otherwise refuse inside the run, after the engine had started)."""
+    import torch
+    from transformers import AutoConfig
+
+    location = resolve_backbone(name)
+    try:
+        config = AutoConfig.from_pretrained(location, **_offline_kwargs(location))
+    except OSError as error:
+        raise ConfigError(f"`model.backbone` {name}: its config cannot be read ({error})") from None
+    try:
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)
+    except Exception as error:  # noqa: BLE001 - an architecture that cannot be built weightless: peft checks later
+        logging.getLogger(__name__).debug("LoRA targets not checked before the run: %s", error)
+        return
+    targets = lora_targets(setting, model)
+    names = [module_name for module_name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise ConfigError(f"`lora.target_modules` names {missing}, which backbone {name} (type "
+                          f"{config.model_type!r}) has no module called; its linear layers are named: "
+                          f"{', '.join(linear_layer_names(model)[:12])}")
 
 
 def load_tokenizer(name: str):

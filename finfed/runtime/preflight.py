@@ -14,7 +14,8 @@ from finfed.errors import DataError
 
 
 def check_configuration(config: ExperimentConfig) -> None:
-    """What can fail from the settings alone, in seconds: no site's data loaded, no model built, no engine.
+    """What can fail from the settings alone, in seconds: no site's data loaded, no weights loaded (the backbone
+    only from its config, weightless, for LoRA's targets), no engine.
 
     `finfed simulate` calls it after the run-folder check and before :func:`check_simulation`.
     """
@@ -24,9 +25,11 @@ def check_configuration(config: ExperimentConfig) -> None:
 
     records = task_class(config).records  # task_class refuses settings the task cannot run with
     check_data_config(config, records)  # columns, labels, label map, partition column: file headers, no model
+    from finfed.models.backbone import check_adapter_targets
     from finfed.models.devices import check_compute
 
     check_compute(config.model.device, config.train.precision, config.simulation.gpus_per_site)
+    check_adapter_targets(config.model.backbone, config.lora.target_modules)
 
 
 def _check_data_files(config: ExperimentConfig) -> None:
