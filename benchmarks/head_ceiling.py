@@ -17,9 +17,11 @@ partition of simulations/phrasebank.yaml, audit hold-out and validation splits i
     python -m benchmarks.head_ceiling                       # the bundled MiniLM's features
     python -m benchmarks.head_ceiling --from runs/twitter-public   # a finished run's backbone (warm start)
     python -m benchmarks.head_ceiling --compare runs/a runs/b      # public sources side by side
+    python -m benchmarks.head_ceiling --backbone PATH             # another backbone's features (a model folder)
 
-Writes ``benchmarks/results/studies/head-ceiling[-warm].json`` (``--compare``: ``warm-sources.json``, each
-source's linear ceiling and the warm recipe's replica only); docs/benchmarks.md shows them.
+Writes ``benchmarks/results/studies/head-ceiling[-warm|-<backbone folder>].json`` (``--compare``:
+``warm-sources.json``, each source's linear ceiling and the warm recipe's replica only); docs/benchmarks.md shows
+them.
 Settings are compared on the sites' validation records; test figures are shown, never used to choose.
 """
 
@@ -215,14 +217,16 @@ def replica(sites: list[Split], *, rounds: int, train, sigmas: list[float] | Non
     return weight, bias
 
 
-def study(run_dir: Path | None, data_root: Path) -> dict[str, Any]:
+def study(run_dir: Path | None, data_root: Path, backbone: str | None = None) -> dict[str, Any]:
     config = phrasebank_config(data_root)
-    encode, head = pooled_encoder(run_dir, config.model.backbone)
+    encode, head = pooled_encoder(run_dir, backbone or config.model.backbone)
     started = time.time()
     sites, validations, test, labels = site_splits(config, encode)
     validation, classes = joined(validations), len(labels)
+    features = (f"the backbone of run {run_dir.name}" if run_dir else
+                f"backbone {Path(backbone).name} (mean pooling)" if backbone else "the bundled MiniLM (mean pooling)")
     result: dict[str, Any] = {
-        "features": f"the backbone of run {run_dir.name}" if run_dir else "the bundled MiniLM (mean pooling)",
+        "features": features,
         "labels": labels, "gold_share": (torch.bincount(test.y, minlength=classes) / len(test.y)).tolist(),
         "records": {"train": [len(s.y) for s in sites], "validation": len(validation.y), "test": len(test.y)},
         "linear_ceiling": linear_ceiling(joined(sites), validation, test, classes), "replica": []}
@@ -290,6 +294,7 @@ def main() -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--from", dest="run_dir", type=Path,
                         help="a finished classification run: its backbone's features")
+    source.add_argument("--backbone", help="another backbone (a local model folder): its mean-pooled features")
     source.add_argument("--compare", nargs="+", type=Path, metavar="RUN",
                         help="finished public source runs: each one's ceiling and the warm recipe's replica")
     parser.add_argument("--data-root", type=Path, default=DATA_ROOT)
@@ -302,8 +307,9 @@ def main() -> None:
                         + "\n", encoding="utf-8")
         print(f"written {path}")
         return
-    result = study(args.run_dir.resolve() if args.run_dir else None, args.data_root)
-    path = STUDIES / f"head-ceiling{'-warm' if args.run_dir else ''}.json"
+    result = study(args.run_dir.resolve() if args.run_dir else None, args.data_root, args.backbone)
+    suffix = "-warm" if args.run_dir else f"-{Path(args.backbone).name}" if args.backbone else ""
+    path = STUDIES / f"head-ceiling{suffix}.json"
     path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     print(f"linear ceiling: {result['linear_ceiling']['test']}; written {path}")
 
