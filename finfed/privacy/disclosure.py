@@ -131,10 +131,9 @@ def reply_policy(message_type: str, secagg_stage: str | None, opt_ins: OptIns = 
     statistics only where the site opted in to them."""
     kind = message_type.split(".")[0]
     if kind == "evaluate":
-        if opt_ins.label_shares:
-            return ReplyPolicy("evaluate", {keys.METRICS: EVALUATE_METRICS | OPT_IN_EVALUATE_METRICS, **SITE_RECORD},
-                               ("label share gaps",))
-        return ReplyPolicy("evaluate", {keys.METRICS: EVALUATE_METRICS, **SITE_RECORD})
+        opted = ("label share gaps",) if opt_ins.label_shares else ()
+        metrics = EVALUATE_METRICS | (OPT_IN_EVALUATE_METRICS if opt_ins.label_shares else frozenset())
+        return ReplyPolicy("evaluate", {keys.METRICS: metrics, **SITE_RECORD}, opted)
     if kind != "train":
         return ReplyPolicy(kind, {})  # finfed answers train and evaluate only
     opted = ("train-loss",) if opt_ins.train_loss else ()
