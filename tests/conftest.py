@@ -42,6 +42,17 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "tiny_simulated_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group(SHARED_RUN_GROUP))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=_longest_first)
+
+
+def _longest_first(item) -> int:
+    """xdist hands out tests in the order the workers collected them. The longest (deployments, then the other
+    `slow` runs) go first, so the run does not end with one worker on a three-minute deployment while the other
+    idles: the short tests fill in at the end. Stable sort: the collection order holds within each tier."""
+    if item.get_closest_marker("deployment") and item.get_closest_marker("slow"):
+        return 0
+    return 1 if item.get_closest_marker("slow") else 2
 
 
 @contextlib.contextmanager

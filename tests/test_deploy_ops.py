@@ -292,10 +292,10 @@ def test_two_sites_on_one_host_start_and_the_run_names_a_site_never_started(proc
     start_coordinator(processes, consortium)
     for entry in consortium.sites[:2]:
         start_site(processes, consortium, entry)
-    # The first round waits `connect_timeout` (20 s) for bank-c; the two sites' replies keep the harness's
-    # `round_timeout` (300 s), room enough under load.
+    # The first round waits `connect_timeout` (8 s) for bank-c: the other two are online before the run starts
+    # (start_site waits for their SuperNode ID). Their replies keep the harness's `round_timeout` (300 s).
     run = start_run(processes, consortium, run_overrides(tiny_backbone, "missing", **{
-        "federation.connect_timeout": 20, "federation.min_sites": 2, "federation.rounds": 1,
+        "federation.connect_timeout": 8, "federation.min_sites": 2, "federation.rounds": 1,
         "federation.fraction_evaluate": 0}))
     wait_for(lambda: "waiting for sites: bank-c (not connected)" in run.text(), 120,
              "the run to name the missing site", run)
