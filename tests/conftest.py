@@ -30,18 +30,20 @@ from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
 from finfed.config import load_config  # noqa: E402
 from finfed.data.synthetic_news import generate_news  # noqa: E402
 
-SHARED_RUN_GROUP = "tiny_simulated_run"
+#: session fixtures that each make one real `finfed simulate` run, read by several tests (below)
+SHARED_RUNS = ("tiny_simulated_run", "qa_canary_run", "median_run_with_a_failing_site")
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`-n 2 --dist loadgroup`, README "Test"), every test reading the shared simulated run
-    goes to one worker, so the run is made once, not once per worker. First among the hooks: xdist's worker reads
-    the group marks in its own hook. (pytest 9.2 ignores the worker's renamed test ids, so loadgroup groups
-    nothing there: pytest-xdist issue 1386; pyproject.toml's `dev` extra keeps pytest below 9.2.)"""
+    """Under pytest-xdist (`-n 2 --dist loadgroup`, README "Test"), the tests reading one shared simulated run
+    go to one worker (a group per run), so each run is made once, not once per worker. First among the hooks:
+    xdist's worker reads the group marks in its own hook. (pytest 9.2 ignores the worker's renamed test ids, so
+    loadgroup groups nothing there: pytest-xdist issue 1386; pyproject.toml's `dev` extra keeps pytest below 9.2.)"""
     for item in items:
-        if "tiny_simulated_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group(SHARED_RUN_GROUP))
+        shared = [name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(shared[0]))
     if os.environ.get("PYTEST_XDIST_WORKER"):
         items.sort(key=_longest_first)
 
@@ -119,19 +121,65 @@ def tiny_simulate(tiny_backbone, tmp_path):
     return run
 
 
-@pytest.fixture(scope="session")
-def tiny_simulated_run(tiny_backbone, tmp_path_factory):
-    """One real `finfed simulate` of the tiny federation (Flower's engine), shared by every test that only
-    reads its outputs (issue 14: one run instead of one per test). Its sites' outbound audit log is kept.
-    Returns (run_dir, audit_log, config)."""
+def simulate_once(folder: Path, settings: list[str], audit_log: Path | None = None) -> str:
+    """`finfed simulate` with these settings; returns its console (stderr). Its sites' outbound audit log goes to
+    ``audit_log`` if given."""
     from finfed.cli.main import main
 
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as console:
+        if audit_log is not None:
+            patch.setenv("FINFED_AUDIT_LOG", str(audit_log))
+        code = main(["simulate", *[arg for item in settings for arg in ("--set", item)]])
+    (folder / "console.err").write_text(console.getvalue())  # the progress lines, for tests that read them
+    assert code == 0, f"a shared simulation failed:\n{console.getvalue()[-4000:]}"
+    return console.getvalue()
+
+
+# Shared runs (issue 14): one real `finfed simulate` (Flower's engine, about 25 s on the 2-core machine) read by
+# every test that only reads its outputs, instead of one run per test. Each run's tests form one xdist group.
+
+@pytest.fixture(scope="session")
+def tiny_simulated_run(tiny_backbone, tmp_path_factory):
+    """The tiny federation as it is. Its sites' outbound audit log is kept. Returns (run_dir, audit_log, config)."""
     folder = tmp_path_factory.mktemp("shared-run")
     run_dir, audit = folder / "run", folder / "audit.jsonl"
     settings = tiny_overrides(tiny_backbone, run_dir)
-    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as console:
-        patch.setenv("FINFED_AUDIT_LOG", str(audit))
-        code = main(["simulate", *[arg for item in settings for arg in ("--set", item)]])
-    (folder / "console.err").write_text(console.getvalue())  # the progress lines, for tests that read them
-    assert code == 0, "the shared tiny simulation failed"
+    simulate_once(folder, settings, audit)
     return run_dir, audit, load_config(None, settings)
+
+
+QA_CANARY = "QQCANARY5521"
+
+
+@pytest.fixture(scope="session")
+def qa_canary_run(tiny_backbone, tmp_path_factory) -> Path:
+    """Extractive QA from one shared file (simulation reads one file; 2 institutions, 300 records): site 0's rows
+    hold ``QA_CANARY`` in an ordinary record's context and in an answer at a wrong offset, which
+    `data.bad_answers=drop` drops. Read by tests/test_disclosure.py and tests/test_qa_simulation.py."""
+    from finfed.data.synthetic_filings import generate_filings_qa
+
+    folder = tmp_path_factory.mktemp("qa-canary-run")
+    frame = generate_filings_qa(300, 2, seed=7)
+    first = frame.index[frame["institution"] == "institution-0"]
+    frame.at[first[0], "answers"] = {"text": [QA_CANARY], "answer_start": [2]}
+    frame.at[first[1], "context"] = f"{frame.at[first[1], 'context']} Signed {QA_CANARY}."
+    path = folder / "filings.jsonl"
+    frame.to_json(path, orient="records", lines=True)
+    simulate_once(folder, [*tiny_overrides(tiny_backbone, folder / "run"), "task=qa", "data.max_length=96",
+                           "qa.doc_stride=32", "data.source=file", f"data.path={path}", "data.bad_answers=drop"])
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def median_run_with_a_failing_site(tiny_backbone, tmp_path_factory) -> tuple[Path, Path]:
+    """Three sites under `federation.aggregation: median`; site 2's ledger is unreadable, so it refuses every round
+    with an error, and `min_sites=2` lets the run complete. Read by tests/test_faults.py and
+    tests/test_update_validation.py. Returns (run_dir, ledgers folder)."""
+    folder = tmp_path_factory.mktemp("median-failing-run")
+    ledgers = folder / "ledgers"
+    ledgers.mkdir()
+    (ledgers / "site-2.json").write_text("{not json")
+    simulate_once(folder, [*tiny_overrides(tiny_backbone, folder / "run"), "federation.num_sites=3",
+                           "federation.min_sites=2", f"privacy.ledger_dir={ledgers}", "federation.aggregation=median",
+                           "privacy.membership_audit=false"])
+    return folder / "run", ledgers

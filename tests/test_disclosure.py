@@ -8,11 +8,11 @@ site's own log, so the test fails if the site's log stops receiving the details 
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import pytest
+from conftest import QA_CANARY
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
@@ -386,31 +386,22 @@ def test_a_data_file_that_disappears_mid_run_leaves_no_path_at_the_coordinator(t
 # ---------------------------------------------------------------------------- through Flower's simulation
 
 @pytest.mark.slow  # a whole Flower simulation (Ray actors; their output goes to flower.log)
-def test_in_flower_simulation_no_canary_reaches_flower_log(tiny_simulate, tmp_path):
-    """One shared QA file (simulation reads one file): site 0's rows hold a canary in an ordinary record's
-    context and in an answer at a wrong offset, dropped (`data.bad_answers=drop`). Before, the dropped
-    record was printed, answer and context, into flower.log; per-step losses too."""
-    frame = generate_filings_qa(300, 2, seed=7)
-    first = frame.index[frame["institution"] == "institution-0"]
-    frame.at[first[0], "answers"] = {"text": [CANARY], "answer_start": [2]}
-    frame.at[first[1], "context"] = f"{frame.at[first[1], 'context']} Signed {CANARY}."
-    path = tmp_path / "filings.jsonl"
-    frame.to_json(path, orient="records", lines=True)
-    code = tiny_simulate("task=qa", "data.max_length=96", "qa.doc_stride=32", "data.source=file",
-                         f"data.path={path}", "data.bad_answers=drop", "privacy.membership_audit=false")
-    run_dir = tmp_path / "run"
-    assert code == 0 and read_status(run_dir)["state"] == "complete"
+def test_in_flower_simulation_no_canary_reaches_flower_log(qa_canary_run):
+    """The shared QA run (tests/conftest.py): site 0's rows hold a canary in an ordinary record's context and in
+    an answer at a wrong offset, dropped (`data.bad_answers=drop`). Before, the dropped record was printed, answer
+    and context, into flower.log; per-step losses too."""
+    run_dir = qa_canary_run
+    assert read_status(run_dir)["state"] == "complete"
     files = coordinator_side_files(run_dir)
     assert "flower.log" in {p.name for p in files}
     for file in files:
-        assert CANARY.encode() not in file.read_bytes(), file
+        assert QA_CANARY.encode() not in file.read_bytes(), file
     flower_log = (run_dir / "flower.log").read_text(encoding="utf-8")
     assert "dropped 1 QA record(s)" in flower_log  # counted, not quoted
     assert "step 1/" not in flower_log  # per-step losses stay at the site
     logs = "".join(site_log(run_dir, s) for s in (0, 1))
-    assert CANARY in logs and "step" in logs
+    assert QA_CANARY in logs and "step" in logs
     assert all(keys.TRAIN_LOSS in s for s in read_metrics(run_dir)[1]["sites"])  # simulation default: shared
-    assert json.loads((run_dir / "status.json").read_text())["state"] == "complete"
 
 
 def test_a_stopped_round_is_reported_as_interrupted_without_its_message():

@@ -139,16 +139,12 @@ def test_with_min_sites_0_a_failed_site_stops_the_run_with_the_reason(tiny_confi
 
 
 @pytest.mark.slow
-def test_in_flower_simulation_a_failing_site_is_recorded_and_the_others_finish(tiny_simulate, tmp_path):
-    """Through Flower's simulation engine: site 2's ledger is unreadable, so it refuses every round with an
-    error (the real error reply of a ClientApp that raised); with `min_sites=2` the run completes."""
-    ledgers = tmp_path / "ledgers"
-    ledgers.mkdir()
-    (ledgers / "site-2.json").write_text("{not json")
-    code = tiny_simulate("federation.num_sites=3", "federation.min_sites=2", f"privacy.ledger_dir={ledgers}",
-                         "privacy.membership_audit=false")
-    run_dir = tmp_path / "run"
-    assert code == 0 and read_status(run_dir)["state"] == "complete"
+def test_in_flower_simulation_a_failing_site_is_recorded_and_the_others_finish(median_run_with_a_failing_site):
+    """Through Flower's simulation engine (the shared run in tests/conftest.py, under a median rule): site 2's
+    ledger is unreadable, so it refuses every round with an error (the real error reply of a ClientApp that
+    raised); with `min_sites=2` the run completes."""
+    run_dir, ledgers = median_run_with_a_failing_site
+    assert read_status(run_dir)["state"] == "complete"
     rounds = read_metrics(run_dir)
     for record in rounds[1:]:
         assert [s["site"] for s in record["sites"]] == [0, 1]

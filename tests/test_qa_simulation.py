@@ -35,10 +35,10 @@ def check_complete_qa_run(run_dir, rounds: int, sites: int, target_epsilon: floa
 
 
 @pytest.mark.slow  # a whole Flower simulation; CI runs it
-def test_tiny_qa_simulation_leaves_a_complete_run(tiny_simulate, tmp_path):
-    code = tiny_simulate("task=qa", "data.max_length=96", "qa.doc_stride=32", "data.synthetic_size=300")
-    assert code == 0
-    run_dir = tmp_path / "run"
+def test_tiny_qa_simulation_leaves_a_complete_run(qa_canary_run):
+    """QA through Flower's engine: the shared QA run (tests/conftest.py: 2 institutions' filings from one file,
+    one record dropped for its answer's offset; tests/test_disclosure.py reads it for its canaries)."""
+    run_dir = qa_canary_run
     status = check_complete_qa_run(run_dir, rounds=2, sites=2, target_epsilon=8.0)
     assert set(status["baseline"]) == {"exact_match", "f1"}
     report = build_report(run_dir)
