@@ -121,9 +121,9 @@ def tiny_simulate(tiny_backbone, tmp_path):
     return run
 
 
-def simulate_once(folder: Path, settings: list[str], audit_log: Path | None = None) -> str:
-    """`finfed simulate` with these settings; returns its console (stderr). Its sites' outbound audit log goes to
-    ``audit_log`` if given."""
+def simulate_once(folder: Path, settings: list[str], audit_log: Path | None = None) -> None:
+    """`finfed simulate` with these settings; its console (stderr) is kept in ``folder/console.err``, its sites'
+    outbound audit log in ``audit_log`` if given."""
     from finfed.cli.main import main
 
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stderr(io.StringIO()) as console:
@@ -132,7 +132,6 @@ def simulate_once(folder: Path, settings: list[str], audit_log: Path | None = No
         code = main(["simulate", *[arg for item in settings for arg in ("--set", item)]])
     (folder / "console.err").write_text(console.getvalue())  # the progress lines, for tests that read them
     assert code == 0, f"a shared simulation failed:\n{console.getvalue()[-4000:]}"
-    return console.getvalue()
 
 
 # Shared runs (issue 14): one real `finfed simulate` (Flower's engine, about 25 s on the 2-core machine) read by
